@@ -1,0 +1,643 @@
+//! Decoders: uploaded media to luma [`Frame`]s.
+//!
+//! A clip is either one media that holds every frame (an animated GIF, a Y4M stream) or one or
+//! more still images (PNG or JPEG), one frame each, in time order. Each decoder reads the
+//! declared size from the header and refuses it against [`Limits`] before allocating, so a
+//! hostile header cannot exhaust the guest's memory. Only the sampled frames are decoded to
+//! pixels; the others are only counted.
+
+use std::io::Cursor;
+
+use image::codecs::gif::GifDecoder;
+use image::{AnimationDecoder, DynamicImage, ImageFormat, ImageReader};
+
+use crate::preprocess::{luma, Frame};
+
+/// Media types this guest accepts.
+pub const ACCEPTS: [&str; 5] = [
+    "multipart/form-data",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "video/x-yuv4mpeg",
+];
+
+/// Bounds on what a clip may declare, checked before anything is allocated.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Widest and tallest frame.
+    pub max_side: u32,
+    /// Most pixels in one frame.
+    pub max_pixels: u64,
+    /// Most frames in one clip.
+    pub max_frames: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // 4096×4096 luma as f32 plus its RGBA source is ~130 MiB, within the host's default
+        // 256 MiB guest memory.
+        Limits { max_side: 8192, max_pixels: 4096 * 4096, max_frames: 100_000 }
+    }
+}
+
+/// Why media could not become frames.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecodeError {
+    /// The media type is not one this guest reads.
+    Unsupported(String),
+    /// The media is malformed, empty or over the limits.
+    Malformed(String),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Unsupported(m) | DecodeError::Malformed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// One uploaded piece of media.
+#[derive(Debug, Clone, Copy)]
+pub struct Media<'a> {
+    pub content_type: &'a str,
+    pub data: &'a [u8],
+}
+
+/// A clip whose frames can be counted and decoded by number.
+#[derive(Debug)]
+pub enum Clip<'a> {
+    /// Still images, one frame each.
+    Stills(Vec<(Still, &'a [u8])>),
+    /// An animated GIF and its frame count.
+    Gif { data: &'a [u8], frames: usize },
+    /// A Y4M stream.
+    Y4m(Y4m<'a>),
+}
+
+/// The still-image formats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Still {
+    Png,
+    Jpeg,
+}
+
+impl Still {
+    fn format(self) -> ImageFormat {
+        match self {
+            Still::Png => ImageFormat::Png,
+            Still::Jpeg => ImageFormat::Jpeg,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Still::Png => "PNG",
+            Still::Jpeg => "JPEG",
+        }
+    }
+}
+
+/// What a declared content type means to this guest. `application/octet-stream` (and an empty
+/// type) is resolved by the data's magic bytes.
+fn kind_of(media: &Media) -> Result<Kind, DecodeError> {
+    let declared = media.content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let kind = match declared.as_str() {
+        "image/png" => Some(Kind::Still(Still::Png)),
+        "image/jpeg" | "image/jpg" => Some(Kind::Still(Still::Jpeg)),
+        "image/gif" => Some(Kind::Gif),
+        "video/x-yuv4mpeg" | "video/yuv4mpeg" => Some(Kind::Y4m),
+        "" | "application/octet-stream" => sniff(media.data),
+        _ => None,
+    };
+    kind.ok_or_else(|| {
+        DecodeError::Unsupported(format!(
+            "media type '{declared}' is not supported; accepted: {}",
+            ACCEPTS.join(", ")
+        ))
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Still(Still),
+    Gif,
+    Y4m,
+}
+
+fn sniff(data: &[u8]) -> Option<Kind> {
+    if data.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(Kind::Still(Still::Png))
+    } else if data.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(Kind::Still(Still::Jpeg))
+    } else if data.starts_with(b"GIF87a") || data.starts_with(b"GIF89a") {
+        Some(Kind::Gif)
+    } else if data.starts_with(b"YUV4MPEG2 ") {
+        Some(Kind::Y4m)
+    } else {
+        None
+    }
+}
+
+impl<'a> Clip<'a> {
+    /// Reads the headers of `media` and checks them against `limits`; decodes no pixels.
+    pub fn open(media: &[Media<'a>], limits: &Limits) -> Result<Clip<'a>, DecodeError> {
+        let kinds = media.iter().map(kind_of).collect::<Result<Vec<_>, _>>()?;
+        match (media, kinds.as_slice()) {
+            ([], _) => Err(DecodeError::Malformed("the request holds no media".into())),
+            ([one], [Kind::Gif]) => {
+                let frames = gif_frame_count(one.data, limits)?;
+                Ok(Clip::Gif { data: one.data, frames })
+            }
+            ([one], [Kind::Y4m]) => Ok(Clip::Y4m(Y4m::parse(one.data, limits)?)),
+            _ => {
+                if media.len() > limits.max_frames {
+                    return Err(DecodeError::Malformed(format!(
+                        "the clip has {} frames; the limit is {}",
+                        media.len(),
+                        limits.max_frames
+                    )));
+                }
+                let mut stills = Vec::with_capacity(media.len());
+                for (i, (m, kind)) in media.iter().zip(&kinds).enumerate() {
+                    match kind {
+                        Kind::Still(still) => {
+                            check_still_header(*still, m.data, limits)
+                                .map_err(|e| prefix_part(e, i, media.len()))?;
+                            stills.push((*still, m.data));
+                        }
+                        _ => {
+                            return Err(DecodeError::Unsupported(format!(
+                                "part {} is a video clip; a clip sent as several parts takes one \
+                                 PNG or JPEG frame per part",
+                                i + 1
+                            )));
+                        }
+                    }
+                }
+                Ok(Clip::Stills(stills))
+            }
+        }
+    }
+
+    /// Frames in the clip.
+    pub fn frame_count(&self) -> usize {
+        match self {
+            Clip::Stills(stills) => stills.len(),
+            Clip::Gif { frames, .. } => *frames,
+            Clip::Y4m(y4m) => y4m.frames.len(),
+        }
+    }
+
+    /// Decodes the frames numbered `wanted` (ascending, distinct), returning each with its number.
+    pub fn decode(&self, wanted: &[usize], limits: &Limits) -> Result<Vec<(usize, Frame)>, DecodeError> {
+        match self {
+            Clip::Stills(stills) => wanted
+                .iter()
+                .map(|&i| {
+                    let (still, data) = stills.get(i).ok_or_else(|| no_frame(i, stills.len()))?;
+                    let frame =
+                        decode_still(*still, data, limits).map_err(|e| prefix_part(e, i, stills.len()))?;
+                    Ok((i, frame))
+                })
+                .collect(),
+            Clip::Gif { data, .. } => decode_gif(data, wanted, limits),
+            Clip::Y4m(y4m) => wanted.iter().map(|&i| Ok((i, y4m.frame(i)?))).collect(),
+        }
+    }
+}
+
+fn no_frame(i: usize, n: usize) -> DecodeError {
+    DecodeError::Malformed(format!("frame {i} asked of a clip of {n} frames"))
+}
+
+fn prefix_part(e: DecodeError, i: usize, n: usize) -> DecodeError {
+    if n == 1 {
+        return e;
+    }
+    match e {
+        DecodeError::Malformed(m) => DecodeError::Malformed(format!("part {}: {m}", i + 1)),
+        DecodeError::Unsupported(m) => DecodeError::Unsupported(format!("part {}: {m}", i + 1)),
+    }
+}
+
+fn check_size(width: u32, height: u32, limits: &Limits) -> Result<(), DecodeError> {
+    if width == 0 || height == 0 {
+        return Err(DecodeError::Malformed(format!("frame size {width}x{height} is empty")));
+    }
+    if width > limits.max_side || height > limits.max_side {
+        return Err(DecodeError::Malformed(format!(
+            "frame size {width}x{height} exceeds the limit of {0}x{0}",
+            limits.max_side
+        )));
+    }
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(DecodeError::Malformed(format!(
+            "frame size {width}x{height} exceeds the limit of {} pixels",
+            limits.max_pixels
+        )));
+    }
+    Ok(())
+}
+
+fn image_error(format: &str, e: image::ImageError) -> DecodeError {
+    DecodeError::Malformed(format!("{format} does not decode: {e}"))
+}
+
+fn image_limits(limits: &Limits) -> image::Limits {
+    let mut l = image::Limits::default();
+    l.max_image_width = Some(limits.max_side);
+    l.max_image_height = Some(limits.max_side);
+    // RGBA at 16 bits per channel is the widest buffer a decoder allocates.
+    l.max_alloc = Some(limits.max_pixels * 8);
+    l
+}
+
+fn check_still_header(still: Still, data: &[u8], limits: &Limits) -> Result<(), DecodeError> {
+    let reader = ImageReader::with_format(Cursor::new(data), still.format());
+    let (w, h) = reader.into_dimensions().map_err(|e| image_error(still.name(), e))?;
+    check_size(w, h, limits)
+}
+
+fn decode_still(still: Still, data: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
+    check_still_header(still, data, limits)?;
+    let mut reader = ImageReader::with_format(Cursor::new(data), still.format());
+    reader.limits(image_limits(limits));
+    let image = reader.decode().map_err(|e| image_error(still.name(), e))?;
+    Ok(to_luma(image))
+}
+
+/// Converts any decoded image to BT.601 luma in [0, 1]; a grey image is used as is, and alpha
+/// is ignored.
+pub fn to_luma(image: DynamicImage) -> Frame {
+    let (width, height) = (image.width(), image.height());
+    let luma = match image {
+        DynamicImage::ImageLuma8(b) => b.into_raw().into_iter().map(|v| f32::from(v) / 255.0).collect(),
+        DynamicImage::ImageLumaA8(b) => b.into_raw().chunks_exact(2).map(|p| f32::from(p[0]) / 255.0).collect(),
+        DynamicImage::ImageLuma16(b) => b.into_raw().into_iter().map(|v| f32::from(v) / 65535.0).collect(),
+        DynamicImage::ImageLumaA16(b) => {
+            b.into_raw().chunks_exact(2).map(|p| f32::from(p[0]) / 65535.0).collect()
+        }
+        DynamicImage::ImageRgb8(b) => rgb8_luma(b.as_raw(), 3),
+        DynamicImage::ImageRgba8(b) => rgb8_luma(b.as_raw(), 4),
+        DynamicImage::ImageRgb16(b) => rgb16_luma(b.as_raw(), 3),
+        DynamicImage::ImageRgba16(b) => rgb16_luma(b.as_raw(), 4),
+        other => rgb8_luma(other.into_rgb8().as_raw(), 3),
+    };
+    Frame::new(width, height, luma)
+}
+
+fn rgb8_luma(raw: &[u8], channels: usize) -> Vec<f32> {
+    raw.chunks_exact(channels)
+        .map(|p| luma(f32::from(p[0]), f32::from(p[1]), f32::from(p[2])) / 255.0)
+        .collect()
+}
+
+fn rgb16_luma(raw: &[u16], channels: usize) -> Vec<f32> {
+    raw.chunks_exact(channels)
+        .map(|p| luma(f32::from(p[0]), f32::from(p[1]), f32::from(p[2])) / 65535.0)
+        .collect()
+}
+
+/// Counts a GIF's frames without decompressing their pixels.
+fn gif_frame_count(data: &[u8], limits: &Limits) -> Result<usize, DecodeError> {
+    let mut options = gif::DecodeOptions::new();
+    options.skip_frame_decoding(true);
+    let mut decoder = options.read_info(Cursor::new(data)).map_err(|e| gif_error(&e))?;
+    check_size(u32::from(decoder.width()), u32::from(decoder.height()), limits)?;
+    let mut frames = 0;
+    while decoder.next_frame_info().map_err(|e| gif_error(&e))?.is_some() {
+        frames += 1;
+        if frames > limits.max_frames {
+            return Err(DecodeError::Malformed(format!(
+                "the GIF has more than {} frames, the limit",
+                limits.max_frames
+            )));
+        }
+    }
+    if frames == 0 {
+        return Err(DecodeError::Malformed("the GIF has no frames".into()));
+    }
+    Ok(frames)
+}
+
+fn gif_error(e: &gif::DecodingError) -> DecodeError {
+    DecodeError::Malformed(format!("GIF does not decode: {e}"))
+}
+
+/// Decodes the wanted frames of a GIF, each composited onto the full canvas as a viewer shows it.
+fn decode_gif(data: &[u8], wanted: &[usize], limits: &Limits) -> Result<Vec<(usize, Frame)>, DecodeError> {
+    let mut decoder = GifDecoder::new(Cursor::new(data)).map_err(|e| image_error("GIF", e))?;
+    image::ImageDecoder::set_limits(&mut decoder, image_limits(limits)).map_err(|e| image_error("GIF", e))?;
+    let mut out = Vec::with_capacity(wanted.len());
+    let mut next = wanted.iter().copied().peekable();
+    for (i, frame) in decoder.into_frames().enumerate() {
+        let Some(&want) = next.peek() else { break };
+        let frame = frame.map_err(|e| image_error("GIF", e))?;
+        if i == want {
+            out.push((i, to_luma(DynamicImage::ImageRgba8(frame.into_buffer()))));
+            next.next();
+        }
+    }
+    if let Some(missing) = next.next() {
+        return Err(DecodeError::Malformed(format!("GIF ended before frame {missing}")));
+    }
+    Ok(out)
+}
+
+/// A parsed Y4M (YUV4MPEG2) stream: where each frame's Y plane starts.
+#[derive(Debug)]
+pub struct Y4m<'a> {
+    data: &'a [u8],
+    width: u32,
+    height: u32,
+    frames: Vec<usize>,
+}
+
+impl<'a> Y4m<'a> {
+    /// Parses the stream header and every frame header; the Y plane is used as is, with no
+    /// range expansion, as the model contract says.
+    pub fn parse(data: &'a [u8], limits: &Limits) -> Result<Self, DecodeError> {
+        let bad = |m: String| DecodeError::Malformed(format!("Y4M: {m}"));
+        let header_end = data
+            .iter()
+            .take(1024)
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| bad("no stream header line (expected 'YUV4MPEG2 W.. H.. ...')".into()))?;
+        let header = std::str::from_utf8(&data[..header_end]).map_err(|_| bad("header is not text".into()))?;
+        let mut fields = header.split(' ');
+        if fields.next() != Some("YUV4MPEG2") {
+            return Err(bad("stream does not start with 'YUV4MPEG2 '".into()));
+        }
+        let (mut width, mut height, mut colour) = (None, None, "420jpeg");
+        for field in fields.filter(|f| !f.is_empty()) {
+            let (tag, value) = field.split_at(1);
+            match tag {
+                "W" => width = Some(value.parse::<u32>().map_err(|_| bad(format!("bad width '{value}'")))?),
+                "H" => height = Some(value.parse::<u32>().map_err(|_| bad(format!("bad height '{value}'")))?),
+                "C" => colour = value,
+                _ => {} // frame rate, interlacing, aspect, extensions: not needed to read luma
+            }
+        }
+        let width = width.ok_or_else(|| bad("header has no width (W)".into()))?;
+        let height = height.ok_or_else(|| bad("header has no height (H)".into()))?;
+        check_size(width, height, limits)?;
+        let (w, h) = (width as usize, height as usize);
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        let frame_len = w * h
+            + match colour {
+                "mono" => 0,
+                "420jpeg" | "420paldv" | "420mpeg2" | "420" => 2 * cw * ch,
+                "422" => 2 * cw * h,
+                "444" => 2 * w * h,
+                "444alpha" => 3 * w * h,
+                other => {
+                    return Err(DecodeError::Malformed(format!(
+                        "Y4M: colour space '{other}' is not supported (8-bit mono, 420, 422, 444)"
+                    )));
+                }
+            };
+        let mut frames = Vec::new();
+        let mut at = header_end + 1;
+        while at < data.len() {
+            let rest = &data[at..];
+            if !rest.starts_with(b"FRAME") {
+                return Err(bad(format!("expected 'FRAME' at byte {at}")));
+            }
+            let line = rest
+                .iter()
+                .take(1024)
+                .position(|&b| b == b'\n')
+                .ok_or_else(|| bad(format!("frame header at byte {at} has no end")))?;
+            let start = at + line + 1;
+            if data.len() - start < frame_len {
+                return Err(bad(format!(
+                    "frame {} is truncated: {} of {frame_len} bytes",
+                    frames.len(),
+                    data.len() - start
+                )));
+            }
+            frames.push(start);
+            if frames.len() > limits.max_frames {
+                return Err(bad(format!("more than {} frames, the limit", limits.max_frames)));
+            }
+            at = start + frame_len;
+        }
+        if frames.is_empty() {
+            return Err(bad("the stream has no frames".into()));
+        }
+        Ok(Y4m { data, width, height, frames })
+    }
+
+    fn frame(&self, i: usize) -> Result<Frame, DecodeError> {
+        let start = *self.frames.get(i).ok_or_else(|| no_frame(i, self.frames.len()))?;
+        let plane = &self.data[start..start + self.width as usize * self.height as usize];
+        Ok(Frame::new(self.width, self.height, plane.iter().map(|&v| f32::from(v) / 255.0).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::codecs::gif::GifEncoder;
+    use image::{Delay, Rgba, RgbaImage};
+
+    fn png(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
+        let img = image::RgbImage::from_pixel(width, height, image::Rgb(rgb));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    fn gif(frames: &[[u8; 3]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        {
+            let mut enc = GifEncoder::new(&mut out);
+            for rgb in frames {
+                let img = RgbaImage::from_pixel(6, 4, Rgba([rgb[0], rgb[1], rgb[2], 255]));
+                enc.encode_frame(image::Frame::from_parts(img, 0, 0, Delay::from_numer_denom_ms(40, 1)))
+                    .unwrap();
+            }
+        }
+        out
+    }
+
+    fn y4m(width: usize, height: usize, colour: &str, lumas: &[u8]) -> Vec<u8> {
+        let mut out = format!("YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C{colour}\n").into_bytes();
+        for &y in lumas {
+            out.extend_from_slice(b"FRAME\n");
+            out.extend(std::iter::repeat_n(y, width * height));
+            out.extend(std::iter::repeat_n(128u8, 2 * width.div_ceil(2) * height.div_ceil(2)));
+        }
+        out
+    }
+
+    fn media<'a>(content_type: &'a str, data: &'a [u8]) -> Media<'a> {
+        Media { content_type, data }
+    }
+
+    fn open<'a>(m: &[Media<'a>]) -> Result<Clip<'a>, DecodeError> {
+        Clip::open(m, &Limits::default())
+    }
+
+    fn all_frames(clip: &Clip) -> Vec<(usize, Frame)> {
+        let wanted: Vec<usize> = (0..clip.frame_count()).collect();
+        clip.decode(&wanted, &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn png_frames_become_bt601_luma() {
+        let red = png(3, 2, [255, 0, 0]);
+        let clip = open(&[media("image/png", &red)]).unwrap();
+        assert_eq!(clip.frame_count(), 1);
+        let (_, frame) = &all_frames(&clip)[0];
+        assert_eq!((frame.width, frame.height), (3, 2));
+        assert!(frame.luma.iter().all(|&y| (y - 0.299).abs() < 1e-6));
+    }
+
+    #[test]
+    fn grey_png_is_used_as_is() {
+        let img = image::GrayImage::from_pixel(2, 2, image::Luma([51]));
+        let mut data = Cursor::new(Vec::new());
+        img.write_to(&mut data, ImageFormat::Png).unwrap();
+        let data = data.into_inner();
+        let clip = open(&[media("image/png", &data)]).unwrap();
+        assert!(all_frames(&clip)[0].1.luma.iter().all(|&y| (y - 0.2).abs() < 1e-6));
+    }
+
+    #[test]
+    fn multipart_stills_are_frames_in_order() {
+        let a = png(4, 4, [0, 0, 0]);
+        let b = png(4, 4, [255, 255, 255]);
+        let clip = open(&[media("image/png", &a), media("image/png", &b)]).unwrap();
+        let frames = all_frames(&clip);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].1.luma[0], 0.0);
+        assert!((frames[1].1.luma[0] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn jpeg_decodes() {
+        let img = image::RgbImage::from_pixel(16, 8, image::Rgb([128, 128, 128]));
+        let mut data = Cursor::new(Vec::new());
+        img.write_to(&mut data, ImageFormat::Jpeg).unwrap();
+        let data = data.into_inner();
+        let clip = open(&[media("image/jpeg", &data)]).unwrap();
+        let (_, frame) = &all_frames(&clip)[0];
+        assert_eq!((frame.width, frame.height), (16, 8));
+        assert!(frame.luma.iter().all(|&y| (y - 128.0 / 255.0).abs() < 0.02));
+    }
+
+    #[test]
+    fn gif_frames_are_counted_and_decoded_by_number() {
+        let data = gif(&[[0, 0, 0], [255, 255, 255], [0, 0, 255]]);
+        let clip = open(&[media("image/gif", &data)]).unwrap();
+        assert_eq!(clip.frame_count(), 3);
+        let frames = clip.decode(&[0, 2], &Limits::default()).unwrap();
+        assert_eq!(frames.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(frames[0].1.luma[0], 0.0);
+        // GIF palettes quantise colours; blue stays close to BT.601's 0.114.
+        assert!((frames[1].1.luma[0] - 0.114).abs() < 0.01, "{}", frames[1].1.luma[0]);
+    }
+
+    #[test]
+    fn y4m_luma_plane_is_used_as_is() {
+        let data = y4m(5, 3, "420jpeg", &[16, 235, 100]);
+        let clip = open(&[media("video/x-yuv4mpeg", &data)]).unwrap();
+        assert_eq!(clip.frame_count(), 3);
+        let frames = all_frames(&clip);
+        assert_eq!((frames[1].1.width, frames[1].1.height), (5, 3));
+        assert!(frames[0].1.luma.iter().all(|&y| y == 16.0 / 255.0));
+        assert!(frames[1].1.luma.iter().all(|&y| y == 235.0 / 255.0));
+    }
+
+    #[test]
+    fn octet_stream_is_sniffed() {
+        let data = png(2, 2, [1, 2, 3]);
+        assert!(matches!(open(&[media("application/octet-stream", &data)]).unwrap(), Clip::Stills(_)));
+        let data = y4m(2, 2, "mono", &[1]);
+        assert!(matches!(open(&[media("", &data)]).unwrap(), Clip::Y4m(_)));
+    }
+
+    /// Bad media and the words its error must contain.
+    #[test]
+    fn bad_media_is_refused_with_a_reason() {
+        let good_png = png(8, 8, [9, 9, 9]);
+        let truncated_png = good_png[..good_png.len() / 2].to_vec();
+        // A PNG header claiming 100000×100000: signature, IHDR length and tag, then the size.
+        let mut huge_png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+        huge_png.extend_from_slice(&100_000u32.to_be_bytes());
+        huge_png.extend_from_slice(&100_000u32.to_be_bytes());
+        huge_png.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
+        let good_y4m = y4m(4, 4, "420jpeg", &[1, 2]);
+        let truncated_y4m = good_y4m[..good_y4m.len() - 3].to_vec();
+        let huge_y4m = b"YUV4MPEG2 W100000 H100000 C420jpeg\nFRAME\n".to_vec();
+        let zero_frame_y4m = b"YUV4MPEG2 W4 H4 C420jpeg\n".to_vec();
+        let odd_colour = y4m(4, 4, "420p10", &[1]);
+        let good_gif = gif(&[[1, 2, 3]]);
+        let truncated_gif = good_gif[..good_gif.len() - 10].to_vec();
+
+        let cases: Vec<(&str, &[u8], &str)> = vec![
+            ("image/png", &truncated_png, "PNG does not decode"),
+            ("image/png", b"not a png", "PNG does not decode"),
+            ("image/png", &huge_png, "100000x100000 exceeds the limit"),
+            ("image/jpeg", b"\xFF\xD8\xFF\xE0garbage", "JPEG does not decode"),
+            ("image/gif", &truncated_gif, "GIF"),
+            ("image/gif", b"GIF89a", "GIF does not decode"),
+            ("video/x-yuv4mpeg", &truncated_y4m, "frame 1 is truncated"),
+            ("video/x-yuv4mpeg", &huge_y4m, "exceeds the limit"),
+            ("video/x-yuv4mpeg", &zero_frame_y4m, "no frames"),
+            ("video/x-yuv4mpeg", b"YUV4MPEG W4 H4\n", "does not start with"),
+            ("video/x-yuv4mpeg", b"YUV4MPEG2 H4\n", "no width"),
+            ("video/x-yuv4mpeg", &odd_colour, "colour space '420p10'"),
+        ];
+        for (content_type, data, expected) in cases {
+            let result = open(&[media(content_type, data)]).and_then(|clip| {
+                let wanted: Vec<usize> = (0..clip.frame_count()).collect();
+                clip.decode(&wanted, &Limits::default()).map(|_| ())
+            });
+            match result {
+                Err(DecodeError::Malformed(m)) => assert!(m.contains(expected), "{content_type}: '{m}' lacks '{expected}'"),
+                other => panic!("{content_type} ({expected}): expected Malformed, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_types_are_unsupported_and_list_what_is_accepted() {
+        let err = open(&[media("video/mp4", b"....ftypisom")]).unwrap_err();
+        match err {
+            DecodeError::Unsupported(m) => {
+                assert!(m.contains("video/mp4"), "{m}");
+                assert!(m.contains("image/gif"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(open(&[media("application/octet-stream", b"??")]), Err(DecodeError::Unsupported(_))));
+    }
+
+    #[test]
+    fn a_video_cannot_be_one_part_of_many() {
+        let p = png(2, 2, [0, 0, 0]);
+        let g = gif(&[[0, 0, 0]]);
+        let err = open(&[media("image/png", &p), media("image/gif", &g)]).unwrap_err();
+        assert!(matches!(err, DecodeError::Unsupported(ref m) if m.contains("part 2")), "{err:?}");
+    }
+
+    #[test]
+    fn no_media_is_malformed() {
+        assert!(matches!(open(&[]), Err(DecodeError::Malformed(m)) if m.contains("no media")));
+    }
+
+    #[test]
+    fn frame_limit_is_enforced_before_decoding() {
+        let limits = Limits { max_frames: 2, ..Limits::default() };
+        let data = y4m(2, 2, "420jpeg", &[1, 2, 3]);
+        let err = Clip::open(&[media("video/x-yuv4mpeg", &data)], &limits).unwrap_err();
+        assert!(err.to_string().contains("more than 2 frames"), "{err}");
+        let data = gif(&[[0, 0, 0], [1, 1, 1], [2, 2, 2]]);
+        let err = Clip::open(&[media("image/gif", &data)], &limits).unwrap_err();
+        assert!(err.to_string().contains("more than 2 frames"), "{err}");
+    }
+}

@@ -1,0 +1,330 @@
+//! The tch (libtorch) backend: each model runs on its own dedicated inference thread, never on
+//! a tokio worker, with gradients off. Concurrent requests queue on that thread's channel;
+//! whatever is queued when the thread is free runs as one batch (up to [`MAX_BATCH`]), and each
+//! caller gets its own rows back.
+//!
+//! Architecture invariant: only this module touches tch.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tch::{CModule, Device, Kind, Tensor};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::models::{Manifest, TensorSpec};
+
+/// Most rows the inference thread puts in one forward pass.
+pub const MAX_BATCH: usize = 16;
+/// Most rows one caller may send in one call.
+pub const MAX_ROWS_PER_CALL: u32 = 64;
+/// Calls that may wait for the inference thread before callers are turned away.
+const QUEUE_CAPACITY: usize = 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("the model's queue is full ({QUEUE_CAPACITY} calls waiting)")]
+    Busy,
+    #[error("libtorch failed: {0}")]
+    Torch(String),
+    #[error("the inference thread has stopped")]
+    Stopped,
+    #[error("{0}")]
+    Device(String),
+}
+
+/// Where the models run, as `--device` asked and the machine allows.
+#[derive(Debug, Clone)]
+pub struct DeviceChoice {
+    pub device: Device,
+    /// Why this device, for the start-up log.
+    pub reason: String,
+}
+
+impl DeviceChoice {
+    /// Resolves `--device auto|cpu|cuda|cuda:N`. `auto` and `cuda` first try to load libtorch's
+    /// CUDA library (the binary links only the CPU one), so the same binary uses a GPU where the
+    /// platform gives one.
+    pub fn resolve(spec: &str) -> Result<DeviceChoice, BackendError> {
+        let spec = spec.trim().to_ascii_lowercase();
+        let cuda_index = match spec.as_str() {
+            "cpu" => return Ok(DeviceChoice { device: Device::Cpu, reason: "--device cpu".into() }),
+            "auto" => None,
+            "cuda" => Some(0),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Some(n),
+                _ => {
+                    return Err(BackendError::Device(format!(
+                        "--device '{other}' is not auto, cpu, cuda or cuda:N"
+                    )));
+                }
+            },
+        };
+        let cuda = cuda::load();
+        let devices = if cuda.is_ok() && tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
+        match cuda_index {
+            None if devices > 0 => Ok(DeviceChoice {
+                device: Device::Cuda(0),
+                reason: format!("--device auto found {devices} CUDA device(s)"),
+            }),
+            None => Ok(DeviceChoice {
+                device: Device::Cpu,
+                reason: match cuda {
+                    Err(why) => format!("--device auto: no CUDA ({why})"),
+                    Ok(()) => "--device auto: CUDA libraries loaded but no GPU is visible".into(),
+                },
+            }),
+            Some(n) if (n as i64) < devices => {
+                Ok(DeviceChoice { device: Device::Cuda(n), reason: format!("--device cuda:{n}") })
+            }
+            Some(n) => Err(BackendError::Device(match cuda {
+                Err(why) => format!("--device cuda:{n} asked for, but CUDA is unusable: {why}"),
+                Ok(()) => format!("--device cuda:{n} asked for, but {devices} CUDA device(s) are visible"),
+            })),
+        }
+    }
+}
+
+mod cuda {
+    //! Loading `libtorch_cuda.so` at start. The binary links libtorch's CPU libraries only; once
+    //! the CUDA library is loaded (its static initialisers register the CUDA kernels),
+    //! `tch::Cuda::is_available()` reports the GPUs.
+
+    use std::ffi::CString;
+
+    /// Where to look: `MOTION_HOST_LIBTORCH_CUDA` (a file), then `$LIBTORCH/lib`, then the
+    /// loader's own search path.
+    pub fn load() -> Result<(), String> {
+        let mut candidates = Vec::new();
+        if let Ok(path) = std::env::var("MOTION_HOST_LIBTORCH_CUDA") {
+            candidates.push(path);
+        }
+        if let Ok(dir) = std::env::var("LIBTORCH") {
+            candidates.push(format!("{dir}/lib/libtorch_cuda.so"));
+        }
+        candidates.push("libtorch_cuda.so".into());
+        let mut last = String::new();
+        for candidate in &candidates {
+            let Ok(name) = CString::new(candidate.as_str()) else { continue };
+            // SAFETY: dlopen with a valid C string; the handle is kept for the process's life.
+            let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            if !handle.is_null() {
+                return Ok(());
+            }
+            // SAFETY: dlerror returns null or a valid C string owned by libc.
+            let err = unsafe { libc::dlerror() };
+            last = if err.is_null() {
+                "unknown error".into()
+            } else {
+                unsafe { std::ffi::CStr::from_ptr(err) }.to_string_lossy().into_owned()
+            };
+        }
+        Err(format!("libtorch_cuda.so not loadable: {last}"))
+    }
+}
+
+/// A tensor to run: its shape and its FP32 data as little-endian bytes.
+#[derive(Debug)]
+pub struct Input {
+    pub dims: Vec<u32>,
+    pub data: Vec<u8>,
+}
+
+/// The model's answer to one call, with where the time went.
+#[derive(Debug)]
+pub struct Output {
+    pub dims: Vec<u32>,
+    pub data: Vec<u8>,
+    /// Waiting for the inference thread.
+    pub queue: Duration,
+    /// The forward pass (shared by the batch this call ran in).
+    pub inference: Duration,
+    /// Rows in that forward pass.
+    pub batch_rows: usize,
+}
+
+struct Job {
+    input: Input,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Output, BackendError>>,
+}
+
+/// A loaded model and the channel to its inference thread.
+#[derive(Debug)]
+pub struct Model {
+    pub manifest: Manifest,
+    /// Hex sha256 of the model file.
+    pub sha256: String,
+    pub device: Device,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("dims", &self.input.dims).finish()
+    }
+}
+
+impl Model {
+    /// Starts the model's inference thread, loads the TorchScript file onto the device and runs
+    /// a warm-up forward pass; returns once the model is ready or has failed to load.
+    pub fn load(
+        manifest: Manifest,
+        file: &Path,
+        sha256: String,
+        device: &DeviceChoice,
+        threads: usize,
+    ) -> Result<Model, BackendError> {
+        let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let file = file.to_path_buf();
+        let device = device.device;
+        let input_spec = manifest.input().clone();
+        std::thread::Builder::new()
+            .name(format!("infer-{}", manifest.name))
+            .spawn(move || {
+                tch::set_num_threads(threads.max(1) as i32);
+                let _no_grad = tch::no_grad_guard();
+                match load_and_warm(&file, device, &input_spec) {
+                    Ok(module) => {
+                        let _ = ready_tx.send(Ok(()));
+                        serve(module, device, queue);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| BackendError::Torch(format!("cannot start the inference thread: {e}")))?;
+        ready_rx.recv().map_err(|_| BackendError::Stopped)??;
+        Ok(Model { manifest, sha256, device, jobs })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    /// Checks a tensor against the model's input before it is queued: its type, rank,
+    /// dimensions (the batch may be 1..=64) and byte length.
+    pub fn check_input(&self, dims: &[u32], is_fp32: bool, bytes: usize) -> Result<(), BackendError> {
+        let spec = self.manifest.input();
+        let bad = |m: String| Err(BackendError::InvalidInput(m));
+        if !is_fp32 {
+            return bad(format!("input '{}' must be FP32", spec.name));
+        }
+        if dims.len() != spec.shape.len() {
+            return bad(format!("input '{}' must have shape {:?}, got {dims:?}", spec.name, spec.shape));
+        }
+        if dims[0] == 0 || dims[0] > MAX_ROWS_PER_CALL {
+            return bad(format!("input '{}' batch of {} is outside 1..={MAX_ROWS_PER_CALL}", spec.name, dims[0]));
+        }
+        if dims[1..].iter().zip(&spec.shape[1..]).any(|(&d, &s)| i64::from(d) != s) {
+            return bad(format!("input '{}' must have shape {:?}, got {dims:?}", spec.name, spec.shape));
+        }
+        let expected = dims.iter().map(|&d| d as usize).product::<usize>() * 4;
+        if bytes != expected {
+            return bad(format!("input '{}' of shape {dims:?} needs {expected} bytes, got {bytes}", spec.name));
+        }
+        Ok(())
+    }
+
+    /// Runs the model on `input` (already checked with [`Model::check_input`]).
+    pub async fn infer(&self, input: Input) -> Result<Output, BackendError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { input, enqueued: Instant::now(), reply };
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => BackendError::Busy,
+            mpsc::error::TrySendError::Closed(_) => BackendError::Stopped,
+        })?;
+        answer.await.map_err(|_| BackendError::Stopped)?
+    }
+}
+
+fn torch_err(e: tch::TchError) -> BackendError {
+    BackendError::Torch(e.to_string())
+}
+
+fn load_and_warm(file: &Path, device: Device, input: &TensorSpec) -> Result<CModule, BackendError> {
+    let mut module = CModule::load_on_device(file, device).map_err(torch_err)?;
+    module.set_eval();
+    let mut shape = input.shape.clone();
+    shape[0] = 1;
+    let warm = Tensor::f_zeros(&shape, (Kind::Float, device)).map_err(torch_err)?;
+    let _warm_output = module.forward_ts(&[warm]).map_err(torch_err)?;
+    Ok(module)
+}
+
+/// The inference thread's loop: take what is queued, run it as one batch, answer each caller.
+fn serve(module: CModule, device: Device, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut batch = vec![first];
+        let mut rows = batch[0].input.dims[0] as usize;
+        while rows < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => {
+                    rows += job.input.dims[0] as usize;
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        run_batch(&module, device, batch, rows);
+    }
+}
+
+fn run_batch(module: &CModule, device: Device, batch: Vec<Job>, rows: usize) {
+    let started = Instant::now();
+    let result = forward(module, device, &batch);
+    let inference = started.elapsed();
+    match result {
+        Ok((out_dims, data)) => {
+            let row_bytes = data.len() / rows.max(1);
+            let mut offset = 0;
+            for job in batch {
+                let n = job.input.dims[0] as usize;
+                let mut dims = out_dims.clone();
+                dims[0] = n as u32;
+                let output = Output {
+                    dims,
+                    data: data[offset..offset + n * row_bytes].to_vec(),
+                    queue: started.duration_since(job.enqueued),
+                    inference,
+                    batch_rows: rows,
+                };
+                offset += n * row_bytes;
+                let _ = job.reply.send(Ok(output));
+            }
+        }
+        Err(e) => {
+            for job in batch {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// One forward pass over every job's rows, concatenated along the batch dimension.
+fn forward(module: &CModule, device: Device, batch: &[Job]) -> Result<(Vec<u32>, Vec<u8>), BackendError> {
+    let inputs = batch
+        .iter()
+        .map(|job| {
+            let shape: Vec<i64> = job.input.dims.iter().map(|&d| i64::from(d)).collect();
+            Tensor::f_from_data_size(&job.input.data, &shape, Kind::Float)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(torch_err)?;
+    let input = if inputs.len() == 1 { inputs.into_iter().next().expect("one input") } else { Tensor::f_cat(&inputs, 0).map_err(torch_err)? };
+    let input = input.f_to_device(device).map_err(torch_err)?;
+    let output = module.forward_ts(&[input]).map_err(torch_err)?;
+    let output = output
+        .f_to_device(Device::Cpu)
+        .and_then(|t| t.f_to_kind(Kind::Float))
+        .and_then(|t| t.f_contiguous())
+        .map_err(torch_err)?;
+    let dims: Vec<u32> = output.size().iter().map(|&d| d.max(0) as u32).collect();
+    let numel = output.numel();
+    let mut data = vec![0u8; numel * 4];
+    output.f_copy_data_u8(&mut data, numel).map_err(torch_err)?;
+    Ok((dims, data))
+}

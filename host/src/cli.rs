@@ -1,0 +1,169 @@
+//! The command line: one clap struct per command. Each flag's doc comment is its `--help`
+//! text and states its default; `env` names the variable that sets it when the flag is absent.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "motion-host", version, about = "WebAssembly-plugin model host for a camera-motion classifier")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the model and its guests over HTTP(S).
+    Serve(Box<ServeArgs>),
+    /// Probe a running server's /health; exit 0 when healthy, 1 otherwise.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, repeatable: `[::]:PORT`, `0.0.0.0:PORT`, `127.0.0.1:PORT`,
+    /// `[::1]:PORT` or `HOST:PORT`. `[::]` accepts IPv4 clients too. Default: `[::]:$PORT`
+    /// when PORT is set, else `[::]:8000`.
+    #[arg(long = "bind", value_name = "ADDR", env = "MOTION_HOST_BIND", value_delimiter = ',')]
+    pub bind: Vec<String>,
+
+    /// TLS certificate chain (PEM). Needs --tls-key. Default: TLS_CERTFILE, then
+    /// `tls.crt` in --tls-dir, else plain HTTP.
+    #[arg(long, value_name = "FILE", env = "TLS_CERTFILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) matching --tls-cert. Default: TLS_KEYFILE, then `tls.key` in
+    /// --tls-dir.
+    #[arg(long, value_name = "FILE", env = "TLS_KEYFILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Directory where the platform mounts `tls.crt` and `tls.key`, used when no certificate
+    /// is given by flag or TLS_CERTFILE/TLS_KEYFILE.
+    #[arg(long, value_name = "DIR", env = "TLS_DIR", default_value = "/etc/motion-host/tls")]
+    pub tls_dir: PathBuf,
+
+    /// Directory of models: each subdirectory holding a `model.toml` is loaded at start and
+    /// served to guests by its name.
+    #[arg(long, value_name = "DIR", env = "MOTION_HOST_MODEL_DIR", default_value = "models")]
+    pub model_dir: PathBuf,
+
+    /// Guest component to load, as NAME=PATH or PATH (named after the file stem); repeatable.
+    /// The first is the default guest.
+    #[arg(
+        long = "guest",
+        value_name = "[NAME=]PATH",
+        env = "MOTION_HOST_GUEST",
+        value_delimiter = ',',
+        default_value = "motion=target/wasm32-wasip2/release/motion_guest.wasm"
+    )]
+    pub guests: Vec<String>,
+
+    /// Where the model runs: `auto` (CUDA when a GPU is usable, else CPU), `cpu`, `cuda` or
+    /// `cuda:N`.
+    #[arg(long, value_name = "DEVICE", env = "MOTION_HOST_DEVICE", default_value = "auto")]
+    pub device: String,
+
+    /// libtorch intra-op threads per model. Default: the CPUs this process may use (cgroup
+    /// quota included).
+    #[arg(long, value_name = "N", env = "MOTION_HOST_INFERENCE_THREADS")]
+    pub inference_threads: Option<usize>,
+
+    /// Largest request body accepted, in bytes; larger bodies get 413 while being read.
+    #[arg(long, value_name = "BYTES", env = "MOTION_HOST_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most linear memory one guest instance may grow to, in bytes.
+    #[arg(long, value_name = "BYTES", env = "MOTION_HOST_GUEST_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub guest_memory_bytes: usize,
+
+    /// Longest a guest may run for one request (e.g. `5s`, `500ms`); past it the request gets
+    /// 504 guest_timeout.
+    #[arg(long, value_name = "DURATION", env = "MOTION_HOST_GUEST_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub guest_deadline: Duration,
+
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, value_name = "DURATION", env = "MOTION_HOST_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Where the server records its addresses and scheme for `motion-host healthcheck`.
+    #[arg(long, value_name = "FILE", env = "MOTION_HOST_STATE_FILE", default_value = "/tmp/motion-host/serve.json")]
+    pub state_file: PathBuf,
+
+    /// Log format: `auto` (JSON lines unless stdout is a terminal), `json` or `text`.
+    #[arg(long, value_name = "FORMAT", env = "MOTION_HOST_LOG_FORMAT", default_value = "auto")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// URL of the server's health endpoint. Default: read from the server's state file.
+    #[arg(long, value_name = "URL", env = "MOTION_HOST_HEALTHCHECK_URL")]
+    pub url: Option<String>,
+
+    /// The server's state file, read when --url is absent.
+    #[arg(long, value_name = "FILE", env = "MOTION_HOST_STATE_FILE", default_value = "/tmp/motion-host/serve.json")]
+    pub state_file: PathBuf,
+
+    /// How long to wait for the answer.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+/// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(at) => s.split_at(at),
+        None => (s, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("'{s}' is not a duration like 500ms, 5s or 2m"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown unit '{other}' in '{s}' (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("'{s}': {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("25s"), Ok(Duration::from_secs(25)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn both_bind_spellings_parse() {
+        for argv in [
+            vec!["motion-host", "serve", "--bind=[::]:30751"],
+            vec!["motion-host", "serve", "--bind", "[::]:30751"],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Serve(args) = cli.command else { panic!("not serve") };
+            assert_eq!(args.bind, vec!["[::]:30751"]);
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The one HTTP error type: each kind maps to its status and the JSON body
+//! `{"error": {"code": "…", "message": "…"}}`. Internal details go to the log, not the client.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::runtime::GuestError;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Why a guest was rejected.
+    pub reasons: Vec<String>,
+    /// The media types accepted, on a 415.
+    pub accepted: Vec<String>,
+    pub retry_after_secs: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    reasons: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    accepted: &'a [String],
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), reasons: Vec::new(), accepted: Vec::new(), retry_after_secs: None }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds the limit of {limit} bytes (--max-body-bytes)"),
+        )
+    }
+
+    pub fn not_ready(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
+        e.retry_after_secs = Some(1);
+        e
+    }
+
+    /// 415 for a media type the guest does not read, listing what it does; a video container
+    /// gets the ffmpeg line that turns it into Y4M.
+    pub fn unsupported_media(content_type: Option<&str>, guest: &str, accepted: &[String]) -> Self {
+        let what = match content_type {
+            Some(t) => format!("media type '{t}' is not accepted by guest '{guest}'"),
+            None => "the request has no Content-Type".to_string(),
+        };
+        let mut message = format!("{what}; accepted: {}", accepted.join(", "));
+        let is_video = content_type.is_some_and(|t| t.trim().to_ascii_lowercase().starts_with("video/"));
+        if is_video && accepted.iter().any(|a| a == "video/x-yuv4mpeg") {
+            message.push_str(
+                "; to send a video, pipe it through ffmpeg as Y4M: ffmpeg -i clip.mp4 -f yuv4mpegpipe - | \
+                 curl --data-binary @- -H 'Content-Type: video/x-yuv4mpeg' …/v1/classify",
+            );
+        }
+        let mut e = Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message);
+        e.accepted = accepted.to_vec();
+        e
+    }
+}
+
+impl From<GuestError> for ApiError {
+    fn from(e: GuestError) -> Self {
+        let message = e.to_string();
+        match e {
+            GuestError::BadInput(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_media", message),
+            GuestError::Unsupported(_) => Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message),
+            GuestError::Rejected { reasons, .. } => {
+                let mut err = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "guest_rejected", message);
+                err.reasons = reasons;
+                err
+            }
+            GuestError::Timeout { .. } => Self::new(StatusCode::GATEWAY_TIMEOUT, "guest_timeout", message),
+            GuestError::Busy => {
+                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
+                err.retry_after_secs = Some(1);
+                err
+            }
+            GuestError::Read { .. }
+            | GuestError::Inference { .. }
+            | GuestError::Trap { .. }
+            | GuestError::InvalidOutput { .. } => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "guest_fault", message),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner { code: self.code, message: &self.message, reasons: &self.reasons, accepted: &self.accepted },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

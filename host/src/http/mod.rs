@@ -1,0 +1,352 @@
+//! HTTP routes: health, classification, and the JSON contract of each.
+//!
+//! Architecture invariant: only this module knows axum; it turns requests into calls on the
+//! [`Runtime`](crate::runtime::Runtime) and its answers into the documented JSON.
+
+mod error;
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+
+pub use error::ApiError;
+
+use crate::runtime::{Classified, LoadedGuest, Media, Runtime};
+
+/// The server's version, reported by `/health` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// `top_k` when the query does not say.
+const DEFAULT_TOP_K: u32 = 3;
+
+/// Where the server is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Starting = 0,
+    Healthy = 1,
+    Draining = 2,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    phase: AtomicU8,
+    models_loaded: AtomicU8,
+    runtime: OnceLock<Arc<Runtime>>,
+    max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(max_body_bytes: usize) -> Arc<AppState> {
+        Arc::new(AppState {
+            phase: AtomicU8::new(Phase::Starting as u8),
+            models_loaded: AtomicU8::new(0),
+            runtime: OnceLock::new(),
+            max_body_bytes,
+        })
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::SeqCst) {
+            0 => Phase::Starting,
+            1 => Phase::Healthy,
+            _ => Phase::Draining,
+        }
+    }
+
+    /// Marks the models loaded (reported by `/health` while guests still load).
+    pub fn set_models_loaded(&self) {
+        self.models_loaded.store(1, Ordering::SeqCst);
+    }
+
+    /// Serves with `runtime` from now on and reports healthy.
+    pub fn set_ready(&self, runtime: Arc<Runtime>) {
+        let _ = self.runtime.set(runtime);
+        let _ = self.phase.compare_exchange(Phase::Starting as u8, Phase::Healthy as u8, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Turns readiness off for good: the process is shutting down.
+    pub fn set_draining(&self) {
+        self.phase.store(Phase::Draining as u8, Ordering::SeqCst);
+    }
+
+    fn ready_runtime(&self) -> Result<&Arc<Runtime>, ApiError> {
+        match (self.phase(), self.runtime.get()) {
+            (Phase::Healthy, Some(runtime)) => Ok(runtime),
+            (Phase::Draining, _) => Err(ApiError::not_ready("the server is shutting down")),
+            _ => Err(ApiError::not_ready("the server is starting: the model and guests are loading")),
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/health/ready", get(health))
+        .route("/health/live", get(live))
+        .route("/v1/classify", post(classify_default))
+        .route("/v1/guests/{name}/classify", post(classify_named))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see GET /health, POST /v1/classify, POST /v1/guests/{name}/classify")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    model_loaded: bool,
+    version: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_guest: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    guests: BTreeMap<String, GuestRef>,
+}
+
+#[derive(Serialize)]
+struct GuestRef {
+    version: String,
+    digest: String,
+}
+
+async fn health(State(app): State<Arc<AppState>>) -> Response {
+    let phase = app.phase();
+    let (default_guest, guests) = match app.runtime.get() {
+        Some(runtime) => {
+            let set = runtime.guests();
+            let guests = set
+                .guests
+                .iter()
+                .map(|(name, g)| (name.clone(), GuestRef { version: g.info.version.clone(), digest: g.digest.clone() }))
+                .collect();
+            (set.default.clone(), guests)
+        }
+        None => (None, BTreeMap::new()),
+    };
+    let body = Health {
+        status: match phase {
+            Phase::Starting => "starting",
+            Phase::Healthy => "healthy",
+            Phase::Draining => "draining",
+        },
+        model_loaded: app.models_loaded.load(Ordering::SeqCst) == 1,
+        version: VERSION,
+        default_guest,
+        guests,
+    };
+    let status = if phase == Phase::Healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn live() -> Response {
+    Json(serde_json::json!({"status": "alive", "version": VERSION})).into_response()
+}
+
+type TopKQuery = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+async fn classify_default(State(app): State<Arc<AppState>>, query: TopKQuery, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let runtime = app.ready_runtime()?;
+    let guests = runtime.guests();
+    let guest = guests.default_guest().ok_or_else(|| ApiError::not_ready("no default guest is loaded"))?;
+    classify(&app, runtime, guest, query, headers, body, received).await
+}
+
+async fn classify_named(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    query: TopKQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let runtime = app.ready_runtime()?;
+    let guests = runtime.guests();
+    let guest = guests.guests.get(&name).ok_or_else(|| {
+        let known: Vec<&str> = guests.guests.keys().map(String::as_str).collect();
+        ApiError::not_found(format!("no guest named '{name}' (loaded: {})", known.join(", ")))
+    })?;
+    classify(&app, runtime, guest, query, headers, body, received).await
+}
+
+async fn classify(
+    app: &AppState,
+    runtime: &Runtime,
+    guest: &Arc<LoadedGuest>,
+    query: TopKQuery,
+    headers: HeaderMap,
+    body: Body,
+    received: Instant,
+) -> Result<Response, ApiError> {
+    let labels = guest.info.labels.len() as u32;
+    let top_k = parse_top_k(query, labels)?;
+
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)").to_string());
+    let Some(content_type) = content_type.filter(|t| guest.accepts(t)) else {
+        let declared = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
+        return Err(ApiError::unsupported_media(declared, &guest.name, &guest.info.accepts));
+    };
+
+    let bytes = read_body(&headers, body, app.max_body_bytes).await?;
+    let media = if essence(&content_type) == "multipart/form-data" {
+        multipart_media(&content_type, bytes).await?
+    } else {
+        vec![Media { content_type: essence(&content_type), data: bytes.into() }]
+    };
+
+    let classified = runtime.classify(guest, media, top_k).await.map_err(|e| {
+        let e = ApiError::from(e);
+        if e.status.is_server_error() {
+            tracing::warn!(guest = %guest.name, code = e.code, error = %e.message, "classification failed");
+        }
+        e
+    })?;
+    Ok(Json(ClassifyResponse::new(guest, &classified, received.elapsed())).into_response())
+}
+
+/// `top_k` from the query: an integer in 1..=labels, default 3.
+fn parse_top_k(query: TopKQuery, labels: u32) -> Result<u32, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    let Some(raw) = params.get("top_k") else { return Ok(DEFAULT_TOP_K.min(labels)) };
+    match raw.trim().parse::<u32>() {
+        Ok(k) if (1..=labels).contains(&k) => Ok(k),
+        _ => Err(ApiError::bad_request(format!("top_k must be an integer from 1 to {labels}, got '{raw}'"))),
+    }
+}
+
+/// The media type without its parameters, lower-cased.
+fn essence(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// Reads the whole body, refusing it with 413 as soon as it is known to exceed `limit`: at once
+/// from `Content-Length`, else while streaming, without buffering past the limit.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large(limit)),
+        Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
+    }
+}
+
+/// Splits a `multipart/form-data` body into media, one per file part, in order. Parts that
+/// are neither files nor typed (plain form fields) are skipped.
+async fn multipart_media(content_type: &str, body: Bytes) -> Result<Vec<Media>, ApiError> {
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|e| ApiError::bad_request(format!("multipart/form-data without a usable boundary: {e}")))?;
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, Infallible>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut media = Vec::new();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return Err(ApiError::bad_request(format!("malformed multipart body: {e}"))),
+        };
+        let declared = field.content_type().map(|m| m.essence_str().to_string());
+        if declared.is_none() && field.file_name().is_none() {
+            continue;
+        }
+        let part = media.len() + 1;
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("malformed multipart body in part {part}: {e}")))?;
+        media.push(Media { content_type: declared.unwrap_or_else(|| "application/octet-stream".into()), data: data.into() });
+    }
+    if media.is_empty() {
+        return Err(ApiError::bad_request("the multipart body holds no file parts (send frames as -F frame=@0.png)"));
+    }
+    Ok(media)
+}
+
+#[derive(Serialize)]
+struct ClassifyResponse<'a> {
+    label: &'a str,
+    score: f32,
+    top_k: Vec<LabelScore<'a>>,
+    frames_total: u32,
+    frames_used: u32,
+    guest: GuestId<'a>,
+    model: ModelId<'a>,
+    timings_ms: Timings,
+}
+
+#[derive(Serialize)]
+struct LabelScore<'a> {
+    label: &'a str,
+    score: f32,
+}
+
+#[derive(Serialize)]
+struct GuestId<'a> {
+    name: &'a str,
+    version: &'a str,
+    digest: &'a str,
+}
+
+#[derive(Serialize)]
+struct ModelId<'a> {
+    name: &'a str,
+    version: &'a str,
+}
+
+#[derive(Serialize)]
+struct Timings {
+    preprocess: f64,
+    queue: f64,
+    inference: f64,
+    postprocess: f64,
+    total: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+impl<'a> ClassifyResponse<'a> {
+    fn new(guest: &'a LoadedGuest, c: &'a Classified, total: Duration) -> Self {
+        ClassifyResponse {
+            label: &c.label,
+            score: c.score,
+            top_k: c.top_k.iter().map(|(label, score)| LabelScore { label, score: *score }).collect(),
+            frames_total: c.frames_total,
+            frames_used: c.frames_used,
+            guest: GuestId { name: &guest.name, version: &guest.info.version, digest: &guest.digest },
+            model: ModelId { name: guest.model.name(), version: &guest.model.manifest.version },
+            timings_ms: Timings {
+                preprocess: ms(c.timings.preprocess),
+                queue: ms(c.timings.queue),
+                inference: ms(c.timings.inference),
+                postprocess: ms(c.timings.postprocess),
+                total: ms(total),
+            },
+        }
+    }
+}

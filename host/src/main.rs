@@ -1,0 +1,47 @@
+//! motion-host: a WebAssembly-plugin model host. `serve` runs the server; `healthcheck` probes
+//! one (for container health checks with no curl in the image).
+
+mod backend;
+mod cli;
+mod healthcheck;
+mod http;
+mod logging;
+mod models;
+mod nn;
+mod platform;
+mod runtime;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(code) => code,
+        Err(e) => {
+            // Logging may be up (serve) or not (argument errors); say it once, where it is read.
+            if tracing::dispatcher::has_been_set() {
+                tracing::error!(error = %format!("{e:#}"), "motion-host stopped");
+            } else {
+                eprintln!("motion-host: error: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> anyhow::Result<ExitCode> {
+    let matches = cli::Cli::command().get_matches();
+    let cli = cli::Cli::from_arg_matches(&matches)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        cli::Command::Serve(args) => {
+            let sub = matches.subcommand_matches("serve").cloned().unwrap_or_default();
+            logging::init(args.log_format);
+            runtime.block_on(serve::run(*args, &sub))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::Command::Healthcheck(args) => Ok(runtime.block_on(healthcheck::run(&args))),
+    }
+}

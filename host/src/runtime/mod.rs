@@ -1,0 +1,486 @@
+//! The guest runtime: one wasmtime [`Engine`] and [`Linker`] for the process, an
+//! [`InstancePre`](wasmtime::component::InstancePre) per guest version compiled once off the
+//! request path, and a fresh [`Store`] per request with its own memory cap and deadline.
+//!
+//! A guest gets an empty WASI context (no files, environment, arguments or sockets; clocks and
+//! random numbers stay, as std needs them; stdout and stderr are captured into the host log)
+//! and the host's `wasi:nn`. A guest that traps or overruns its deadline fails its own request
+//! and nothing else.
+//!
+//! The live guests sit behind an atomic pointer ([`ArcSwap`]): a request holds the `Arc` of the
+//! version it started with, so replacing a guest never blocks or drops one.
+
+pub mod bindings;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::backend::Model;
+use crate::models::ModelRegistry;
+use crate::nn::NnActivity;
+use bindings::motion::guest::types as wit;
+use bindings::{MotionGuest, MotionGuestPre};
+
+/// How often the epoch ticks: the granularity of deadlines and of yielding to the scheduler.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Most bytes of a guest's stdout and stderr kept per request.
+const GUEST_OUTPUT_BYTES: usize = 16 * 1024;
+
+/// Per-request limits on a guest.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub memory_bytes: usize,
+    pub deadline: Duration,
+}
+
+/// A guest's description of itself (its `info()` export).
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestInfo {
+    pub name: String,
+    pub version: String,
+    pub model: String,
+    pub input_shape: Vec<i64>,
+    pub labels: Vec<String>,
+    pub accepts: Vec<String>,
+}
+
+impl From<wit::GuestInfo> for GuestInfo {
+    fn from(i: wit::GuestInfo) -> Self {
+        GuestInfo {
+            name: i.name,
+            version: i.version,
+            model: i.model,
+            input_shape: i.input_shape,
+            labels: i.labels,
+            accepts: i.accepts,
+        }
+    }
+}
+
+/// One compiled, validated guest version.
+pub struct LoadedGuest {
+    /// The name it is installed under.
+    pub name: String,
+    pub info: GuestInfo,
+    /// `sha256:<hex>` of the component bytes.
+    pub digest: String,
+    pub size: usize,
+    pub model: Arc<Model>,
+    pre: MotionGuestPre<State>,
+}
+
+impl LoadedGuest {
+    /// Whether the guest says it reads this media type (parameters ignored).
+    pub fn accepts(&self, content_type: &str) -> bool {
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        self.info.accepts.iter().any(|a| a.eq_ignore_ascii_case(essence))
+    }
+}
+
+/// The live guests by name, and which answers `/v1/classify`.
+#[derive(Default)]
+pub struct GuestSet {
+    pub default: Option<String>,
+    pub guests: BTreeMap<String, Arc<LoadedGuest>>,
+}
+
+impl GuestSet {
+    pub fn default_guest(&self) -> Option<&Arc<LoadedGuest>> {
+        self.default.as_ref().and_then(|name| self.guests.get(name))
+    }
+}
+
+/// One piece of uploaded media, as the guest receives it.
+pub struct Media {
+    pub content_type: String,
+    pub data: Vec<u8>,
+}
+
+/// A guest's answer, checked.
+#[derive(Debug, Clone)]
+pub struct Classified {
+    pub label: String,
+    pub score: f32,
+    pub top_k: Vec<(String, f32)>,
+    pub frames_total: u32,
+    pub frames_used: u32,
+    pub timings: StageTimings,
+}
+
+/// Where one request's guest time went, split at its wasi:nn `compute` calls.
+#[derive(Debug, Clone, Default)]
+pub struct StageTimings {
+    pub preprocess: Duration,
+    pub queue: Duration,
+    pub inference: Duration,
+    pub postprocess: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("cannot read guest '{path}': {reason}")]
+    Read { path: String, reason: String },
+    #[error("guest '{name}' rejected: {}", reasons.join("; "))]
+    Rejected { name: String, reasons: Vec<String> },
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("guest '{guest}' could not run the model: {message}")]
+    Inference { guest: String, message: String },
+    #[error("guest '{guest}' trapped: {message}")]
+    Trap { guest: String, message: String },
+    #[error("guest '{guest}' ran past its deadline of {} ms", limit.as_millis())]
+    Timeout { guest: String, limit: Duration },
+    #[error("guest '{guest}' returned an invalid result: {message}")]
+    InvalidOutput { guest: String, message: String },
+    #[error("the model is busy: its queue is full; retry shortly")]
+    Busy,
+}
+
+/// The epoch callback's verdict when a request's deadline has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("deadline exceeded")]
+struct DeadlineExceeded;
+
+/// The data of one request's [`Store`].
+pub struct State {
+    wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) models: Arc<ModelRegistry>,
+    pub(crate) nn: NnActivity,
+    limiter: Limiter,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+// Our world's `types` interface has no functions; its (empty) host trait is still required.
+impl bindings::motion::guest::types::Host for State {}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps a guest's memory and tables, remembering a refusal so the error can name the limit.
+struct Limiter {
+    memory_bytes: usize,
+    memory_refused: Option<usize>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.memory_refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        32
+    }
+
+    fn tables(&self) -> usize {
+        32
+    }
+
+    fn memories(&self) -> usize {
+        8
+    }
+}
+
+/// The process's wasm engine, linker and live guests.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    models: Arc<ModelRegistry>,
+    limits: Limits,
+    guests: ArcSwap<GuestSet>,
+    ticking: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(models: Arc<ModelRegistry>, limits: Limits) -> anyhow::Result<Runtime> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        MotionGuest::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut linker, |state| state)?;
+
+        // Deadlines are counted in epoch ticks; a thread advances the epoch while the runtime lives.
+        let ticking = Arc::new(AtomicBool::new(true));
+        let (weak_engine, flag) = (engine.weak(), Arc::clone(&ticking));
+        std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
+            while flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak_engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })?;
+
+        Ok(Runtime { engine, linker, models, limits, guests: ArcSwap::from_pointee(GuestSet::default()), ticking })
+    }
+
+    /// The live guests, as of now.
+    pub fn guests(&self) -> Arc<GuestSet> {
+        self.guests.load_full()
+    }
+
+    /// Makes `guest` live under its name; the first guest installed becomes the default.
+    pub fn install(&self, guest: Arc<LoadedGuest>) {
+        self.guests.rcu(|current| {
+            let mut next = GuestSet { default: current.default.clone(), guests: current.guests.clone() };
+            next.guests.insert(guest.name.clone(), Arc::clone(&guest));
+            next.default.get_or_insert_with(|| guest.name.clone());
+            next
+        });
+    }
+
+    /// Reads, compiles and validates the component at `path` under `name`; nothing goes live.
+    pub async fn load_file(&self, name: &str, path: &Path) -> Result<Arc<LoadedGuest>, GuestError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| GuestError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        self.load(name, bytes).await
+    }
+
+    /// Compiles a component (on a blocking thread, off the request path), links it against our
+    /// world, and checks its `info()` against the model it names. Every failure is a reason.
+    pub async fn load(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<LoadedGuest>, GuestError> {
+        let rejected = |reasons: Vec<String>| GuestError::Rejected { name: name.to_string(), reasons };
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let size = bytes.len();
+        let engine = self.engine.clone();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| rejected(vec![format!("compilation did not finish: {e}")]))?
+            .map_err(|e| rejected(vec![format!("does not compile as a wasm component: {e:#}")]))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| rejected(vec![format!("does not fit the motion-guest world: {e:#}")]))?;
+        let pre = MotionGuestPre::new(pre).map_err(|e| rejected(vec![format!("does not export motion:guest/classifier: {e:#}")]))?;
+
+        let mut store = self.new_store(Instant::now() + self.limits.deadline);
+        let info = async {
+            let guest = pre.instantiate_async(&mut store).await?;
+            guest.motion_guest_classifier().call_info(&mut store).await
+        }
+        .await
+        .map_err(|e| rejected(vec![format!("info() failed: {}", self.describe_trap(&store, &e))]))?;
+        let info = GuestInfo::from(info);
+        let model = self.check_info(&info).map_err(rejected)?;
+        Ok(Arc::new(LoadedGuest {
+            name: name.to_string(),
+            info,
+            digest,
+            size,
+            model,
+            pre,
+        }))
+    }
+
+    /// Checks a guest's `info()` against the model it names: the model is loaded, the input
+    /// shape matches, and there is one unique label per model output.
+    fn check_info(&self, info: &GuestInfo) -> Result<Arc<Model>, Vec<String>> {
+        let mut reasons = Vec::new();
+        let Some(model) = self.models.get(&info.model) else {
+            return Err(vec![format!(
+                "info().model '{}' is not loaded (loaded: {})",
+                info.model,
+                self.models.names().join(", ")
+            )]);
+        };
+        let input = &model.manifest.input().shape;
+        if &info.input_shape != input {
+            reasons.push(format!("info().input-shape {:?} differs from the model's {:?}", info.input_shape, input));
+        }
+        let outputs = model.manifest.output().shape.last().copied().unwrap_or(0);
+        if info.labels.len() as i64 != outputs {
+            reasons.push(format!("info().labels has {} labels; the model has {outputs} outputs", info.labels.len()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for label in &info.labels {
+            if label.is_empty() || label.len() > 128 {
+                reasons.push(format!("label '{label:.32}' must be 1 to 128 bytes"));
+            } else if !seen.insert(label) {
+                reasons.push(format!("label '{label}' appears twice"));
+            }
+        }
+        if info.accepts.is_empty() {
+            reasons.push("info().accepts lists no media type".into());
+        }
+        if reasons.is_empty() { Ok(Arc::clone(model)) } else { Err(reasons) }
+    }
+
+    fn new_store(&self, deadline: Instant) -> Store<State> {
+        let stdout = MemoryOutputPipe::new(GUEST_OUTPUT_BYTES);
+        let stderr = MemoryOutputPipe::new(GUEST_OUTPUT_BYTES);
+        let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let state = State {
+            wasi,
+            table: ResourceTable::new(),
+            models: Arc::clone(&self.models),
+            nn: NnActivity::default(),
+            limiter: Limiter { memory_bytes: self.limits.memory_bytes, memory_refused: None },
+            stdout,
+            stderr,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        // Check the deadline every tick and yield to the scheduler in between, so a spinning
+        // guest neither outlives its deadline nor holds a tokio worker.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(DeadlineExceeded.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
+    /// Runs `guest` on one clip in a fresh store.
+    pub async fn classify(&self, guest: &LoadedGuest, media: Vec<Media>, top_k: u32) -> Result<Classified, GuestError> {
+        let started = Instant::now();
+        let deadline = self.limits.deadline;
+        let mut store = self.new_store(started + deadline);
+        let request = wit::Request {
+            media: media.into_iter().map(|m| wit::Media { content_type: m.content_type, data: m.data }).collect(),
+            top_k,
+        };
+        // The epoch deadline stops guest code; this bounds the whole call, host calls included.
+        let outcome = tokio::time::timeout(deadline + EPOCH_TICK * 10, async {
+            let instance = guest.pre.instantiate_async(&mut store).await?;
+            instance.motion_guest_classifier().call_classify(&mut store, &request).await
+        })
+        .await;
+        let finished = Instant::now();
+        self.log_guest_output(guest, &store);
+
+        if store.data().nn.busy {
+            return Err(GuestError::Busy);
+        }
+        let timeout = || GuestError::Timeout { guest: guest.name.clone(), limit: deadline };
+        let answer = match outcome {
+            Err(_) => return Err(timeout()),
+            Ok(Err(e)) if e.downcast_ref::<DeadlineExceeded>().is_some() => return Err(timeout()),
+            Ok(Err(e)) => {
+                let message = self.describe_trap(&store, &e);
+                tracing::warn!(guest = %guest.name, digest = %guest.digest, error = %format!("{e:?}"), "guest trapped");
+                return Err(GuestError::Trap { guest: guest.name.clone(), message });
+            }
+            Ok(Ok(Err(wit::Error::BadInput(m)))) => return Err(GuestError::BadInput(m)),
+            Ok(Ok(Err(wit::Error::UnsupportedMedia(m)))) => return Err(GuestError::Unsupported(m)),
+            Ok(Ok(Err(wit::Error::Inference(message)))) => {
+                return Err(GuestError::Inference { guest: guest.name.clone(), message });
+            }
+            Ok(Ok(Ok(answer))) => answer,
+        };
+
+        let nn = &store.data().nn;
+        let timings = match (nn.first_compute, nn.last_compute_end) {
+            (Some(first), Some(last)) => StageTimings {
+                preprocess: first.saturating_duration_since(started),
+                queue: nn.queue,
+                inference: nn.inference,
+                postprocess: finished.saturating_duration_since(last),
+            },
+            _ => StageTimings { preprocess: finished - started, ..StageTimings::default() },
+        };
+        check_answer(guest, answer, top_k, timings).map_err(|message| GuestError::InvalidOutput { guest: guest.name.clone(), message })
+    }
+
+    /// Names what stopped a guest: the memory cap, a trap code, or the error itself.
+    fn describe_trap(&self, store: &Store<State>, error: &wasmtime::Error) -> String {
+        if let Some(asked) = store.data().limiter.memory_refused {
+            return format!(
+                "it exceeded its memory limit of {} MiB (asked for {} MiB)",
+                self.limits.memory_bytes >> 20,
+                asked >> 20
+            );
+        }
+        if error.downcast_ref::<DeadlineExceeded>().is_some() {
+            return format!("it ran past its deadline of {} ms", self.limits.deadline.as_millis());
+        }
+        match error.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => format!("wasm trap: {trap}"),
+            None => format!("{error}"),
+        }
+    }
+
+    /// Copies what the guest wrote to stdout and stderr into the host log, tagged with the
+    /// guest's name (at most [`GUEST_OUTPUT_BYTES`] of each per request).
+    fn log_guest_output(&self, guest: &LoadedGuest, store: &Store<State>) {
+        for (stream, pipe) in [("stdout", &store.data().stdout), ("stderr", &store.data().stderr)] {
+            let bytes = pipe.contents();
+            if !bytes.is_empty() {
+                let text = String::from_utf8_lossy(&bytes);
+                tracing::info!(guest = %guest.name, stream, output = %text.trim_end(), "guest output");
+            }
+        }
+    }
+}
+
+/// Checks a guest's answer against what it promised: labels it declared, a best-first top-k of
+/// the asked size with finite probabilities, and a plausible frame count.
+fn check_answer(guest: &LoadedGuest, c: wit::Classification, top_k: u32, timings: StageTimings) -> Result<Classified, String> {
+    let expected = (top_k as usize).min(guest.info.labels.len());
+    if c.top_k.len() != expected {
+        return Err(format!("top-k has {} entries; {expected} were asked for", c.top_k.len()));
+    }
+    for entry in &c.top_k {
+        if !guest.info.labels.contains(&entry.label) {
+            return Err(format!("label '{:.64}' is not one of its declared labels", entry.label));
+        }
+        if !(entry.score.is_finite() && (0.0..=1.0).contains(&entry.score)) {
+            return Err(format!("score {} of '{}' is not a probability", entry.score, entry.label));
+        }
+    }
+    if c.top_k.windows(2).any(|w| w[0].score < w[1].score) {
+        return Err("top-k is not ordered best first".into());
+    }
+    if c.top_k.first().is_some_and(|best| best.label != c.label || best.score != c.score) {
+        return Err("label and score differ from the first top-k entry".into());
+    }
+    if c.frames_used == 0 || c.frames_used > c.frames_total {
+        return Err(format!("frames_used {} is outside 1..=frames_total ({})", c.frames_used, c.frames_total));
+    }
+    Ok(Classified {
+        label: c.label,
+        score: c.score,
+        top_k: c.top_k.into_iter().map(|e| (e.label, e.score)).collect(),
+        frames_total: c.frames_total,
+        frames_used: c.frames_used,
+        timings,
+    })
+}

@@ -1,0 +1,290 @@
+//! `motion-host serve`: checks every setting, opens the listeners at once (so `/health` answers
+//! `starting` while loading), loads the models and guests, then serves until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+
+use crate::backend::DeviceChoice;
+use crate::cli::ServeArgs;
+use crate::http::{self, AppState};
+use crate::models::ModelRegistry;
+use crate::platform::state::ServeState;
+use crate::platform::tls::TlsPlan;
+use crate::platform::{Source, bind, tls};
+use crate::runtime::{self, Media, Runtime};
+
+/// A guest to load at start: the name it is installed under and its file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestSpec {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl GuestSpec {
+    /// `NAME=PATH`, or `PATH` named after its file stem.
+    pub fn parse(spec: &str) -> anyhow::Result<GuestSpec> {
+        let (name, path) = match spec.split_once('=') {
+            Some((name, path)) => (name.to_string(), PathBuf::from(path)),
+            None => {
+                let path = PathBuf::from(spec);
+                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+                (stem, path)
+            }
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !valid {
+            bail!("--guest '{spec}': the name '{name}' must be 1-64 characters of letters, digits, '-', '_' or '.'");
+        }
+        Ok(GuestSpec { name, path })
+    }
+}
+
+/// Where a flag's value came from, for the start-up log.
+fn source_of(matches: &ArgMatches, id: &str, flag: &'static str, env: &'static str) -> Source {
+    match matches.value_source(id) {
+        Some(ValueSource::CommandLine) => Source::Flag(flag),
+        Some(ValueSource::EnvVariable) => Source::Env(env),
+        _ => Source::Default,
+    }
+}
+
+pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
+    // Everything is checked before a socket opens.
+    let bind_source = source_of(matches, "bind", "--bind", "MOTION_HOST_BIND");
+    let port_env = std::env::var("PORT").ok();
+    let (addrs, bind_source) = bind::resolve(&args.bind, bind_source, port_env.as_deref())?;
+    let cert = args.tls_cert.clone().map(|p| (p, source_of(matches, "tls_cert", "--tls-cert", "TLS_CERTFILE")));
+    let key = args.tls_key.clone().map(|p| (p, source_of(matches, "tls_key", "--tls-key", "TLS_KEYFILE")));
+    let plan = tls::resolve(cert, key, &args.tls_dir)?;
+    let tls_config = match &plan {
+        TlsPlan::Files { cert, key, .. } => Some(tls::load(cert, key)?),
+        TlsPlan::Plain => None,
+    };
+    let guest_specs = args.guests.iter().map(|s| GuestSpec::parse(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    if guest_specs.is_empty() {
+        bail!("no guest to serve: give --guest NAME=PATH");
+    }
+    let threads = match args.inference_threads {
+        Some(0) => bail!("--inference-threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
+
+    let listeners = addrs.iter().map(|&a| bind::listen(a)).collect::<Result<Vec<_>, _>>()?;
+    let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+    let scheme = if tls_config.is_some() { "https" } else { "http" };
+
+    let app = AppState::new(args.max_body_bytes);
+    let router = http::router(Arc::clone(&app));
+    let handle = Handle::new();
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let service = router.clone().into_make_service_with_connect_info::<SocketAddr>();
+        let handle = handle.clone();
+        match &tls_config {
+            Some(config) => {
+                let server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(Arc::clone(config)));
+                servers.spawn(async move { server.handle(handle).serve(service).await });
+            }
+            None => {
+                let server = axum_server::from_tcp(listener);
+                servers.spawn(async move { server.handle(handle).serve(service).await });
+            }
+        }
+    }
+
+    let urls: Vec<String> = bound.iter().map(|a| format!("{scheme}://{a}")).collect();
+    let tls_line = match &plan {
+        TlsPlan::Files { cert, key, source } => {
+            format!("TLS on (TLS 1.2/1.3, ALPN h2/http1.1) from {source}: cert {}, key {}", cert.display(), key.display())
+        }
+        TlsPlan::Plain => format!(
+            "TLS off: no --tls-cert/--tls-key, no TLS_CERTFILE/TLS_KEYFILE, nothing in {}",
+            args.tls_dir.display()
+        ),
+    };
+    tracing::info!(
+        addresses = ?urls,
+        bind_from = %bind_source,
+        tls = scheme == "https",
+        state_file = %args.state_file.display(),
+        "listening on {} (bind from {bind_source}); {tls_line}",
+        urls.join(", ")
+    );
+    if tls_config.is_none() {
+        tracing::warn!("serving plain HTTP: mount tls.crt and tls.key in {} or pass --tls-cert/--tls-key", args.tls_dir.display());
+    }
+    let cert_path = match &plan {
+        TlsPlan::Files { cert, .. } => Some(cert.clone()),
+        TlsPlan::Plain => None,
+    };
+    let state = ServeState::new(scheme, bound.clone(), cert_path);
+    if let Err(e) = state.write(&args.state_file) {
+        tracing::warn!(path = %args.state_file.display(), error = %e, "cannot write the state file; `motion-host healthcheck` will need --url");
+    }
+
+    let started = Instant::now();
+    let load = load_everything(&args, &guest_specs, threads, &app);
+    tokio::pin!(load);
+    let mut signals = Signals::new()?;
+    tokio::select! {
+        loaded = &mut load => {
+            let runtime = loaded?;
+            app.set_ready(runtime);
+            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "healthy: model and guests loaded and warmed up");
+        }
+        signal = signals.next() => {
+            tracing::info!(signal, "stopping before the model finished loading");
+            return Ok(());
+        }
+    }
+
+    tokio::select! {
+        signal = signals.next() => {
+            app.set_draining();
+            tracing::info!(signal, timeout_s = args.shutdown_timeout.as_secs_f64(), "draining: readiness is off; finishing in-flight requests");
+            handle.graceful_shutdown(Some(args.shutdown_timeout));
+            tokio::select! {
+                _ = async { while servers.join_next().await.is_some() {} } => {}
+                signal = signals.next() => {
+                    tracing::warn!(signal, "second signal: exiting at once");
+                }
+            }
+        }
+        Some(ended) = servers.join_next() => {
+            ended.context("a listener task failed")?.context("a listener stopped")?;
+        }
+    }
+    let _ = std::fs::remove_file(&args.state_file);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads the models (on their inference threads, warm-up included) and the guests, and runs
+/// each guest once on a built-in sample clip.
+async fn load_everything(args: &ServeArgs, specs: &[GuestSpec], threads: usize, app: &AppState) -> anyhow::Result<Arc<Runtime>> {
+    let started = Instant::now();
+    let device = DeviceChoice::resolve(&args.device)?;
+    tracing::info!(device = ?device.device, reason = %device.reason, inference_threads = threads, "device chosen");
+    let model_dir = args.model_dir.clone();
+    let models = tokio::task::spawn_blocking({
+        let device = device.clone();
+        move || ModelRegistry::load_dir(&model_dir, &device, threads)
+    })
+    .await
+    .context("model loading did not finish")??;
+    for model in models.iter() {
+        tracing::info!(
+            model = model.name(),
+            version = %model.manifest.version,
+            sha256 = %model.sha256,
+            device = ?model.device,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model loaded and warmed up"
+        );
+    }
+    app.set_models_loaded();
+
+    let limits = runtime::Limits { memory_bytes: args.guest_memory_bytes, deadline: args.guest_deadline };
+    let runtime = Arc::new(Runtime::new(Arc::new(models), limits)?);
+    for spec in specs {
+        let loaded = Instant::now();
+        let guest = runtime
+            .load_file(&spec.name, &spec.path)
+            .await
+            .with_context(|| format!("guest '{}' from '{}' cannot load", spec.name, spec.path.display()))?;
+        self_test(&runtime, &guest).await.with_context(|| format!("guest '{}' failed its self-test", spec.name))?;
+        tracing::info!(
+            guest = %guest.name,
+            version = %guest.info.version,
+            digest = %guest.digest,
+            size = guest.size,
+            model = %guest.info.model,
+            elapsed_ms = loaded.elapsed().as_millis() as u64,
+            "guest loaded and self-tested"
+        );
+        runtime.install(guest);
+    }
+    Ok(runtime)
+}
+
+/// Classifies a built-in sample frame with the guest: proves the whole path works (and warms
+/// it) before the guest goes live.
+async fn self_test(runtime: &Runtime, guest: &runtime::LoadedGuest) -> anyhow::Result<()> {
+    if !guest.accepts("image/png") {
+        tracing::info!(guest = %guest.name, "no self-test: the guest does not accept image/png");
+        return Ok(());
+    }
+    let media = vec![Media { content_type: "image/png".into(), data: sample_png() }];
+    let labels = guest.info.labels.len() as u32;
+    let answer = runtime.classify(guest, media, labels).await?;
+    let sum: f32 = answer.top_k.iter().map(|(_, s)| s).sum();
+    if (sum - 1.0).abs() > 1e-3 {
+        bail!("scores over all {labels} labels sum to {sum}, not 1");
+    }
+    Ok(())
+}
+
+/// A 64×36 grey gradient as PNG: the self-test's one-frame clip.
+fn sample_png() -> Vec<u8> {
+    let (width, height) = (64u32, 36u32);
+    let pixels: Vec<u8> = (0..height).flat_map(|y| (0..width).map(move |x| ((x * 4 + y * 2) % 256) as u8)).collect();
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    // Writing into a Vec cannot fail but for a size mismatch, which the dimensions rule out.
+    if let Ok(mut writer) = encoder.write_header() {
+        let _ = writer.write_image_data(&pixels);
+    }
+    out
+}
+
+/// SIGTERM and SIGINT, as one stream.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_specs_parse() {
+        assert_eq!(GuestSpec::parse("motion=a/b.wasm").unwrap(), GuestSpec { name: "motion".into(), path: "a/b.wasm".into() });
+        assert_eq!(GuestSpec::parse("/x/fast.wasm").unwrap(), GuestSpec { name: "fast".into(), path: "/x/fast.wasm".into() });
+        assert!(GuestSpec::parse("bad name=x.wasm").is_err());
+        assert!(GuestSpec::parse("=x.wasm").is_err());
+    }
+
+    #[test]
+    fn the_sample_is_a_png() {
+        assert!(sample_png().starts_with(b"\x89PNG\r\n\x1a\n"));
+    }
+}

@@ -1,0 +1,92 @@
+# shellcheck shell=bash
+# Sourced by scripts/serve and scripts/test: installs what building motion-host needs and
+# exports the variables the build reads. Downloads are cached outside the repository
+# (MOTION_HOST_CACHE, default ~/.cache/motion-host), so a second run fetches nothing.
+#
+# libtorch comes from the torch wheel on PyPI (the only place it can be fetched from here).
+# Only the CPU libraries and headers are unpacked, plus the two small CUDA libraries that
+# PyPI's libtorch_cpu.so links; leaving libtorch_cuda.so out makes torch-sys link a CPU-only
+# build. The torch version is pinned to the one tch 0.24 wraps (2.11), which is also the
+# torch the GPU machines carry.
+
+set -euo pipefail
+
+TORCH_VERSION=2.11.0
+CUDA_RUNTIME_VERSION=13.0.96 # pinned by torch 2.11's metadata (cuda-toolkit 13.0.2)
+CUDA_CUPTI_VERSION=13.0.85
+
+MOTION_HOST_CACHE="${MOTION_HOST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/motion-host}"
+LIBTORCH_DIR="$MOTION_HOST_CACHE/libtorch-$TORCH_VERSION"
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+fetch_libtorch() {
+    [ -f "$LIBTORCH_DIR/.complete" ] && return 0
+    local wheels="$MOTION_HOST_CACHE/wheels"
+    mkdir -p "$wheels"
+    say "fetching libtorch $TORCH_VERSION from PyPI into $MOTION_HOST_CACHE"
+    python3 -m pip download --quiet --no-deps --dest "$wheels" \
+        "torch==$TORCH_VERSION" \
+        "nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION" \
+        "nvidia-cuda-cupti==$CUDA_CUPTI_VERSION"
+    local staging
+    staging="$(mktemp -d "$MOTION_HOST_CACHE/staging.XXXXXX")"
+    python3 - "$wheels" "$staging" "$TORCH_VERSION" "$CUDA_RUNTIME_VERSION" "$CUDA_CUPTI_VERSION" <<'PY'
+import glob, os, shutil, sys, zipfile
+wheels, out, torch_v, rt_v, cupti_v = sys.argv[1:]
+lib = os.path.join(out, "lib")
+os.makedirs(lib)
+def only(pattern):
+    found = glob.glob(os.path.join(wheels, pattern))
+    if len(found) != 1:
+        sys.exit(f"expected one wheel matching {pattern}, found {found}")
+    return found[0]
+wanted = {"libtorch_cpu.so", "libtorch.so", "libc10.so", "libgomp.so.1", "libshm.so"}
+with zipfile.ZipFile(only(f"torch-{torch_v}-*.whl")) as z:
+    for name in z.namelist():
+        base = os.path.basename(name)
+        if name.startswith("torch/lib/") and base in wanted:
+            with z.open(name) as src, open(os.path.join(lib, base), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        elif name.startswith("torch/include/") and not name.endswith("/"):
+            target = os.path.join(out, name[len("torch/"):])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with z.open(name) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    licence = "torch-%s.dist-info/licenses/LICENSE" % torch_v
+    if licence in z.namelist():
+        with z.open(licence) as src, open(os.path.join(out, "LICENSE.libtorch"), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+for pattern, so in ((f"nvidia_cuda_runtime-{rt_v}-*.whl", "libcudart.so.13"),
+                    (f"nvidia_cuda_cupti-{cupti_v}-*.whl", "libcupti.so.13")):
+    with zipfile.ZipFile(only(pattern)) as z:
+        with z.open(f"nvidia/cu13/lib/{so}") as src, open(os.path.join(lib, so), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+missing = wanted - set(os.listdir(lib))
+if missing:
+    sys.exit(f"torch wheel lacks {sorted(missing)}")
+PY
+    rm -rf "$LIBTORCH_DIR"
+    mv "$staging" "$LIBTORCH_DIR"
+    touch "$LIBTORCH_DIR/.complete"
+    say "libtorch ready in $LIBTORCH_DIR"
+}
+
+add_wasm_target() {
+    if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+        say "adding the wasm32-wasip2 target"
+        rustup target add wasm32-wasip2
+    fi
+}
+
+fetch_libtorch
+add_wasm_target
+
+export LIBTORCH="$LIBTORCH_DIR"
+export LD_LIBRARY_PATH="$LIBTORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# Builds the default guest component (the build output is where the server looks for it).
+build_guest() {
+    say "building the default guest (wasm32-wasip2)"
+    cargo build --quiet --release -p motion-guest --target wasm32-wasip2
+}
