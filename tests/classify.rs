@@ -43,11 +43,17 @@ fn multipart(server: &Server, path: &str, frames: Vec<(Vec<u8>, &str)>) -> reqwe
 }
 
 /// Checks the whole 200 body against the contract and returns it.
-fn assert_classification(response: reqwest::blocking::Response, top_k: usize, frames_total: u64, frames_used: u64) -> serde_json::Value {
+fn assert_classification(
+    response: reqwest::blocking::Response,
+    top_k: usize,
+    frames_total: u64,
+    frames_used: u64,
+) -> serde_json::Value {
     let (status, body) = json(response);
     assert_eq!(status, 200, "{body}");
     let keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
-    let mut expected = vec!["frames_total", "frames_used", "guest", "label", "model", "score", "timings_ms", "top_k"];
+    let mut expected =
+        vec!["frames_total", "frames_used", "guest", "label", "model", "score", "timings_ms", "top_k"];
     expected.sort();
     let mut keys_sorted = keys.clone();
     keys_sorted.sort();
@@ -75,7 +81,10 @@ fn assert_classification(response: reqwest::blocking::Response, top_k: usize, fr
         assert!(t[stage].as_f64().is_some_and(|v| v >= 0.0), "{stage}: {t}");
     }
     assert!(t["inference"].as_f64().unwrap() > 0.0, "{t}");
-    let parts = ["preprocess", "queue", "inference", "postprocess"].iter().map(|s| t[s].as_f64().unwrap()).sum::<f64>();
+    let parts = ["preprocess", "queue", "inference", "postprocess"]
+        .iter()
+        .map(|s| t[s].as_f64().unwrap())
+        .sum::<f64>();
     assert!(parts <= t["total"].as_f64().unwrap() + 0.01, "stages fit in the total: {t}");
     body
 }
@@ -97,7 +106,12 @@ fn multipart_jpeg_frames_and_a_named_guest() {
 #[test]
 fn animated_gif() {
     let server = &server();
-    assert_classification(post(server, "/v1/classify?top_k=5", "image/gif", clips::gif(12, 96, 64)), 5, 12, 8);
+    assert_classification(
+        post(server, "/v1/classify?top_k=5", "image/gif", clips::gif(12, 96, 64)),
+        5,
+        12,
+        8,
+    );
 }
 
 #[test]
@@ -118,7 +132,12 @@ fn single_png_and_jpeg() {
 #[test]
 fn top_k_16_is_a_distribution_over_all_labels() {
     let server = &server();
-    let body = assert_classification(post(server, "/v1/classify?top_k=16", "image/gif", clips::gif(5, 64, 64)), 16, 5, 5);
+    let body = assert_classification(
+        post(server, "/v1/classify?top_k=16", "image/gif", clips::gif(5, 64, 64)),
+        16,
+        5,
+        5,
+    );
     let top = body["top_k"].as_array().unwrap();
     let mut labels: Vec<&str> = top.iter().map(|e| e["label"].as_str().unwrap()).collect();
     labels.sort();
@@ -143,30 +162,90 @@ fn bad_requests_get_their_status_and_code() {
     let server = &server();
     let png = clips::png(&clips::frame(32, 32, 0));
     let truncated_png = png[..png.len() / 2].to_vec();
-    let mut huge_png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
-    huge_png.extend_from_slice(&100_000u32.to_be_bytes());
-    huge_png.extend_from_slice(&100_000u32.to_be_bytes());
-    huge_png.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
+    let huge_png = clips::png_header_claiming(100_000, 100_000);
     let boundary_body = b"--XYZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\nabc".to_vec();
 
     // (path, content type, body, status, code, words in the message)
     let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str, Vec<&str>)> = vec![
         ("/v1/classify?top_k=0", Some("image/png"), png.clone(), 400, "bad_request", vec!["top_k", "'0'"]),
-        ("/v1/classify?top_k=17", Some("image/png"), png.clone(), 400, "bad_request", vec!["1 to 16", "'17'"]),
+        (
+            "/v1/classify?top_k=17",
+            Some("image/png"),
+            png.clone(),
+            400,
+            "bad_request",
+            vec!["1 to 16", "'17'"],
+        ),
         ("/v1/classify?top_k=three", Some("image/png"), png.clone(), 400, "bad_request", vec!["'three'"]),
         ("/v1/classify", Some("image/png"), vec![0; 8_000_001], 413, "payload_too_large", vec!["8000000"]),
-        ("/v1/classify", Some("video/mp4"), b"....ftypisom".to_vec(), 415, "unsupported_media_type", vec!["video/mp4", "image/gif", "ffmpeg -i clip.mp4 -f yuv4mpegpipe -"]),
-        ("/v1/classify", Some("text/plain"), b"hello".to_vec(), 415, "unsupported_media_type", vec!["text/plain", "video/x-yuv4mpeg"]),
+        (
+            "/v1/classify",
+            Some("video/mp4"),
+            b"....ftypisom".to_vec(),
+            415,
+            "unsupported_media_type",
+            vec!["video/mp4", "image/gif", "ffmpeg -i clip.mp4 -f yuv4mpegpipe -"],
+        ),
+        (
+            "/v1/classify",
+            Some("text/plain"),
+            b"hello".to_vec(),
+            415,
+            "unsupported_media_type",
+            vec!["text/plain", "video/x-yuv4mpeg"],
+        ),
         ("/v1/classify", None, png.clone(), 415, "unsupported_media_type", vec!["no Content-Type"]),
         ("/v1/classify", Some("image/png"), truncated_png, 422, "unprocessable_media", vec!["PNG"]),
-        ("/v1/classify", Some("image/png"), huge_png, 422, "unprocessable_media", vec!["100000x100000", "limit"]),
+        (
+            "/v1/classify",
+            Some("image/png"),
+            huge_png,
+            422,
+            "unprocessable_media",
+            vec!["100000x100000", "limit"],
+        ),
         ("/v1/classify", Some("image/gif"), b"GIF89a\x01".to_vec(), 422, "unprocessable_media", vec!["GIF"]),
-        ("/v1/classify", Some("video/x-yuv4mpeg"), b"YUV4MPEG2 W16 H16 C420jpeg\n".to_vec(), 422, "unprocessable_media", vec!["no frames"]),
-        ("/v1/classify", Some("video/x-yuv4mpeg"), b"YUV4MPEG W16 H16\nFRAME\n".to_vec(), 422, "unprocessable_media", vec!["YUV4MPEG2"]),
+        (
+            "/v1/classify",
+            Some("video/x-yuv4mpeg"),
+            b"YUV4MPEG2 W16 H16 C420jpeg\n".to_vec(),
+            422,
+            "unprocessable_media",
+            vec!["no frames"],
+        ),
+        (
+            "/v1/classify",
+            Some("video/x-yuv4mpeg"),
+            b"YUV4MPEG W16 H16\nFRAME\n".to_vec(),
+            422,
+            "unprocessable_media",
+            vec!["YUV4MPEG2"],
+        ),
         ("/v1/classify", Some("multipart/form-data"), png.clone(), 400, "bad_request", vec!["boundary"]),
-        ("/v1/classify", Some("multipart/form-data; boundary=XYZ"), boundary_body, 400, "bad_request", vec!["multipart"]),
-        ("/v1/classify", Some("multipart/form-data; boundary=XYZ"), b"--XYZ--\r\n".to_vec(), 400, "bad_request", vec!["no file parts"]),
-        ("/v1/guests/nope/classify", Some("image/png"), png.clone(), 404, "not_found", vec!["'nope'", "motion"]),
+        (
+            "/v1/classify",
+            Some("multipart/form-data; boundary=XYZ"),
+            boundary_body,
+            400,
+            "bad_request",
+            vec!["multipart"],
+        ),
+        (
+            "/v1/classify",
+            Some("multipart/form-data; boundary=XYZ"),
+            b"--XYZ--\r\n".to_vec(),
+            400,
+            "bad_request",
+            vec!["no file parts"],
+        ),
+        (
+            "/v1/guests/nope/classify",
+            Some("image/png"),
+            png.clone(),
+            404,
+            "not_found",
+            vec!["'nope'", "motion"],
+        ),
         ("/v2/nothing-here", Some("image/png"), png.clone(), 404, "not_found", vec!["no such route"]),
     ];
     for (path, content_type, body, status, code, words) in cases {
@@ -193,7 +272,12 @@ fn an_oversized_chunked_body_is_refused_while_streaming() {
     // No Content-Length: the limit must hold while the body streams in.
     let chunks = (0..100).map(|_| Ok::<_, std::io::Error>(vec![0u8; 100_000]));
     let body = reqwest::blocking::Body::new(ChunkReader { chunks: Box::new(chunks), current: Vec::new() });
-    let r = server.client().post(server.url("/v1/classify")).header("content-type", "image/png").body(body).send();
+    let r = server
+        .client()
+        .post(server.url("/v1/classify"))
+        .header("content-type", "image/png")
+        .body(body)
+        .send();
     match r {
         Ok(r) => {
             assert_error(r, 413, "payload_too_large", &["8000000"]);
@@ -228,7 +312,7 @@ impl std::io::Read for ChunkReader {
 #[test]
 fn guest_faults_and_timeouts_are_contained() {
     // 4096×4096 is within the guest's own size limits, but decoding it needs far more than
-    // 24 MiB of guest memory, and far more than 150 ms.
+    // 24 MiB of guest memory, and far longer than 400 ms (about 900 ms on a 2-core machine).
     let big = clips::png(&clips::frame(4096, 4096, 0));
     let small = clips::png(&clips::frame(32, 32, 0));
 
@@ -239,9 +323,9 @@ fn guest_faults_and_timeouts_are_contained() {
     assert_classification(post(&server, "/v1/classify", "image/png", small.clone()), 3, 1, 1);
     drop(server);
 
-    let server = ServerBuilder::new().arg("--guest-deadline=150ms").start();
+    let server = ServerBuilder::new().arg("--guest-deadline=400ms").start();
     let r = post(&server, "/v1/classify", "image/png", big);
-    assert_error(r, 504, "guest_timeout", &["motion", "deadline of 150 ms"]);
+    assert_error(r, 504, "guest_timeout", &["motion", "deadline of 400 ms"]);
     assert_eq!(json(server.get("/health")).0, 200);
     assert_classification(post(&server, "/v1/classify", "image/png", small), 3, 1, 1);
 }

@@ -154,10 +154,38 @@ fn a_broken_certificate_refuses_to_start() {
     // (what to put in the TLS directory, words the error must contain)
     type Setup = fn(&std::path::Path);
     let cases: Vec<(&str, Setup, &str)> = vec![
-        ("cert without key", |d| { Cert::localhost(d, "tls"); std::fs::remove_file(d.join("tls.key")).unwrap(); }, "tls.key"),
-        ("key without cert", |d| { Cert::localhost(d, "tls"); std::fs::remove_file(d.join("tls.crt")).unwrap(); }, "tls.crt"),
-        ("cert not PEM", |d| { Cert::localhost(d, "tls"); std::fs::write(d.join("tls.crt"), "hello").unwrap(); }, "tls.crt"),
-        ("key not PEM", |d| { Cert::localhost(d, "tls"); std::fs::write(d.join("tls.key"), "hello").unwrap(); }, "tls.key"),
+        (
+            "cert without key",
+            |d| {
+                Cert::localhost(d, "tls");
+                std::fs::remove_file(d.join("tls.key")).unwrap();
+            },
+            "tls.key",
+        ),
+        (
+            "key without cert",
+            |d| {
+                Cert::localhost(d, "tls");
+                std::fs::remove_file(d.join("tls.crt")).unwrap();
+            },
+            "tls.crt",
+        ),
+        (
+            "cert not PEM",
+            |d| {
+                Cert::localhost(d, "tls");
+                std::fs::write(d.join("tls.crt"), "hello").unwrap();
+            },
+            "tls.crt",
+        ),
+        (
+            "key not PEM",
+            |d| {
+                Cert::localhost(d, "tls");
+                std::fs::write(d.join("tls.key"), "hello").unwrap();
+            },
+            "tls.key",
+        ),
         (
             "key of another cert",
             |d| {
@@ -174,7 +202,8 @@ fn a_broken_certificate_refuses_to_start() {
         std::fs::create_dir_all(&tls_dir).unwrap();
         setup(&tls_dir);
         let out = builder.run_to_exit();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(!out.status.success(), "{what}: started anyway:\n{text}");
         assert!(text.contains(words), "{what}: error lacks '{words}':\n{text}");
         assert!(text.contains(tls_dir.to_str().unwrap()), "{what}: error names no file:\n{text}");
@@ -203,7 +232,8 @@ fn bad_settings_stop_start_up_with_the_reason() {
             builder = builder.env(k, v);
         }
         let out = builder.run_to_exit();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(!out.status.success(), "{args:?}: started anyway:\n{text}");
         assert!(text.contains(words), "{args:?}: error lacks '{words}':\n{text}");
     }
@@ -232,7 +262,13 @@ fn health_is_503_starting_until_the_model_and_guest_are_loaded() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stdout).contains("503"));
     // classify is refused while starting.
-    let r = server.client().post(server.url("/v1/classify")).header("content-type", "image/png").body(vec![1, 2, 3]).send().unwrap();
+    let r = server
+        .client()
+        .post(server.url("/v1/classify"))
+        .header("content-type", "image/png")
+        .body(vec![1, 2, 3])
+        .send()
+        .unwrap();
     let body = motion_host_tests::assert_error(r, 503, "not_ready", &["starting"]);
     assert!(body["error"]["message"].is_string());
 
@@ -336,7 +372,17 @@ fn version_flag_prints_the_version() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "motion-host 0.1.0");
     let help = Command::new(bin()).args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--bind", "--tls-cert", "--tls-key", "--tls-dir", "--model-dir", "--guest", "--device", "--max-body-bytes", "--log-format"] {
+    for flag in [
+        "--bind",
+        "--tls-cert",
+        "--tls-key",
+        "--tls-dir",
+        "--model-dir",
+        "--guest",
+        "--device",
+        "--max-body-bytes",
+        "--log-format",
+    ] {
         assert!(help.contains(flag), "serve --help lacks {flag}");
     }
     assert!(help.contains("[env: TLS_CERTFILE=]") || help.contains("env: TLS_CERTFILE"), "{help}");

@@ -162,7 +162,9 @@ impl ServerBuilder {
         };
         cmd.arg(format!("--state-file={}", dir.join("serve.json").display()));
         cmd.arg(format!("--tls-dir={}", dir.join("tls").display()));
-        cmd.arg(format!("--model-dir={}", repo_root().join("models").display()));
+        if !self.args.iter().any(|a| a.starts_with("--model-dir")) {
+            cmd.arg(format!("--model-dir={}", repo_root().join("models").display()));
+        }
         let guest = self.guest.clone().unwrap_or_else(|| format!("motion={}", guest_wasm().display()));
         cmd.arg(format!("--guest={guest}"));
         if let Some(cert) = &self.tls {
@@ -188,7 +190,8 @@ impl ServerBuilder {
             .stderr(log_file)
             .spawn()
             .expect("motion-host starts");
-        let mut server = Server { child: Some(child), log, dir: self.dir, ca: self.ca, state: serde_json::Value::Null };
+        let mut server =
+            Server { child: Some(child), log, dir: self.dir, ca: self.ca, state: serde_json::Value::Null };
         server.wait_listening();
         server
     }
@@ -202,7 +205,13 @@ impl ServerBuilder {
 
     /// Runs the server expecting it to refuse to start; returns its exit status and output.
     pub fn run_to_exit(self) -> Output {
-        let mut child = self.command().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if child.try_wait().unwrap().is_some() {
@@ -354,7 +363,8 @@ impl Drop for Server {
 
 /// A blocking client with no proxy that trusts `ca` (DER) when given.
 pub fn client_trusting(ca: Option<&[u8]>) -> Client {
-    let mut builder = Client::builder().no_proxy().timeout(Duration::from_secs(120)).tls_built_in_root_certs(false);
+    let mut builder =
+        Client::builder().no_proxy().timeout(Duration::from_secs(120)).tls_built_in_root_certs(false);
     if let Some(der) = ca {
         builder = builder.add_root_certificate(reqwest::Certificate::from_der(der).unwrap());
     }
@@ -410,6 +420,23 @@ pub mod clips {
         out.into_inner()
     }
 
+    /// A small, well-formed PNG whose header claims `width`×`height` RGB: what
+    /// a hostile upload would send to make a decoder allocate.
+    pub fn png_header_claiming(width: u32, height: u32) -> Vec<u8> {
+        let mut chunk = b"IHDR".to_vec();
+        chunk.extend_from_slice(&width.to_be_bytes());
+        chunk.extend_from_slice(&height.to_be_bytes());
+        chunk.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        // IHDR, then the start of an image (a few bytes of IDAT) and the end marker.
+        for chunk in [chunk, b"IDAT\x78\x9c\x03\x00".to_vec(), b"IEND".to_vec()] {
+            png.extend_from_slice(&(chunk.len() as u32 - 4).to_be_bytes());
+            png.extend_from_slice(&chunk);
+            png.extend_from_slice(&crc32fast::hash(&chunk).to_be_bytes());
+        }
+        png
+    }
+
     /// `n` frames as PNGs.
     pub fn png_frames(n: u32, width: u32, height: u32) -> Vec<Vec<u8>> {
         (0..n).map(|t| png(&frame(width, height, t))).collect()
@@ -426,7 +453,9 @@ pub mod clips {
                     let p = rgb.get_pixel(x, y);
                     Rgba([p[0], p[1], p[2], 255])
                 });
-                encoder.encode_frame(image::Frame::from_parts(rgba, 0, 0, Delay::from_numer_denom_ms(40, 1))).unwrap();
+                encoder
+                    .encode_frame(image::Frame::from_parts(rgba, 0, 0, Delay::from_numer_denom_ms(40, 1)))
+                    .unwrap();
             }
         }
         out
@@ -434,7 +463,8 @@ pub mod clips {
 
     /// A Y4M (4:2:0) clip of `n` frames, as `ffmpeg -f yuv4mpegpipe` writes it.
     pub fn y4m(n: u32, width: usize, height: usize) -> Vec<u8> {
-        let mut out = format!("YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg XYSCSS=420JPEG\n").into_bytes();
+        let mut out =
+            format!("YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg XYSCSS=420JPEG\n").into_bytes();
         for t in 0..n as usize {
             out.extend_from_slice(b"FRAME\n");
             out.extend((0..width * height).map(|i| ((i % width + 3 * t) % 256) as u8));

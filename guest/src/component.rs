@@ -1,7 +1,7 @@
 //! The wasm component: exports `motion:guest/classifier` and calls the model through the
 //! standard `wasi:nn` imports. Built only for wasm32; everything it calls is native-testable.
 
-use crate::decode::{Clip, DecodeError, Limits, Media, ACCEPTS};
+use crate::decode::{ACCEPTS, Clip, DecodeError, Limits, Media};
 use crate::labels::LABELS;
 use crate::postprocess::{softmax, top_k};
 use crate::preprocess::{self, FRAMES, SIZE};
@@ -33,11 +33,8 @@ impl Guest for MotionGuest {
 
     fn classify(req: Request) -> Result<Classification, Error> {
         let limits = Limits::default();
-        let media: Vec<Media> = req
-            .media
-            .iter()
-            .map(|m| Media { content_type: &m.content_type, data: &m.data })
-            .collect();
+        let media: Vec<Media> =
+            req.media.iter().map(|m| Media { content_type: &m.content_type, data: &m.data }).collect();
         let clip = Clip::open(&media, &limits).map_err(decode_error)?;
         let frames_total = clip.frame_count();
         let indices = preprocess::sample_indices(frames_total);

@@ -11,16 +11,11 @@ use std::io::Cursor;
 use image::codecs::gif::GifDecoder;
 use image::{AnimationDecoder, DynamicImage, ImageFormat, ImageReader};
 
-use crate::preprocess::{luma, Frame};
+use crate::preprocess::{Frame, luma};
 
 /// Media types this guest accepts.
-pub const ACCEPTS: [&str; 5] = [
-    "multipart/form-data",
-    "image/png",
-    "image/jpeg",
-    "image/gif",
-    "video/x-yuv4mpeg",
-];
+pub const ACCEPTS: [&str; 5] =
+    ["multipart/form-data", "image/png", "image/jpeg", "image/gif", "video/x-yuv4mpeg"];
 
 /// Bounds on what a clip may declare, checked before anything is allocated.
 #[derive(Debug, Clone, Copy)]
@@ -255,7 +250,16 @@ fn image_limits(limits: &Limits) -> image::Limits {
 }
 
 fn check_still_header(still: Still, data: &[u8], limits: &Limits) -> Result<(), DecodeError> {
-    let reader = ImageReader::with_format(Cursor::new(data), still.format());
+    // A PNG states its size in the IHDR chunk, which must come first. Reading it directly
+    // names the size even where the decoder would only say that its memory limit was hit (on
+    // wasm32, any image over 4 GiB of pixels).
+    if still == Still::Png && data.len() >= 24 && &data[12..16] == b"IHDR" {
+        let be = |at: usize| u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+        check_size(be(16), be(20), limits)?;
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(data), still.format());
+    // Reading the header allocates nothing of the image's size; our own limits come next.
+    reader.no_limits();
     let (w, h) = reader.into_dimensions().map_err(|e| image_error(still.name(), e))?;
     check_size(w, h, limits)
 }
@@ -274,7 +278,9 @@ pub fn to_luma(image: DynamicImage) -> Frame {
     let (width, height) = (image.width(), image.height());
     let luma = match image {
         DynamicImage::ImageLuma8(b) => b.into_raw().into_iter().map(|v| f32::from(v) / 255.0).collect(),
-        DynamicImage::ImageLumaA8(b) => b.into_raw().chunks_exact(2).map(|p| f32::from(p[0]) / 255.0).collect(),
+        DynamicImage::ImageLumaA8(b) => {
+            b.into_raw().chunks_exact(2).map(|p| f32::from(p[0]) / 255.0).collect()
+        }
         DynamicImage::ImageLuma16(b) => b.into_raw().into_iter().map(|v| f32::from(v) / 65535.0).collect(),
         DynamicImage::ImageLumaA16(b) => {
             b.into_raw().chunks_exact(2).map(|p| f32::from(p[0]) / 65535.0).collect()
@@ -365,7 +371,8 @@ impl<'a> Y4m<'a> {
             .take(1024)
             .position(|&b| b == b'\n')
             .ok_or_else(|| bad("no stream header line (expected 'YUV4MPEG2 W.. H.. ...')".into()))?;
-        let header = std::str::from_utf8(&data[..header_end]).map_err(|_| bad("header is not text".into()))?;
+        let header =
+            std::str::from_utf8(&data[..header_end]).map_err(|_| bad("header is not text".into()))?;
         let mut fields = header.split(' ');
         if fields.next() != Some("YUV4MPEG2") {
             return Err(bad("stream does not start with 'YUV4MPEG2 '".into()));
@@ -468,9 +475,27 @@ mod tests {
         for &y in lumas {
             out.extend_from_slice(b"FRAME\n");
             out.extend(std::iter::repeat_n(y, width * height));
-            out.extend(std::iter::repeat_n(128u8, 2 * width.div_ceil(2) * height.div_ceil(2)));
+            if colour != "mono" {
+                out.extend(std::iter::repeat_n(128u8, 2 * width.div_ceil(2) * height.div_ceil(2)));
+            }
         }
         out
+    }
+
+    /// A small, well-formed PNG whose header claims `width`×`height` RGB.
+    fn png_header_claiming(width: u32, height: u32) -> Vec<u8> {
+        let mut chunk = b"IHDR".to_vec();
+        chunk.extend_from_slice(&width.to_be_bytes());
+        chunk.extend_from_slice(&height.to_be_bytes());
+        chunk.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        // IHDR, then the start of an image (a few bytes of IDAT) and the end marker.
+        for chunk in [chunk, b"IDAT\x78\x9c\x03\x00".to_vec(), b"IEND".to_vec()] {
+            png.extend_from_slice(&(chunk.len() as u32 - 4).to_be_bytes());
+            png.extend_from_slice(&chunk);
+            png.extend_from_slice(&crc32fast::hash(&chunk).to_be_bytes());
+        }
+        png
     }
 
     fn media<'a>(content_type: &'a str, data: &'a [u8]) -> Media<'a> {
@@ -565,11 +590,7 @@ mod tests {
     fn bad_media_is_refused_with_a_reason() {
         let good_png = png(8, 8, [9, 9, 9]);
         let truncated_png = good_png[..good_png.len() / 2].to_vec();
-        // A PNG header claiming 100000×100000: signature, IHDR length and tag, then the size.
-        let mut huge_png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
-        huge_png.extend_from_slice(&100_000u32.to_be_bytes());
-        huge_png.extend_from_slice(&100_000u32.to_be_bytes());
-        huge_png.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
+        let huge_png = png_header_claiming(100_000, 100_000);
         let good_y4m = y4m(4, 4, "420jpeg", &[1, 2]);
         let truncated_y4m = good_y4m[..good_y4m.len() - 3].to_vec();
         let huge_y4m = b"YUV4MPEG2 W100000 H100000 C420jpeg\nFRAME\n".to_vec();
@@ -598,7 +619,9 @@ mod tests {
                 clip.decode(&wanted, &Limits::default()).map(|_| ())
             });
             match result {
-                Err(DecodeError::Malformed(m)) => assert!(m.contains(expected), "{content_type}: '{m}' lacks '{expected}'"),
+                Err(DecodeError::Malformed(m)) => {
+                    assert!(m.contains(expected), "{content_type}: '{m}' lacks '{expected}'")
+                }
                 other => panic!("{content_type} ({expected}): expected Malformed, got {other:?}"),
             }
         }
@@ -614,7 +637,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(open(&[media("application/octet-stream", b"??")]), Err(DecodeError::Unsupported(_))));
+        assert!(matches!(
+            open(&[media("application/octet-stream", b"??")]),
+            Err(DecodeError::Unsupported(_))
+        ));
     }
 
     #[test]

@@ -181,9 +181,8 @@ mod tests {
     #[test]
     fn model_input_puts_frame_i_in_channel_i() {
         // Three frames of constant luma 0, 0.5 and 1; sampled as [0,0,1,1,1,1,2,2].
-        let frames: Vec<(usize, Frame)> = (0..3)
-            .map(|i| (i, Frame::new(4, 4, vec![i as f32 * 0.5; 16])))
-            .collect();
+        let frames: Vec<(usize, Frame)> =
+            (0..3).map(|i| (i, Frame::new(4, 4, vec![i as f32 * 0.5; 16]))).collect();
         let indices = sample_indices(3);
         let input = model_input(&indices, &frames).unwrap();
         assert_eq!(input.len(), INPUT_LEN);

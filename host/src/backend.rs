@@ -217,14 +217,20 @@ impl Model {
             return bad(format!("input '{}' must have shape {:?}, got {dims:?}", spec.name, spec.shape));
         }
         if dims[0] == 0 || dims[0] > MAX_ROWS_PER_CALL {
-            return bad(format!("input '{}' batch of {} is outside 1..={MAX_ROWS_PER_CALL}", spec.name, dims[0]));
+            return bad(format!(
+                "input '{}' batch of {} is outside 1..={MAX_ROWS_PER_CALL}",
+                spec.name, dims[0]
+            ));
         }
         if dims[1..].iter().zip(&spec.shape[1..]).any(|(&d, &s)| i64::from(d) != s) {
             return bad(format!("input '{}' must have shape {:?}, got {dims:?}", spec.name, spec.shape));
         }
         let expected = dims.iter().map(|&d| d as usize).product::<usize>() * 4;
         if bytes != expected {
-            return bad(format!("input '{}' of shape {dims:?} needs {expected} bytes, got {bytes}", spec.name));
+            return bad(format!(
+                "input '{}' of shape {dims:?} needs {expected} bytes, got {bytes}",
+                spec.name
+            ));
         }
         Ok(())
     }
@@ -314,7 +320,11 @@ fn forward(module: &CModule, device: Device, batch: &[Job]) -> Result<(Vec<u32>,
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(torch_err)?;
-    let input = if inputs.len() == 1 { inputs.into_iter().next().expect("one input") } else { Tensor::f_cat(&inputs, 0).map_err(torch_err)? };
+    let input = if inputs.len() == 1 {
+        inputs.into_iter().next().expect("one input")
+    } else {
+        Tensor::f_cat(&inputs, 0).map_err(torch_err)?
+    };
     let input = input.f_to_device(device).map_err(torch_err)?;
     let output = module.forward_ts(&[input]).map_err(torch_err)?;
     let output = output

@@ -7,7 +7,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "motion-host", version, about = "WebAssembly-plugin model host for a camera-motion classifier")]
+#[command(
+    name = "motion-host",
+    version,
+    about = "WebAssembly-plugin model host for a camera-motion classifier"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -88,7 +92,12 @@ pub struct ServeArgs {
     pub shutdown_timeout: Duration,
 
     /// Where the server records its addresses and scheme for `motion-host healthcheck`.
-    #[arg(long, value_name = "FILE", env = "MOTION_HOST_STATE_FILE", default_value = "/tmp/motion-host/serve.json")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "MOTION_HOST_STATE_FILE",
+        default_value = "/tmp/motion-host/serve.json"
+    )]
     pub state_file: PathBuf,
 
     /// Log format: `auto` (JSON lines unless stdout is a terminal), `json` or `text`.
@@ -103,7 +112,12 @@ pub struct HealthcheckArgs {
     pub url: Option<String>,
 
     /// The server's state file, read when --url is absent.
-    #[arg(long, value_name = "FILE", env = "MOTION_HOST_STATE_FILE", default_value = "/tmp/motion-host/serve.json")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "MOTION_HOST_STATE_FILE",
+        default_value = "/tmp/motion-host/serve.json"
+    )]
     pub state_file: PathBuf,
 
     /// How long to wait for the answer.

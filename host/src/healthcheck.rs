@@ -26,7 +26,10 @@ async fn probe(args: &HealthcheckArgs) -> Result<String, String> {
         Some(url) => url.clone(),
         None => {
             let state = ServeState::read(&args.state_file).map_err(|e| {
-                format!("cannot read the server's state file '{}': {e} (is the server running? pass --url)", args.state_file.display())
+                format!(
+                    "cannot read the server's state file '{}': {e} (is the server running? pass --url)",
+                    args.state_file.display()
+                )
             })?;
             state.health_url
         }

@@ -83,7 +83,10 @@ impl Manifest {
                 return Err(bad(format!("{what} must name exactly one tensor, found {}", specs.len())));
             };
             if spec.dtype != "FP32" {
-                return Err(bad(format!("{what} '{}' has dtype {}; only FP32 is supported", spec.name, spec.dtype)));
+                return Err(bad(format!(
+                    "{what} '{}' has dtype {}; only FP32 is supported",
+                    spec.name, spec.dtype
+                )));
             }
             if spec.shape.first() != Some(&-1) || spec.shape[1..].iter().any(|&d| d < 1) {
                 return Err(bad(format!(
@@ -138,21 +141,25 @@ impl ModelRegistry {
             let manifest = Manifest::read(&manifest_path)?;
             let model_dir = manifest_path.parent().unwrap_or(dir);
             let file = model_dir.join(&manifest.file);
-            let actual = sha256_file(&file)
-                .map_err(|e| ModelError::Manifest { path: file.display().to_string(), reason: e.to_string() })?;
+            let actual = sha256_file(&file).map_err(|e| ModelError::Manifest {
+                path: file.display().to_string(),
+                reason: e.to_string(),
+            })?;
             if let Some(expected) = &manifest.sha256
                 && !expected.eq_ignore_ascii_case(&actual)
             {
-                return Err(ModelError::Digest { path: file.display().to_string(), expected: expected.clone(), actual });
+                return Err(ModelError::Digest {
+                    path: file.display().to_string(),
+                    expected: expected.clone(),
+                    actual,
+                });
             }
             if registry.models.contains_key(&manifest.name) {
                 return Err(ModelError::Duplicate(manifest.name));
             }
             let name = manifest.name.clone();
-            let model = Model::load(manifest, &file, actual, device, threads).map_err(|source| ModelError::Backend {
-                name: name.clone(),
-                path: file.display().to_string(),
-                source,
+            let model = Model::load(manifest, &file, actual, device, threads).map_err(|source| {
+                ModelError::Backend { name: name.clone(), path: file.display().to_string(), source }
             })?;
             registry.models.insert(name, Arc::new(model));
         }
@@ -205,7 +212,11 @@ dtype = "FP32"
         assert_eq!(m.input().shape, vec![-1, 8, 112, 112]);
         assert_eq!(m.output().shape, vec![-1, 16]);
         let file = path.parent().unwrap().join(&m.file);
-        assert_eq!(m.sha256.as_deref(), Some(sha256_file(&file).unwrap().as_str()), "model.pt changed without its manifest");
+        assert_eq!(
+            m.sha256.as_deref(),
+            Some(sha256_file(&file).unwrap().as_str()),
+            "model.pt changed without its manifest"
+        );
     }
 
     #[test]

@@ -63,10 +63,7 @@ impl graph::Host for State {
         _encoding: graph::GraphEncoding,
         _target: graph::ExecutionTarget,
     ) -> NnResult<Resource<GraphResource>> {
-        self.nn_error(
-            ErrorCode::UnsupportedOperation,
-            "this host serves its own models: use load-by-name",
-        )
+        self.nn_error(ErrorCode::UnsupportedOperation, "this host serves its own models: use load-by-name")
     }
 
     async fn load_by_name(&mut self, name: String) -> NnResult<Resource<GraphResource>> {
@@ -117,7 +114,8 @@ impl inference::HostGraphExecutionContext for State {
             if name == expected && chosen.is_none() {
                 chosen = Some(tensor);
             } else {
-                let msg = format!("model '{}' takes one input named '{expected}', not '{name}'", model.name());
+                let msg =
+                    format!("model '{}' takes one input named '{expected}', not '{name}'", model.name());
                 return self.nn_error(ErrorCode::InvalidArgument, msg);
             }
         }
@@ -137,7 +135,11 @@ impl inference::HostGraphExecutionContext for State {
                 self.nn.inference += output.inference;
                 self.nn.batch_rows = self.nn.batch_rows.max(output.batch_rows);
                 let name = model.manifest.output().name.clone();
-                let tensor = self.table.push(TensorResource { dims: output.dims, ty: TensorType::Fp32, data: output.data })?;
+                let tensor = self.table.push(TensorResource {
+                    dims: output.dims,
+                    ty: TensorType::Fp32,
+                    data: output.data,
+                })?;
                 Ok(Ok(vec![(name, tensor)]))
             }
             Err(e) => {

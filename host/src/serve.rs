@@ -43,7 +43,9 @@ impl GuestSpec {
             && name.len() <= 64
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if !valid {
-            bail!("--guest '{spec}': the name '{name}' must be 1-64 characters of letters, digits, '-', '_' or '.'");
+            bail!(
+                "--guest '{spec}': the name '{name}' must be 1-64 characters of letters, digits, '-', '_' or '.'"
+            );
         }
         Ok(GuestSpec { name, path })
     }
@@ -63,7 +65,8 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let bind_source = source_of(matches, "bind", "--bind", "MOTION_HOST_BIND");
     let port_env = std::env::var("PORT").ok();
     let (addrs, bind_source) = bind::resolve(&args.bind, bind_source, port_env.as_deref())?;
-    let cert = args.tls_cert.clone().map(|p| (p, source_of(matches, "tls_cert", "--tls-cert", "TLS_CERTFILE")));
+    let cert =
+        args.tls_cert.clone().map(|p| (p, source_of(matches, "tls_cert", "--tls-cert", "TLS_CERTFILE")));
     let key = args.tls_key.clone().map(|p| (p, source_of(matches, "tls_key", "--tls-key", "TLS_KEYFILE")));
     let plan = tls::resolve(cert, key, &args.tls_dir)?;
     let tls_config = match &plan {
@@ -93,7 +96,8 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         let handle = handle.clone();
         match &tls_config {
             Some(config) => {
-                let server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(Arc::clone(config)));
+                let server =
+                    axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(Arc::clone(config)));
                 servers.spawn(async move { server.handle(handle).serve(service).await });
             }
             None => {
@@ -106,7 +110,11 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let urls: Vec<String> = bound.iter().map(|a| format!("{scheme}://{a}")).collect();
     let tls_line = match &plan {
         TlsPlan::Files { cert, key, source } => {
-            format!("TLS on (TLS 1.2/1.3, ALPN h2/http1.1) from {source}: cert {}, key {}", cert.display(), key.display())
+            format!(
+                "TLS on (TLS 1.2/1.3, ALPN h2/http1.1) from {source}: cert {}, key {}",
+                cert.display(),
+                key.display()
+            )
         }
         TlsPlan::Plain => format!(
             "TLS off: no --tls-cert/--tls-key, no TLS_CERTFILE/TLS_KEYFILE, nothing in {}",
@@ -122,7 +130,10 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         urls.join(", ")
     );
     if tls_config.is_none() {
-        tracing::warn!("serving plain HTTP: mount tls.crt and tls.key in {} or pass --tls-cert/--tls-key", args.tls_dir.display());
+        tracing::warn!(
+            "serving plain HTTP: mount tls.crt and tls.key in {} or pass --tls-cert/--tls-key",
+            args.tls_dir.display()
+        );
     }
     let cert_path = match &plan {
         TlsPlan::Files { cert, .. } => Some(cert.clone()),
@@ -172,7 +183,12 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
 
 /// Loads the models (on their inference threads, warm-up included) and the guests, and runs
 /// each guest once on a built-in sample clip.
-async fn load_everything(args: &ServeArgs, specs: &[GuestSpec], threads: usize, app: &AppState) -> anyhow::Result<Arc<Runtime>> {
+async fn load_everything(
+    args: &ServeArgs,
+    specs: &[GuestSpec],
+    threads: usize,
+    app: &AppState,
+) -> anyhow::Result<Arc<Runtime>> {
     let started = Instant::now();
     let device = DeviceChoice::resolve(&args.device)?;
     tracing::info!(device = ?device.device, reason = %device.reason, inference_threads = threads, "device chosen");
@@ -203,7 +219,9 @@ async fn load_everything(args: &ServeArgs, specs: &[GuestSpec], threads: usize, 
             .load_file(&spec.name, &spec.path)
             .await
             .with_context(|| format!("guest '{}' from '{}' cannot load", spec.name, spec.path.display()))?;
-        self_test(&runtime, &guest).await.with_context(|| format!("guest '{}' failed its self-test", spec.name))?;
+        self_test(&runtime, &guest)
+            .await
+            .with_context(|| format!("guest '{}' failed its self-test", spec.name))?;
         tracing::info!(
             guest = %guest.name,
             version = %guest.info.version,
@@ -238,7 +256,8 @@ async fn self_test(runtime: &Runtime, guest: &runtime::LoadedGuest) -> anyhow::R
 /// A 64×36 grey gradient as PNG: the self-test's one-frame clip.
 fn sample_png() -> Vec<u8> {
     let (width, height) = (64u32, 36u32);
-    let pixels: Vec<u8> = (0..height).flat_map(|y| (0..width).map(move |x| ((x * 4 + y * 2) % 256) as u8)).collect();
+    let pixels: Vec<u8> =
+        (0..height).flat_map(|y| (0..width).map(move |x| ((x * 4 + y * 2) % 256) as u8)).collect();
     let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, width, height);
     encoder.set_color(png::ColorType::Grayscale);
@@ -270,15 +289,20 @@ impl Signals {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn guest_specs_parse() {
-        assert_eq!(GuestSpec::parse("motion=a/b.wasm").unwrap(), GuestSpec { name: "motion".into(), path: "a/b.wasm".into() });
-        assert_eq!(GuestSpec::parse("/x/fast.wasm").unwrap(), GuestSpec { name: "fast".into(), path: "/x/fast.wasm".into() });
+        assert_eq!(
+            GuestSpec::parse("motion=a/b.wasm").unwrap(),
+            GuestSpec { name: "motion".into(), path: "a/b.wasm".into() }
+        );
+        assert_eq!(
+            GuestSpec::parse("/x/fast.wasm").unwrap(),
+            GuestSpec { name: "fast".into(), path: "/x/fast.wasm".into() }
+        );
         assert!(GuestSpec::parse("bad name=x.wasm").is_err());
         assert!(GuestSpec::parse("=x.wasm").is_err());
     }

@@ -37,7 +37,14 @@ struct Inner<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), reasons: Vec::new(), accepted: Vec::new(), retry_after_secs: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            reasons: Vec::new(),
+            accepted: Vec::new(),
+            retry_after_secs: None,
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -87,8 +94,12 @@ impl From<GuestError> for ApiError {
     fn from(e: GuestError) -> Self {
         let message = e.to_string();
         match e {
-            GuestError::BadInput(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_media", message),
-            GuestError::Unsupported(_) => Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message),
+            GuestError::BadInput(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_media", message)
+            }
+            GuestError::Unsupported(_) => {
+                Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
+            }
             GuestError::Rejected { reasons, .. } => {
                 let mut err = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "guest_rejected", message);
                 err.reasons = reasons;
@@ -103,7 +114,9 @@ impl From<GuestError> for ApiError {
             GuestError::Read { .. }
             | GuestError::Inference { .. }
             | GuestError::Trap { .. }
-            | GuestError::InvalidOutput { .. } => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "guest_fault", message),
+            | GuestError::InvalidOutput { .. } => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "guest_fault", message)
+            }
         }
     }
 }
@@ -111,7 +124,12 @@ impl From<GuestError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body {
-            error: Inner { code: self.code, message: &self.message, reasons: &self.reasons, accepted: &self.accepted },
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                reasons: &self.reasons,
+                accepted: &self.accepted,
+            },
         };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {

@@ -74,7 +74,12 @@ impl AppState {
     /// Serves with `runtime` from now on and reports healthy.
     pub fn set_ready(&self, runtime: Arc<Runtime>) {
         let _ = self.runtime.set(runtime);
-        let _ = self.phase.compare_exchange(Phase::Starting as u8, Phase::Healthy as u8, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.phase.compare_exchange(
+            Phase::Starting as u8,
+            Phase::Healthy as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
     }
 
     /// Turns readiness off for good: the process is shutting down.
@@ -108,7 +113,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }
 
 #[derive(Serialize)]
@@ -136,7 +145,9 @@ async fn health(State(app): State<Arc<AppState>>) -> Response {
             let guests = set
                 .guests
                 .iter()
-                .map(|(name, g)| (name.clone(), GuestRef { version: g.info.version.clone(), digest: g.digest.clone() }))
+                .map(|(name, g)| {
+                    (name.clone(), GuestRef { version: g.info.version.clone(), digest: g.digest.clone() })
+                })
                 .collect();
             (set.default.clone(), guests)
         }
@@ -163,7 +174,12 @@ async fn live() -> Response {
 
 type TopKQuery = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-async fn classify_default(State(app): State<Arc<AppState>>, query: TopKQuery, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn classify_default(
+    State(app): State<Arc<AppState>>,
+    query: TopKQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let received = Instant::now();
     let runtime = app.ready_runtime()?;
     let guests = runtime.guests();
@@ -200,7 +216,8 @@ async fn classify(
     let labels = guest.info.labels.len() as u32;
     let top_k = parse_top_k(query, labels)?;
 
-    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)").to_string());
+    let content_type =
+        headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)").to_string());
     let Some(content_type) = content_type.filter(|t| guest.accepts(t)) else {
         let declared = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
         return Err(ApiError::unsupported_media(declared, &guest.name, &guest.info.accepts));
@@ -241,10 +258,8 @@ fn essence(content_type: &str) -> String {
 /// Reads the whole body, refusing it with 413 as soon as it is known to exceed `limit`: at once
 /// from `Content-Length`, else while streaming, without buffering past the limit.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::payload_too_large(limit));
     }
@@ -278,10 +293,15 @@ async fn multipart_media(content_type: &str, body: Bytes) -> Result<Vec<Media>, 
             .bytes()
             .await
             .map_err(|e| ApiError::bad_request(format!("malformed multipart body in part {part}: {e}")))?;
-        media.push(Media { content_type: declared.unwrap_or_else(|| "application/octet-stream".into()), data: data.into() });
+        media.push(Media {
+            content_type: declared.unwrap_or_else(|| "application/octet-stream".into()),
+            data: data.into(),
+        });
     }
     if media.is_empty() {
-        return Err(ApiError::bad_request("the multipart body holds no file parts (send frames as -F frame=@0.png)"));
+        return Err(ApiError::bad_request(
+            "the multipart body holds no file parts (send frames as -F frame=@0.png)",
+        ));
     }
     Ok(media)
 }

@@ -41,7 +41,8 @@ pub fn resolve(
         return Ok((addrs, bind_source));
     }
     if let Some(port) = port_env.filter(|p| !p.trim().is_empty()) {
-        let port: u16 = port.trim().parse().ok().filter(|&p| p != 0).ok_or_else(|| BindError::BadPortEnv(port.into()))?;
+        let port: u16 =
+            port.trim().parse().ok().filter(|&p| p != 0).ok_or_else(|| BindError::BadPortEnv(port.into()))?;
         return Ok((vec![SocketAddr::from(([0u16; 8], port))], Source::Env("PORT")));
     }
     Ok((vec![SocketAddr::from(([0u16; 8], DEFAULT_PORT))], Source::Default))
@@ -97,8 +98,9 @@ mod tests {
     #[test]
     fn addresses_follow_the_precedence() {
         let flag = Source::Flag("--bind");
-        // (--bind values, PORT, expected addresses, expected source)
-        let cases: Vec<(Vec<String>, Option<&str>, Vec<&str>, Source)> = vec![
+        /// --bind values, PORT, expected addresses, expected source.
+        type Case<'a> = (Vec<String>, Option<&'a str>, Vec<&'a str>, Source);
+        let cases: Vec<Case> = vec![
             (v(&["[::]:30751"]), Some("9000"), vec!["[::]:30751"], flag.clone()),
             (v(&["0.0.0.0:1", "[::1]:2"]), None, vec!["0.0.0.0:1", "[::1]:2"], flag.clone()),
             (v(&["127.0.0.1:5", "127.0.0.1:5"]), None, vec!["127.0.0.1:5"], flag.clone()),

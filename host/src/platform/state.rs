@@ -21,7 +21,10 @@ pub struct ServeState {
 
 impl ServeState {
     pub fn new(scheme: &str, addresses: Vec<SocketAddr>, tls_cert: Option<PathBuf>) -> Self {
-        let probe = addresses.first().map(|a| local_probe_addr(*a)).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000)));
+        let probe = addresses
+            .first()
+            .map(|a| local_probe_addr(*a))
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000)));
         ServeState {
             pid: std::process::id(),
             scheme: scheme.into(),
@@ -75,7 +78,8 @@ mod tests {
     fn state_round_trips_through_its_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/serve.json");
-        let state = ServeState::new("https", vec!["[::]:30751".parse().unwrap()], Some("/etc/tls.crt".into()));
+        let state =
+            ServeState::new("https", vec!["[::]:30751".parse().unwrap()], Some("/etc/tls.crt".into()));
         assert_eq!(state.health_url, "https://127.0.0.1:30751/health");
         state.write(&path).unwrap();
         assert_eq!(ServeState::read(&path).unwrap(), state);

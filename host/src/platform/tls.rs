@@ -46,13 +46,19 @@ pub fn resolve(
 ) -> Result<TlsPlan, TlsError> {
     match (cert, key) {
         (Some((cert, source)), Some((key, _))) => Ok(TlsPlan::Files { cert, key, source }),
-        (Some((_, from)), None) => Err(TlsError::HalfPair { given: "--tls-cert", missing: "--tls-key", from }),
-        (None, Some((_, from))) => Err(TlsError::HalfPair { given: "--tls-key", missing: "--tls-cert", from }),
+        (Some((_, from)), None) => {
+            Err(TlsError::HalfPair { given: "--tls-cert", missing: "--tls-key", from })
+        }
+        (None, Some((_, from))) => {
+            Err(TlsError::HalfPair { given: "--tls-key", missing: "--tls-cert", from })
+        }
         (None, None) => {
             let cert = dir.join("tls.crt");
             let key = dir.join("tls.key");
             match (cert.exists(), key.exists()) {
-                (true, true) => Ok(TlsPlan::Files { cert, key, source: Source::WellKnown(dir.display().to_string()) }),
+                (true, true) => {
+                    Ok(TlsPlan::Files { cert, key, source: Source::WellKnown(dir.display().to_string()) })
+                }
                 (false, false) => Ok(TlsPlan::Plain),
                 (true, false) => Err(TlsError::HalfMounted {
                     dir: dir.display().to_string(),

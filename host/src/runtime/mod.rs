@@ -181,7 +181,12 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             self.memory_refused = Some(desired);
             return Ok(false);
@@ -189,7 +194,12 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 
@@ -246,7 +256,14 @@ impl Runtime {
             }
         })?;
 
-        Ok(Runtime { engine, linker, models, limits, guests: ArcSwap::from_pointee(GuestSet::default()), ticking })
+        Ok(Runtime {
+            engine,
+            linker,
+            models,
+            limits,
+            guests: ArcSwap::from_pointee(GuestSet::default()),
+            ticking,
+        })
     }
 
     /// The live guests, as of now.
@@ -287,7 +304,8 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| rejected(vec![format!("does not fit the motion-guest world: {e:#}")]))?;
-        let pre = MotionGuestPre::new(pre).map_err(|e| rejected(vec![format!("does not export motion:guest/classifier: {e:#}")]))?;
+        let pre = MotionGuestPre::new(pre)
+            .map_err(|e| rejected(vec![format!("does not export motion:guest/classifier: {e:#}")]))?;
 
         let mut store = self.new_store(Instant::now() + self.limits.deadline);
         let info = async {
@@ -298,14 +316,7 @@ impl Runtime {
         .map_err(|e| rejected(vec![format!("info() failed: {}", self.describe_trap(&store, &e))]))?;
         let info = GuestInfo::from(info);
         let model = self.check_info(&info).map_err(rejected)?;
-        Ok(Arc::new(LoadedGuest {
-            name: name.to_string(),
-            info,
-            digest,
-            size,
-            model,
-            pre,
-        }))
+        Ok(Arc::new(LoadedGuest { name: name.to_string(), info, digest, size, model, pre }))
     }
 
     /// Checks a guest's `info()` against the model it names: the model is loaded, the input
@@ -321,11 +332,17 @@ impl Runtime {
         };
         let input = &model.manifest.input().shape;
         if &info.input_shape != input {
-            reasons.push(format!("info().input-shape {:?} differs from the model's {:?}", info.input_shape, input));
+            reasons.push(format!(
+                "info().input-shape {:?} differs from the model's {:?}",
+                info.input_shape, input
+            ));
         }
         let outputs = model.manifest.output().shape.last().copied().unwrap_or(0);
         if info.labels.len() as i64 != outputs {
-            reasons.push(format!("info().labels has {} labels; the model has {outputs} outputs", info.labels.len()));
+            reasons.push(format!(
+                "info().labels has {} labels; the model has {outputs} outputs",
+                info.labels.len()
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for label in &info.labels {
@@ -370,12 +387,20 @@ impl Runtime {
     }
 
     /// Runs `guest` on one clip in a fresh store.
-    pub async fn classify(&self, guest: &LoadedGuest, media: Vec<Media>, top_k: u32) -> Result<Classified, GuestError> {
+    pub async fn classify(
+        &self,
+        guest: &LoadedGuest,
+        media: Vec<Media>,
+        top_k: u32,
+    ) -> Result<Classified, GuestError> {
         let started = Instant::now();
         let deadline = self.limits.deadline;
         let mut store = self.new_store(started + deadline);
         let request = wit::Request {
-            media: media.into_iter().map(|m| wit::Media { content_type: m.content_type, data: m.data }).collect(),
+            media: media
+                .into_iter()
+                .map(|m| wit::Media { content_type: m.content_type, data: m.data })
+                .collect(),
             top_k,
         };
         // The epoch deadline stops guest code; this bounds the whole call, host calls included.
@@ -417,7 +442,8 @@ impl Runtime {
             },
             _ => StageTimings { preprocess: finished - started, ..StageTimings::default() },
         };
-        check_answer(guest, answer, top_k, timings).map_err(|message| GuestError::InvalidOutput { guest: guest.name.clone(), message })
+        check_answer(guest, answer, top_k, timings)
+            .map_err(|message| GuestError::InvalidOutput { guest: guest.name.clone(), message })
     }
 
     /// Names what stopped a guest: the memory cap, a trap code, or the error itself.
@@ -453,7 +479,12 @@ impl Runtime {
 
 /// Checks a guest's answer against what it promised: labels it declared, a best-first top-k of
 /// the asked size with finite probabilities, and a plausible frame count.
-fn check_answer(guest: &LoadedGuest, c: wit::Classification, top_k: u32, timings: StageTimings) -> Result<Classified, String> {
+fn check_answer(
+    guest: &LoadedGuest,
+    c: wit::Classification,
+    top_k: u32,
+    timings: StageTimings,
+) -> Result<Classified, String> {
     let expected = (top_k as usize).min(guest.info.labels.len());
     if c.top_k.len() != expected {
         return Err(format!("top-k has {} entries; {expected} were asked for", c.top_k.len()));
@@ -473,7 +504,10 @@ fn check_answer(guest: &LoadedGuest, c: wit::Classification, top_k: u32, timings
         return Err("label and score differ from the first top-k entry".into());
     }
     if c.frames_used == 0 || c.frames_used > c.frames_total {
-        return Err(format!("frames_used {} is outside 1..=frames_total ({})", c.frames_used, c.frames_total));
+        return Err(format!(
+            "frames_used {} is outside 1..=frames_total ({})",
+            c.frames_used, c.frames_total
+        ));
     }
     Ok(Classified {
         label: c.label,
