@@ -79,8 +79,16 @@ add_wasm_target() {
     fi
 }
 
+add_rustfmt() {
+    if ! cargo fmt --version >/dev/null 2>&1; then
+        say "adding rustfmt"
+        rustup component add rustfmt
+    fi
+}
+
 fetch_libtorch
 add_wasm_target
+add_rustfmt
 
 export LIBTORCH="$LIBTORCH_DIR"
 export LD_LIBRARY_PATH="$LIBTORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
