@@ -216,10 +216,8 @@ async fn classify(
     let labels = guest.info.labels.len() as u32;
     let top_k = parse_top_k(query, labels)?;
 
-    let content_type =
-        headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)").to_string());
-    let Some(content_type) = content_type.filter(|t| guest.accepts(t)) else {
-        let declared = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
+    let declared = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
+    let Some(content_type) = declared.filter(|t| guest.accepts(t)).map(str::to_string) else {
         return Err(ApiError::unsupported_media(declared, &guest.name, &guest.info.accepts));
     };
 
