@@ -96,5 +96,16 @@ export LD_LIBRARY_PATH="$LIBTORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # Builds the default guest component (the build output is where the server looks for it).
 build_guest() {
     say "building the default guest (wasm32-wasip2)"
-    cargo build --quiet --release -p motion-guest --target wasm32-wasip2
+    cargo build --quiet --release --locked -p motion-guest --target wasm32-wasip2
+}
+
+# Builds the guest variants the tests swap between, into target/test-guests/.
+build_test_guests() {
+    say "building the test guests"
+    local out=target/test-guests wasm=target/wasm32-wasip2/release/motion_guest.wasm
+    mkdir -p "$out"
+    cargo build --quiet --release --locked -p motion-guest --target wasm32-wasip2 --features reversed
+    cp "$wasm" "$out/motion-reversed.wasm"
+    build_guest
+    cp "$wasm" "$out/motion.wasm"
 }

@@ -36,6 +36,17 @@ pub fn guest_wasm() -> PathBuf {
     path
 }
 
+/// A guest build the tests swap between: `motion` (the default guest) or `motion-reversed`
+/// (version 0.1.0-reversed, frames in reverse order), as built by `scripts/test`.
+pub fn test_guest(name: &str) -> PathBuf {
+    let path = repo_root().join("target/test-guests").join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: build the test guests first (scripts/test does)", path.display());
+    path
+}
+
+/// The admin token the harness configures with [`ServerBuilder::admin_token`].
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// A port that was free a moment ago (for tests that must choose the port, like `PORT`).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
@@ -128,6 +139,14 @@ impl ServerBuilder {
     pub fn trust(mut self, der: Vec<u8>) -> Self {
         self.ca = Some(der);
         self
+    }
+
+    /// Configures the admin API with [`ADMIN_TOKEN`] in a token file.
+    pub fn admin_token(self) -> Self {
+        let path = self.dir.path().join("admin-token");
+        std::fs::write(&path, format!("{ADMIN_TOKEN}\n")).unwrap();
+        let arg = format!("--admin-token-file={}", path.display());
+        self.arg(&arg)
     }
 
     /// Replaces the default `--bind 127.0.0.1:0` with these `--bind` arguments (none: no flag).

@@ -19,11 +19,18 @@ use wasi::nn::{graph, tensor};
 
 struct MotionGuest;
 
+/// This build's version; the `reversed` test variant says so.
+const VERSION: &str = if cfg!(feature = "reversed") {
+    concat!(env!("CARGO_PKG_VERSION"), "-reversed")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 impl Guest for MotionGuest {
     fn info() -> GuestInfo {
         GuestInfo {
             name: "motion".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
+            version: VERSION.into(),
             model: MODEL_NAME.into(),
             input_shape: vec![-1, FRAMES as i64, i64::from(SIZE), i64::from(SIZE)],
             labels: LABELS.iter().map(|l| l.to_string()).collect(),
@@ -37,7 +44,10 @@ impl Guest for MotionGuest {
             req.media.iter().map(|m| Media { content_type: &m.content_type, data: &m.data }).collect();
         let clip = Clip::open(&media, &limits).map_err(decode_error)?;
         let frames_total = clip.frame_count();
-        let indices = preprocess::sample_indices(frames_total);
+        let mut indices = preprocess::sample_indices(frames_total);
+        if cfg!(feature = "reversed") {
+            indices.reverse();
+        }
         let wanted = preprocess::distinct(&indices);
         let frames = clip.decode(&wanted, &limits).map_err(decode_error)?;
         let input = preprocess::model_input(&indices, &frames).map_err(Error::BadInput)?;

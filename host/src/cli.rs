@@ -64,6 +64,19 @@ pub struct ServeArgs {
     )]
     pub guests: Vec<String>,
 
+    /// The guest that answers /v1/classify. Default: the first guest loaded.
+    #[arg(long, value_name = "NAME", env = "MOTION_HOST_DEFAULT_GUEST")]
+    pub default_guest: Option<String>,
+
+    /// File holding the bearer token of the admin API (/admin/*). Without it the admin routes
+    /// answer 404.
+    #[arg(long, value_name = "FILE", env = "ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Allow the admin API over plain HTTP from non-loopback clients (refused by default).
+    #[arg(long, env = "MOTION_HOST_ALLOW_INSECURE_ADMIN")]
+    pub allow_insecure_admin: bool,
+
     /// Where the model runs: `auto` (CUDA when a GPU is usable, else CPU), `cpu`, `cuda` or
     /// `cuda:N`.
     #[arg(long, value_name = "DEVICE", env = "MOTION_HOST_DEVICE", default_value = "auto")]

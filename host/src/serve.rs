@@ -19,7 +19,7 @@ use crate::models::ModelRegistry;
 use crate::platform::state::ServeState;
 use crate::platform::tls::TlsPlan;
 use crate::platform::{Source, bind, tls};
-use crate::runtime::{self, Media, Runtime};
+use crate::runtime::{self, Runtime};
 
 /// A guest to load at start: the name it is installed under and its file.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,14 +39,7 @@ impl GuestSpec {
                 (stem, path)
             }
         };
-        let valid = !name.is_empty()
-            && name.len() <= 64
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-        if !valid {
-            bail!(
-                "--guest '{spec}': the name '{name}' must be 1-64 characters of letters, digits, '-', '_' or '.'"
-            );
-        }
+        runtime::check_name(&name).map_err(|reason| anyhow::anyhow!("--guest '{spec}': {reason}"))?;
         Ok(GuestSpec { name, path })
     }
 }
@@ -77,6 +70,10 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     if guest_specs.is_empty() {
         bail!("no guest to serve: give --guest NAME=PATH");
     }
+    let admin = match &args.admin_token_file {
+        Some(path) => Some(http::AdminToken::read(path)?),
+        None => None,
+    };
     let threads = match args.inference_threads {
         Some(0) => bail!("--inference-threads must be at least 1"),
         Some(n) => n,
@@ -87,7 +84,12 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
     let scheme = if tls_config.is_some() { "https" } else { "http" };
 
-    let app = AppState::new(args.max_body_bytes);
+    let app = AppState::new(http::Settings {
+        max_body_bytes: args.max_body_bytes,
+        admin,
+        tls: tls_config.is_some(),
+        allow_insecure_admin: args.allow_insecure_admin,
+    });
     let router = http::router(Arc::clone(&app));
     let handle = Handle::new();
     let mut servers = tokio::task::JoinSet::new();
@@ -219,9 +221,6 @@ async fn load_everything(
             .load_file(&spec.name, &spec.path)
             .await
             .with_context(|| format!("guest '{}' from '{}' cannot load", spec.name, spec.path.display()))?;
-        self_test(&runtime, &guest)
-            .await
-            .with_context(|| format!("guest '{}' failed its self-test", spec.name))?;
         tracing::info!(
             guest = %guest.name,
             version = %guest.info.version,
@@ -233,40 +232,10 @@ async fn load_everything(
         );
         runtime.install(guest);
     }
+    if let Some(name) = &args.default_guest {
+        runtime.set_default(name).with_context(|| format!("--default-guest '{name}'"))?;
+    }
     Ok(runtime)
-}
-
-/// Classifies a built-in sample frame with the guest: proves the whole path works (and warms
-/// it) before the guest goes live.
-async fn self_test(runtime: &Runtime, guest: &runtime::LoadedGuest) -> anyhow::Result<()> {
-    if !guest.accepts("image/png") {
-        tracing::info!(guest = %guest.name, "no self-test: the guest does not accept image/png");
-        return Ok(());
-    }
-    let media = vec![Media { content_type: "image/png".into(), data: sample_png() }];
-    let labels = guest.info.labels.len() as u32;
-    let answer = runtime.classify(guest, media, labels).await?;
-    let sum: f32 = answer.top_k.iter().map(|(_, s)| s).sum();
-    if (sum - 1.0).abs() > 1e-3 {
-        bail!("scores over all {labels} labels sum to {sum}, not 1");
-    }
-    Ok(())
-}
-
-/// A 64×36 grey gradient as PNG: the self-test's one-frame clip.
-fn sample_png() -> Vec<u8> {
-    let (width, height) = (64u32, 36u32);
-    let pixels: Vec<u8> =
-        (0..height).flat_map(|y| (0..width).map(move |x| ((x * 4 + y * 2) % 256) as u8)).collect();
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, width, height);
-    encoder.set_color(png::ColorType::Grayscale);
-    encoder.set_depth(png::BitDepth::Eight);
-    // Writing into a Vec cannot fail but for a size mismatch, which the dimensions rule out.
-    if let Ok(mut writer) = encoder.write_header() {
-        let _ = writer.write_image_data(&pixels);
-    }
-    out
 }
 
 /// SIGTERM and SIGINT, as one stream.
@@ -305,10 +274,5 @@ mod tests {
         );
         assert!(GuestSpec::parse("bad name=x.wasm").is_err());
         assert!(GuestSpec::parse("=x.wasm").is_err());
-    }
-
-    #[test]
-    fn the_sample_is_a_png() {
-        assert!(sample_png().starts_with(b"\x89PNG\r\n\x1a\n"));
     }
 }

@@ -18,6 +18,8 @@ pub struct ApiError {
     /// The media types accepted, on a 415.
     pub accepted: Vec<String>,
     pub retry_after_secs: Option<u32>,
+    /// Asks for bearer credentials (on a 401).
+    pub www_authenticate: bool,
 }
 
 #[derive(Serialize)]
@@ -44,6 +46,7 @@ impl ApiError {
             reasons: Vec::new(),
             accepted: Vec::new(),
             retry_after_secs: None,
+            www_authenticate: false,
         }
     }
 
@@ -134,6 +137,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.www_authenticate {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -3,6 +3,7 @@
 //! Architecture invariant: only this module knows axum; it turns requests into calls on the
 //! [`Runtime`](crate::runtime::Runtime) and its answers into the documented JSON.
 
+mod admin;
 mod error;
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 
+pub use admin::AdminToken;
 pub use error::ApiError;
 
 use crate::runtime::{Classified, LoadedGuest, Media, Runtime};
@@ -40,21 +42,32 @@ pub enum Phase {
     Draining = 2,
 }
 
+/// The HTTP layer's settings, fixed at start.
+#[derive(Debug)]
+pub struct Settings {
+    pub max_body_bytes: usize,
+    /// The admin API's token; `None` hides the admin routes.
+    pub admin: Option<AdminToken>,
+    /// Whether the listeners speak TLS.
+    pub tls: bool,
+    pub allow_insecure_admin: bool,
+}
+
 /// What every handler shares.
 pub struct AppState {
     phase: AtomicU8,
     models_loaded: AtomicU8,
     runtime: OnceLock<Arc<Runtime>>,
-    max_body_bytes: usize,
+    settings: Settings,
 }
 
 impl AppState {
-    pub fn new(max_body_bytes: usize) -> Arc<AppState> {
+    pub fn new(settings: Settings) -> Arc<AppState> {
         Arc::new(AppState {
             phase: AtomicU8::new(Phase::Starting as u8),
             models_loaded: AtomicU8::new(0),
             runtime: OnceLock::new(),
-            max_body_bytes,
+            settings,
         })
     }
 
@@ -102,14 +115,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health/ready", get(health))
         .route("/health/live", get(live))
         .route("/v1/classify", post(classify_default))
+        .route("/v1/guests", get(list_guests))
         .route("/v1/guests/{name}/classify", post(classify_named))
+        .route("/admin/guests", get(admin::list))
+        .route("/admin/guests/{name}", axum::routing::put(admin::put).delete(admin::remove))
+        .route("/admin/guests/{name}/rollback", post(admin::rollback))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
 async fn not_found() -> ApiError {
-    ApiError::not_found("no such route; see GET /health, POST /v1/classify, POST /v1/guests/{name}/classify")
+    route_not_found()
+}
+
+fn route_not_found() -> ApiError {
+    ApiError::not_found(
+        "no such route; see GET /health, GET /v1/guests, POST /v1/classify, POST /v1/guests/{name}/classify",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -143,10 +166,14 @@ async fn health(State(app): State<Arc<AppState>>) -> Response {
         Some(runtime) => {
             let set = runtime.guests();
             let guests = set
-                .guests
+                .slots
                 .iter()
-                .map(|(name, g)| {
-                    (name.clone(), GuestRef { version: g.info.version.clone(), digest: g.digest.clone() })
+                .map(|(name, slot)| {
+                    let live = &slot.live;
+                    (
+                        name.clone(),
+                        GuestRef { version: live.info.version.clone(), digest: live.digest.clone() },
+                    )
                 })
                 .collect();
             (set.default.clone(), guests)
@@ -170,6 +197,59 @@ async fn health(State(app): State<Arc<AppState>>) -> Response {
 
 async fn live() -> Response {
     Json(serde_json::json!({"status": "alive", "version": VERSION})).into_response()
+}
+
+/// What a client may know of a live guest.
+#[derive(Serialize)]
+struct PublicGuest<'a> {
+    name: &'a str,
+    default: bool,
+    version: &'a str,
+    digest: &'a str,
+    description: &'a str,
+    model: ModelId<'a>,
+    input_shape: &'a [i64],
+    labels: &'a [String],
+    accepts: &'a [String],
+    limits: PublicLimits,
+}
+
+#[derive(Serialize)]
+struct PublicLimits {
+    max_body_bytes: usize,
+    memory_bytes: usize,
+    deadline_ms: u128,
+}
+
+/// `GET /v1/guests`: every live guest, what it reads and returns, and the limits on it.
+async fn list_guests(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let runtime = app.ready_runtime()?;
+    let set = runtime.guests();
+    let limits = runtime.limits();
+    let guests: Vec<PublicGuest> = set
+        .slots
+        .iter()
+        .map(|(name, slot)| {
+            let g = &slot.live;
+            PublicGuest {
+                name,
+                default: set.default.as_deref() == Some(name.as_str()),
+                version: &g.info.version,
+                digest: &g.digest,
+                description: &g.info.name,
+                model: ModelId { name: g.model.name(), version: &g.model.manifest.version },
+                input_shape: &g.info.input_shape,
+                labels: &g.info.labels,
+                accepts: &g.info.accepts,
+                limits: PublicLimits {
+                    max_body_bytes: app.settings.max_body_bytes,
+                    memory_bytes: limits.memory_bytes,
+                    deadline_ms: limits.deadline.as_millis(),
+                },
+            }
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"default_guest": set.default, "guests": guests})).into_response())
 }
 
 type TopKQuery = Result<Query<HashMap<String, String>>, QueryRejection>;
@@ -197,9 +277,8 @@ async fn classify_named(
     let received = Instant::now();
     let runtime = app.ready_runtime()?;
     let guests = runtime.guests();
-    let guest = guests.guests.get(&name).ok_or_else(|| {
-        let known: Vec<&str> = guests.guests.keys().map(String::as_str).collect();
-        ApiError::not_found(format!("no guest named '{name}' (loaded: {})", known.join(", ")))
+    let guest = guests.get(&name).ok_or_else(|| {
+        ApiError::not_found(format!("no guest named '{name}' (loaded: {})", guests.names().join(", ")))
     })?;
     classify(&app, runtime, guest, query, headers, body, received).await
 }
@@ -221,7 +300,7 @@ async fn classify(
         return Err(ApiError::unsupported_media(declared, &guest.name, &guest.info.accepts));
     };
 
-    let bytes = read_body(&headers, body, app.max_body_bytes).await?;
+    let bytes = read_body(&headers, body, app.settings.max_body_bytes).await?;
     let media = if essence(&content_type) == "multipart/form-data" {
         multipart_media(&content_type, bytes).await?
     } else {
@@ -255,7 +334,7 @@ fn essence(content_type: &str) -> String {
 
 /// Reads the whole body, refusing it with 413 as soon as it is known to exceed `limit`: at once
 /// from `Content-Length`, else while streaming, without buffering past the limit.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
@@ -344,7 +423,7 @@ struct Timings {
     total: f64,
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 

@@ -11,12 +11,15 @@
 //! version it started with, so replacing a guest never blocks or drops one.
 
 pub mod bindings;
+mod guests;
+mod sample;
 
-use std::collections::BTreeMap;
+pub use guests::{GuestSet, SetError};
+
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -77,6 +80,9 @@ pub struct LoadedGuest {
     pub digest: String,
     pub size: usize,
     pub model: Arc<Model>,
+    pub loaded_at: SystemTime,
+    /// How long validation took: compiling, linking, `info()` and the self-test.
+    pub validation: Duration,
     pre: MotionGuestPre<State>,
 }
 
@@ -88,16 +94,18 @@ impl LoadedGuest {
     }
 }
 
-/// The live guests by name, and which answers `/v1/classify`.
-#[derive(Default)]
-pub struct GuestSet {
-    pub default: Option<String>,
-    pub guests: BTreeMap<String, Arc<LoadedGuest>>,
-}
-
-impl GuestSet {
-    pub fn default_guest(&self) -> Option<&Arc<LoadedGuest>> {
-        self.default.as_ref().and_then(|name| self.guests.get(name))
+/// Checks a guest name: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "guest name '{name:.80}' must be 1-64 letters, digits, '-', '_' or '.', not starting with '.'"
+        ))
     }
 }
 
@@ -223,6 +231,8 @@ pub struct Runtime {
     models: Arc<ModelRegistry>,
     limits: Limits,
     guests: ArcSwap<GuestSet>,
+    /// Serialises changes to the guest set; readers never take it.
+    writer: Mutex<()>,
     ticking: Arc<AtomicBool>,
 }
 
@@ -262,6 +272,7 @@ impl Runtime {
             models,
             limits,
             guests: ArcSwap::from_pointee(GuestSet::default()),
+            writer: Mutex::new(()),
             ticking,
         })
     }
@@ -271,14 +282,45 @@ impl Runtime {
         self.guests.load_full()
     }
 
-    /// Makes `guest` live under its name; the first guest installed becomes the default.
-    pub fn install(&self, guest: Arc<LoadedGuest>) {
-        self.guests.rcu(|current| {
-            let mut next = GuestSet { default: current.default.clone(), guests: current.guests.clone() };
-            next.guests.insert(guest.name.clone(), Arc::clone(&guest));
-            next.default.get_or_insert_with(|| guest.name.clone());
-            next
-        });
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Applies a change to the guest set and swaps the result in; requests in flight keep the
+    /// set (and guest versions) they started with.
+    fn change<T>(
+        &self,
+        change: impl FnOnce(&GuestSet) -> Result<(GuestSet, T), SetError>,
+    ) -> Result<T, SetError> {
+        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (next, out) = change(&self.guests.load())?;
+        self.guests.store(Arc::new(next));
+        Ok(out)
+    }
+
+    /// Makes `guest` live under its name; returns whether it replaced a version. The first
+    /// guest installed becomes the default.
+    pub fn install(&self, guest: Arc<LoadedGuest>) -> bool {
+        self.change(|set| Ok(set.with_installed(guest))).unwrap_or(false)
+    }
+
+    /// Puts `name` back on its previous version and returns it.
+    pub fn rollback(&self, name: &str) -> Result<Arc<LoadedGuest>, SetError> {
+        self.change(|set| {
+            let next = set.with_rollback(name)?;
+            let live = Arc::clone(next.get(name).ok_or_else(|| SetError::Unknown(name.into()))?);
+            Ok((next, live))
+        })
+    }
+
+    /// Removes the non-default guest `name`.
+    pub fn remove(&self, name: &str) -> Result<(), SetError> {
+        self.change(|set| Ok((set.without(name)?, ())))
+    }
+
+    /// Makes `name` the default guest.
+    pub fn set_default(&self, name: &str) -> Result<(), SetError> {
+        self.change(|set| Ok((set.with_default(name)?, ())))
     }
 
     /// Reads, compiles and validates the component at `path` under `name`; nothing goes live.
@@ -292,6 +334,7 @@ impl Runtime {
     /// Compiles a component (on a blocking thread, off the request path), links it against our
     /// world, and checks its `info()` against the model it names. Every failure is a reason.
     pub async fn load(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<LoadedGuest>, GuestError> {
+        let started = Instant::now();
         let rejected = |reasons: Vec<String>| GuestError::Rejected { name: name.to_string(), reasons };
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         let size = bytes.len();
@@ -316,7 +359,37 @@ impl Runtime {
         .map_err(|e| rejected(vec![format!("info() failed: {}", self.describe_trap(&store, &e))]))?;
         let info = GuestInfo::from(info);
         let model = self.check_info(&info).map_err(rejected)?;
-        Ok(Arc::new(LoadedGuest { name: name.to_string(), info, digest, size, model, pre }))
+        let mut guest = LoadedGuest {
+            name: name.to_string(),
+            info,
+            digest,
+            size,
+            model,
+            loaded_at: SystemTime::now(),
+            validation: Duration::ZERO,
+            pre,
+        };
+        self.self_test(&guest).await.map_err(|reason| rejected(vec![reason]))?;
+        guest.validation = started.elapsed();
+        Ok(Arc::new(guest))
+    }
+
+    /// Classifies a built-in sample frame with the guest, within its deadline, and checks that
+    /// the scores over all labels form a distribution: the whole path works (and is warm)
+    /// before the guest goes live.
+    async fn self_test(&self, guest: &LoadedGuest) -> Result<(), String> {
+        if !guest.accepts("image/png") {
+            return Err("the self-test sends an image/png frame, which info().accepts does not list".into());
+        }
+        let media = vec![Media { content_type: "image/png".into(), data: sample::png() }];
+        let labels = guest.info.labels.len() as u32;
+        let answer =
+            self.classify(guest, media, labels).await.map_err(|e| format!("self-test failed: {e}"))?;
+        let sum: f32 = answer.top_k.iter().map(|(_, s)| s).sum();
+        if (sum - 1.0).abs() > 1e-3 {
+            return Err(format!("self-test: scores over all {labels} labels sum to {sum}, not 1"));
+        }
+        Ok(())
     }
 
     /// Checks a guest's `info()` against the model it names: the model is loaded, the input

@@ -1,0 +1,252 @@
+//! Guests replaced while the server runs: the admin API, validation before anything goes live,
+//! history and rollback, several guests by name, and swaps under load with no failed request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use motion_host_tests::{ADMIN_TOKEN, Server, ServerBuilder, assert_error, clips, json, test_guest};
+use reqwest::blocking::RequestBuilder;
+
+fn admin(server: &Server, method: reqwest::Method, path: &str) -> RequestBuilder {
+    server.client().request(method, server.url(path)).bearer_auth(ADMIN_TOKEN)
+}
+
+fn put_guest(server: &Server, name: &str, bytes: Vec<u8>) -> reqwest::blocking::Response {
+    admin(server, reqwest::Method::PUT, &format!("/admin/guests/{name}")).body(bytes).send().unwrap()
+}
+
+fn classify(server: &Server, path: &str) -> (u16, serde_json::Value) {
+    let body = clips::y4m(12, 64, 36);
+    json(
+        server
+            .client()
+            .post(server.url(path))
+            .header("content-type", "video/x-yuv4mpeg")
+            .body(body)
+            .send()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn admin_routes_are_absent_without_a_token_file() {
+    let server = ServerBuilder::new().start();
+    let r = server.client().get(server.url("/admin/guests")).bearer_auth(ADMIN_TOKEN).send().unwrap();
+    assert_error(r, 404, "not_found", &[]);
+}
+
+#[test]
+fn admin_needs_the_right_bearer_token() {
+    let server = ServerBuilder::new().admin_token().start();
+    let r = server.client().get(server.url("/admin/guests")).send().unwrap();
+    assert_eq!(r.headers().get("www-authenticate").map(|v| v.to_str().unwrap()), Some("Bearer"));
+    assert_error(r, 401, "unauthorized", &["Bearer"]);
+    let r = server
+        .client()
+        .get(server.url("/admin/guests"))
+        .bearer_auth("wrong-token-wrong-token")
+        .send()
+        .unwrap();
+    assert_error(r, 403, "forbidden", &["wrong"]);
+    let (status, body) = json(admin(&server, reqwest::Method::GET, "/admin/guests").send().unwrap());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["default_guest"], "motion");
+    assert_eq!(body["guests"][0]["name"], "motion");
+    assert!(!server.log().contains(ADMIN_TOKEN), "the token must never be logged");
+}
+
+#[test]
+fn install_replace_rollback_and_remove_with_history() {
+    let server = ServerBuilder::new().admin_token().start();
+    let original = std::fs::read(test_guest("motion")).unwrap();
+    let reversed = std::fs::read(test_guest("motion-reversed")).unwrap();
+
+    // A new name: 201, served by name, listed publicly; the default is unchanged.
+    let (status, entry) = json(put_guest(&server, "backwards", reversed.clone()));
+    assert_eq!(status, 201, "{entry}");
+    assert_eq!(entry["version"], "0.1.0-reversed");
+    assert_eq!(entry["default"], false);
+    let (status, body) = classify(&server, "/v1/guests/backwards/classify");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["guest"]["name"], "backwards");
+    assert_eq!(body["guest"]["version"], "0.1.0-reversed");
+    let (_, listing) = json(server.get("/v1/guests"));
+    let names: Vec<&str> =
+        listing["guests"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["backwards", "motion"], "{listing}");
+    assert_eq!(listing["guests"][1]["labels"].as_array().unwrap().len(), 16);
+    assert!(listing["guests"][1]["limits"]["deadline_ms"].as_u64().is_some(), "{listing}");
+    assert_eq!(classify(&server, "/v1/classify").1["guest"]["version"], "0.1.0");
+
+    // Replacing the default: 200, new requests see the new version, the old is in history.
+    let (status, entry) = json(put_guest(&server, "motion", reversed.clone()));
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["history"][0]["version"], "0.1.0");
+    assert_eq!(classify(&server, "/v1/classify").1["guest"]["version"], "0.1.0-reversed");
+    let (_, health) = json(server.get("/health"));
+    assert_eq!(health["guests"]["motion"]["version"], "0.1.0-reversed");
+
+    // Rollback returns to the previous version, once.
+    let (status, entry) =
+        json(admin(&server, reqwest::Method::POST, "/admin/guests/motion/rollback").send().unwrap());
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["version"], "0.1.0");
+    assert_eq!(entry["digest"], format!("sha256:{}", sha256_hex(&original)));
+    assert_eq!(classify(&server, "/v1/classify").1["guest"]["version"], "0.1.0");
+    let r = admin(&server, reqwest::Method::POST, "/admin/guests/motion/rollback").send().unwrap();
+    assert_error(r, 409, "conflict", &["no earlier version"]);
+
+    // The default cannot be removed; another guest can, once.
+    let r = admin(&server, reqwest::Method::DELETE, "/admin/guests/motion").send().unwrap();
+    assert_error(r, 409, "conflict", &["default"]);
+    let r = admin(&server, reqwest::Method::DELETE, "/admin/guests/backwards").send().unwrap();
+    assert_eq!(r.status(), 204);
+    let r = admin(&server, reqwest::Method::DELETE, "/admin/guests/backwards").send().unwrap();
+    assert_error(r, 404, "not_found", &["backwards"]);
+    let (status, _) = classify(&server, "/v1/guests/backwards/classify");
+    assert_eq!(status, 404);
+
+    // Every action left an audit line.
+    let log = server.log();
+    for action in [
+        "admin install backwards: installed",
+        "admin install motion: replaced",
+        "admin rollback motion",
+        "admin remove backwards: removed",
+    ] {
+        assert!(log.contains(action), "no audit line '{action}':\n{log}");
+    }
+}
+
+#[test]
+fn invalid_guests_are_rejected_and_the_live_version_keeps_serving() {
+    let server = ServerBuilder::new().admin_token().start();
+    let live = json(server.get("/health")).1["guests"]["motion"]["digest"].clone();
+    // An empty component compiles and links, but exports nothing of our world.
+    let empty_component = b"\0asm\x0d\x00\x01\x00".to_vec();
+    // A core module is not a component.
+    let core_module = b"\0asm\x01\x00\x00\x00".to_vec();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"definitely not wasm".to_vec(), "does not compile"),
+        (core_module, "does not compile"),
+        (empty_component, "motion:guest/classifier"),
+    ];
+    for (bytes, reason) in cases {
+        let r = put_guest(&server, "motion", bytes);
+        let body = assert_error(r, 422, "guest_rejected", &["motion"]);
+        let reasons = body["error"]["reasons"].as_array().unwrap_or_else(|| panic!("no reasons: {body}"));
+        assert!(reasons.iter().any(|r| r.as_str().unwrap().contains(reason)), "{reason}: {body}");
+        assert_eq!(json(server.get("/health")).1["guests"]["motion"]["digest"], live);
+        assert_eq!(classify(&server, "/v1/classify").0, 200);
+    }
+    let r = put_guest(&server, "bad%20name!", std::fs::read(test_guest("motion")).unwrap());
+    assert_error(r, 400, "bad_request", &["guest name"]);
+}
+
+/// 16 clients classify continuously while the default guest is swapped 20 times between two
+/// builds: no request fails, and every answer is exactly what the version it names computes.
+#[test]
+fn swaps_under_load_drop_nothing_and_never_mix_versions() {
+    let server = Arc::new(ServerBuilder::new().admin_token().start());
+    let versions =
+        [std::fs::read(test_guest("motion")).unwrap(), std::fs::read(test_guest("motion-reversed")).unwrap()];
+
+    // What each version answers for the clip, from a guest installed beside the default.
+    let clip = clips::y4m(12, 64, 36);
+    let mut expected = std::collections::HashMap::new();
+    for (i, bytes) in versions.iter().enumerate() {
+        let name = format!("reference{i}");
+        assert!(put_guest(&server, &name, bytes.clone()).status().is_success());
+        let (status, body) = classify(&server, &format!("/v1/guests/{name}/classify?top_k=16"));
+        assert_eq!(status, 200, "{body}");
+        expected.insert(
+            body["guest"]["digest"].as_str().unwrap().to_string(),
+            (body["guest"]["version"].clone(), body["top_k"].clone()),
+        );
+    }
+    assert_eq!(expected.len(), 2, "the two builds must differ");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (server, stop, answered, clip, expected) = (
+                Arc::clone(&server),
+                Arc::clone(&stop),
+                Arc::clone(&answered),
+                clip.clone(),
+                expected.clone(),
+            );
+            std::thread::spawn(move || {
+                let client = server.client();
+                let mut seen = std::collections::HashSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = client
+                        .post(server.url("/v1/classify?top_k=16"))
+                        .header("content-type", "video/x-yuv4mpeg")
+                        .body(clip.clone())
+                        .send()
+                        .expect("no request may fail during swaps");
+                    let (status, body) = json(r);
+                    assert_eq!(status, 200, "{body}");
+                    let digest = body["guest"]["digest"].as_str().unwrap().to_string();
+                    let (version, top_k) =
+                        expected.get(&digest).unwrap_or_else(|| panic!("unknown digest: {body}"));
+                    assert_eq!(&body["guest"]["version"], version, "{body}");
+                    assert_same_scores(&body["top_k"], top_k, &body);
+                    seen.insert(digest);
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+                seen
+            })
+        })
+        .collect();
+
+    let started = Instant::now();
+    let mut swap_ms = Vec::new();
+    for swap in 0..20 {
+        let t = Instant::now();
+        let r = put_guest(&server, "motion", versions[(swap + 1) % 2].clone());
+        assert_eq!(r.status(), 200, "swap {swap}");
+        swap_ms.push(t.elapsed().as_millis());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = std::collections::HashSet::new();
+    for client in clients {
+        seen.extend(client.join().expect("a client failed"));
+    }
+    let answered = answered.load(Ordering::Relaxed);
+    eprintln!(
+        "{answered} answers in {:.1} s across 20 swaps; swap (validate + compile + install) ms: {swap_ms:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(seen.len(), 2, "clients saw both versions");
+    assert!(answered >= 40, "only {answered} answers");
+}
+
+/// The same labels in the same order with the same scores, up to float rounding: a request
+/// batched with others runs the model at another batch size, which rounds differently.
+fn assert_same_scores(got: &serde_json::Value, want: &serde_json::Value, body: &serde_json::Value) {
+    let (got, want) = (got.as_array().unwrap(), want.as_array().unwrap());
+    assert_eq!(got.len(), want.len(), "{body}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g["label"], w["label"], "an answer mixes versions: {body}");
+        let (gs, ws) = (g["score"].as_f64().unwrap(), w["score"].as_f64().unwrap());
+        assert!((gs - ws).abs() < 1e-4, "an answer mixes versions ({gs} vs {ws}): {body}");
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = ring_digest(bytes);
+    digest.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn ring_digest(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().to_vec()
+}
