@@ -250,3 +250,72 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn ring_digest(bytes: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().to_vec()
 }
+
+/// Polls `/health` until guest `name` reports `version`.
+fn wait_for_version(server: &Server, name: &str, version: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if json(server.get("/health")).1["guests"][name]["version"] == version {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("guest '{name}' never reached version {version}:\n{}", server.log());
+}
+
+#[test]
+fn guest_dir_swaps_on_atomic_rename_and_keeps_the_running_version_on_a_broken_file() {
+    let builder = ServerBuilder::new();
+    let dir = builder.dir().join("guests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(test_guest("motion"), dir.join("motion.wasm")).unwrap();
+    let server = builder.arg(&format!("--guest-dir={}", dir.display())).start();
+    let (_, health) = json(server.get("/health"));
+    assert_eq!(health["default_guest"], "motion");
+    assert_eq!(health["guests"]["motion"]["version"], "0.1.0");
+
+    // Write beside, then rename over: the way to replace a file atomically.
+    let replace = |bytes: Vec<u8>| {
+        let tmp = dir.join(".motion.wasm.tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, dir.join("motion.wasm")).unwrap();
+    };
+    replace(std::fs::read(test_guest("motion-reversed")).unwrap());
+    wait_for_version(&server, "motion", "0.1.0-reversed");
+    assert_eq!(classify(&server, "/v1/classify").1["guest"]["version"], "0.1.0-reversed");
+
+    // A broken file is logged and the running version stays.
+    replace(b"not a component".to_vec());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.log().contains("guest file rejected") {
+        assert!(Instant::now() < deadline, "no rejection logged:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(json(server.get("/health")).1["guests"]["motion"]["version"], "0.1.0-reversed");
+    assert_eq!(classify(&server, "/v1/classify").0, 200);
+
+    // A new file is a new guest.
+    std::fs::copy(test_guest("motion"), dir.join("second.wasm")).unwrap();
+    wait_for_version(&server, "second", "0.1.0");
+}
+
+#[test]
+fn guest_dir_follows_the_kubernetes_symlink_flip() {
+    use std::os::unix::fs::symlink;
+    let builder = ServerBuilder::new();
+    let dir = builder.dir().join("guests");
+    // A mounted volume: ..data -> ..v1/, and motion.wasm -> ..data/motion.wasm.
+    for (version, guest) in [("..v1", "motion"), ("..v2", "motion-reversed")] {
+        std::fs::create_dir_all(dir.join(version)).unwrap();
+        std::fs::copy(test_guest(guest), dir.join(version).join("motion.wasm")).unwrap();
+    }
+    symlink("..v1", dir.join("..data")).unwrap();
+    symlink("..data/motion.wasm", dir.join("motion.wasm")).unwrap();
+    let server = builder.arg(&format!("--guest-dir={}", dir.display())).start();
+    assert_eq!(json(server.get("/health")).1["guests"]["motion"]["version"], "0.1.0");
+
+    // The flip: a new ..data symlink renamed over the old one.
+    symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    wait_for_version(&server, "motion", "0.1.0-reversed");
+}

@@ -64,6 +64,12 @@ pub struct ServeArgs {
     )]
     pub guests: Vec<String>,
 
+    /// Directory of guests: each `NAME.wasm` loads at start as guest NAME, and the directory is
+    /// watched so a new or replaced file is validated and swapped in while serving. When given,
+    /// the default --guest is not loaded (explicit --guest values still are).
+    #[arg(long, value_name = "DIR", env = "MOTION_HOST_GUEST_DIR")]
+    pub guest_dir: Option<PathBuf>,
+
     /// The guest that answers /v1/classify. Default: the first guest loaded.
     #[arg(long, value_name = "NAME", env = "MOTION_HOST_DEFAULT_GUEST")]
     pub default_guest: Option<String>,

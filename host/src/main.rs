@@ -3,6 +3,7 @@
 
 mod backend;
 mod cli;
+mod guest_dir;
 mod healthcheck;
 mod http;
 mod logging;

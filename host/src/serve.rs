@@ -66,9 +66,15 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         TlsPlan::Files { cert, key, .. } => Some(tls::load(cert, key)?),
         TlsPlan::Plain => None,
     };
-    let guest_specs = args.guests.iter().map(|s| GuestSpec::parse(s)).collect::<anyhow::Result<Vec<_>>>()?;
-    if guest_specs.is_empty() {
-        bail!("no guest to serve: give --guest NAME=PATH");
+    // With --guest-dir, the built-in default --guest gives way to the directory.
+    let default_guests = matches.value_source("guests") == Some(ValueSource::DefaultValue);
+    let guest_specs: Vec<GuestSpec> = if args.guest_dir.is_some() && default_guests {
+        Vec::new()
+    } else {
+        args.guests.iter().map(|s| GuestSpec::parse(s)).collect::<anyhow::Result<_>>()?
+    };
+    if guest_specs.is_empty() && args.guest_dir.is_none() {
+        bail!("no guest to serve: give --guest NAME=PATH or --guest-dir DIR");
     }
     let admin = match &args.admin_token_file {
         Some(path) => Some(http::AdminToken::read(path)?),
@@ -147,12 +153,16 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
+    let mut _watcher = None;
     let load = load_everything(&args, &guest_specs, threads, &app);
     tokio::pin!(load);
     let mut signals = Signals::new()?;
     tokio::select! {
         loaded = &mut load => {
             let runtime = loaded?;
+            if let Some(dir) = &args.guest_dir {
+                _watcher = Some(crate::guest_dir::watch(Arc::clone(&runtime), dir.clone())?);
+            }
             app.set_ready(runtime);
             tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "healthy: model and guests loaded and warmed up");
         }
@@ -231,6 +241,15 @@ async fn load_everything(
             "guest loaded and self-tested"
         );
         runtime.install(guest);
+    }
+    if let Some(dir) = &args.guest_dir {
+        crate::guest_dir::sync(&runtime, dir).await.context("--guest-dir holds a guest that cannot load")?;
+    }
+    if runtime.guests().slots.is_empty() {
+        bail!(
+            "no guest to serve: --guest-dir '{}' holds no NAME.wasm",
+            args.guest_dir.as_deref().unwrap_or(std::path::Path::new("")).display()
+        );
     }
     if let Some(name) = &args.default_guest {
         runtime.set_default(name).with_context(|| format!("--default-guest '{name}'"))?;

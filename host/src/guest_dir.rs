@@ -1,0 +1,105 @@
+//! `--guest-dir`: every `NAME.wasm` in the directory is a guest named NAME. They load at start,
+//! and the directory is watched: when a file appears or changes — written in place, renamed
+//! over atomically, or flipped by the `..data` symlink swap that Kubernetes uses for mounted
+//! volumes — the directory is rescanned and every file whose content differs from the live
+//! version is validated and swapped in. A broken file leaves the running version in place and
+//! is logged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use notify::{RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
+
+use crate::runtime::{self, Runtime};
+
+/// Events within this window are handled as one change (a copy, a rename and a chmod, or a
+/// symlink flip, arrive as several events).
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// The guests in `dir`: name → file, for every `NAME.wasm` whose stem is a valid guest name.
+pub fn scan(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let mut found = BTreeMap::new();
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("cannot read --guest-dir '{}'", dir.display()))?
+    {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("wasm") || !path.is_file() {
+            continue;
+        }
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+        match runtime::check_name(name) {
+            Ok(()) => {
+                found.insert(name.to_string(), path);
+            }
+            Err(reason) => tracing::warn!(path = %path.display(), "ignored in --guest-dir: {reason}"),
+        }
+    }
+    Ok(found)
+}
+
+/// Loads every guest in the directory whose content differs from the live one; `Err` lists
+/// the files that failed (their running versions stay).
+pub async fn sync(runtime: &Runtime, dir: &Path) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    for (name, path) in scan(dir)? {
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                failures.push(format!("{}: {e}", path.display()));
+                continue;
+            }
+        };
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        if runtime.guests().get(&name).is_some_and(|live| live.digest == digest) {
+            continue;
+        }
+        match runtime.load(&name, bytes).await {
+            Ok(guest) => {
+                let replaced = runtime.install(Arc::clone(&guest));
+                tracing::info!(
+                    guest = %name,
+                    version = %guest.info.version,
+                    digest = %guest.digest,
+                    path = %path.display(),
+                    validation_ms = guest.validation.as_millis() as u64,
+                    "{} from --guest-dir",
+                    if replaced { "guest replaced" } else { "guest installed" }
+                );
+            }
+            Err(e) => {
+                tracing::warn!(guest = %name, path = %path.display(), error = %e, "guest file rejected; the running version stays");
+                failures.push(format!("{}: {e}", path.display()));
+            }
+        }
+    }
+    if failures.is_empty() { Ok(()) } else { anyhow::bail!("{}", failures.join("; ")) }
+}
+
+/// Watches `dir` for as long as the returned watcher lives, syncing after each burst of
+/// changes.
+pub fn watch(runtime: Arc<Runtime>, dir: PathBuf) -> anyhow::Result<notify::RecommendedWatcher> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    })
+    .context("cannot start watching --guest-dir")?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch --guest-dir '{}'", dir.display()))?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(SETTLE).await;
+            while rx.try_recv().is_ok() {}
+            if let Err(e) = sync(&runtime, &dir).await {
+                tracing::warn!(dir = %dir.display(), error = %e, "--guest-dir change not fully applied");
+            }
+        }
+    });
+    Ok(watcher)
+}
