@@ -319,3 +319,30 @@ fn guest_dir_follows_the_kubernetes_symlink_flip() {
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     wait_for_version(&server, "motion", "0.1.0-reversed");
 }
+
+#[test]
+fn guest_check_validates_offline() {
+    let check = |file: &std::path::Path| {
+        std::process::Command::new(motion_host_tests::bin())
+            .current_dir(motion_host_tests::repo_root())
+            .args(["guest", "check"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = check(&test_guest("motion-reversed"));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("accepted") && report.contains("0.1.0-reversed") && report.contains("pan_left"),
+        "{report}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\x00\x01\x00").unwrap();
+    let out = check(&empty);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("rejected") && report.contains("motion:guest/classifier"), "{report}");
+}

@@ -23,6 +23,34 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Probe a running server's /health; exit 0 when healthy, 1 otherwise.
     Healthcheck(HealthcheckArgs),
+    /// Work with guest components offline.
+    #[command(subcommand)]
+    Guest(GuestCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GuestCommand {
+    /// Validate a guest exactly as a server would before it goes live (compile, link, info()
+    /// against the model, self-test) and print a report; exit 0 when it would be accepted.
+    Check(GuestCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GuestCheckArgs {
+    /// The guest component (.wasm).
+    pub file: PathBuf,
+
+    /// Directory of models the guest may name, as for `serve`.
+    #[arg(long, value_name = "DIR", env = "MOTION_HOST_MODEL_DIR", default_value = "models")]
+    pub model_dir: PathBuf,
+
+    /// Most linear memory the guest may use, in bytes, as for `serve`.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub guest_memory_bytes: usize,
+
+    /// Deadline of the self-test, as for `serve`.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub guest_deadline: Duration,
 }
 
 #[derive(Debug, Args)]

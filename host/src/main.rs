@@ -3,6 +3,7 @@
 
 mod backend;
 mod cli;
+mod guest_check;
 mod guest_dir;
 mod healthcheck;
 mod http;
@@ -44,5 +45,6 @@ fn try_main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         cli::Command::Healthcheck(args) => Ok(runtime.block_on(healthcheck::run(&args))),
+        cli::Command::Guest(cli::GuestCommand::Check(args)) => runtime.block_on(guest_check::run(&args)),
     }
 }

@@ -1,0 +1,64 @@
+//! `motion-host guest check FILE.wasm`: the validation a server runs before a guest goes live,
+//! offline, with a readable report for guest authors.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::backend::DeviceChoice;
+use crate::cli::GuestCheckArgs;
+use crate::models::ModelRegistry;
+use crate::runtime::{self, GuestError, Runtime};
+
+pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
+    let name = args
+        .file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| runtime::check_name(s).is_ok())
+        .unwrap_or("guest")
+        .to_string();
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("cannot read '{}'", args.file.display()))?;
+    let device = DeviceChoice::resolve("cpu")?;
+    let model_dir = args.model_dir.clone();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let models = tokio::task::spawn_blocking(move || ModelRegistry::load_dir(&model_dir, &device, threads))
+        .await
+        .context("model loading did not finish")??;
+    let limits = runtime::Limits { memory_bytes: args.guest_memory_bytes, deadline: args.guest_deadline };
+    let runtime = Runtime::new(Arc::new(models), limits)?;
+
+    println!("guest check: {}", args.file.display());
+    match runtime.load(&name, bytes).await {
+        Ok(guest) => {
+            let info = &guest.info;
+            println!(
+                "  accepted ({} ms: compiled, linked, info() checked, self-test passed)",
+                guest.validation.as_millis()
+            );
+            println!("  name      {} (installs as '{}')", info.name, guest.name);
+            println!("  version   {}", info.version);
+            println!("  digest    {} ({} bytes)", guest.digest, guest.size);
+            println!(
+                "  model     {} {}, input {:?}",
+                info.model, guest.model.manifest.version, info.input_shape
+            );
+            println!("  labels    {} : {}", info.labels.len(), info.labels.join(", "));
+            println!("  accepts   {}", info.accepts.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(GuestError::Rejected { reasons, .. }) => {
+            println!("  rejected:");
+            for reason in reasons {
+                println!("  - {reason}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            println!("  rejected: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
