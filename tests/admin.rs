@@ -346,3 +346,41 @@ fn guest_check_validates_offline() {
     assert_eq!(out.status.code(), Some(1), "{report}");
     assert!(report.contains("rejected") && report.contains("motion:guest/classifier"), "{report}");
 }
+
+#[test]
+fn compiled_guests_are_cached_and_only_trusted_artifacts_are_loaded() {
+    let cache = tempfile::tempdir().unwrap();
+    let cache_arg = format!("--compile-cache={}", cache.path().display());
+    let reversed = std::fs::read(test_guest("motion-reversed")).unwrap();
+    let server = ServerBuilder::new().admin_token().arg(&cache_arg).start();
+
+    let (status, entry) = json(put_guest(&server, "other", reversed.clone()));
+    assert_eq!(status, 201, "{entry}");
+    assert_eq!(entry["code"], "compiled");
+    let (status, entry) = json(put_guest(&server, "other", reversed.clone()));
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["code"], "cached", "the same bytes again skip compilation: {entry}");
+    let files: Vec<String> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.iter().filter(|f| f.ends_with(".cwasm")).count(), 2, "{files:?}");
+    assert_eq!(files.iter().filter(|f| f.ends_with(".cwasm.sha256")).count(), 2, "{files:?}");
+
+    // A restart finds the default guest in the cache.
+    drop(server);
+    let server = ServerBuilder::new().admin_token().arg(&cache_arg).start();
+    let log = server.log();
+    let line = log.lines().find(|l| l.contains("guest loaded and self-tested")).expect("a guest line");
+    assert!(line.contains("\"code\":\"cached\""), "{line}");
+
+    // An artifact that does not match its record is never loaded: it is rebuilt.
+    for file in files.iter().filter(|f| f.ends_with(".cwasm")) {
+        std::fs::write(cache.path().join(file), b"tampered").unwrap();
+    }
+    let (status, entry) = json(put_guest(&server, "third", reversed));
+    assert_eq!(status, 201, "{entry}");
+    assert_eq!(entry["code"], "compiled", "{entry}");
+    assert!(server.log().contains("does not match its recorded digest"), "{}", server.log());
+    assert_eq!(classify(&server, "/v1/guests/third/classify").0, 200);
+}

@@ -181,6 +181,9 @@ impl ServerBuilder {
         };
         cmd.arg(format!("--state-file={}", dir.join("serve.json").display()));
         cmd.arg(format!("--tls-dir={}", dir.join("tls").display()));
+        if !self.args.iter().any(|a| a.starts_with("--compile-cache")) {
+            cmd.arg(format!("--compile-cache={}", dir.join("compiled").display()));
+        }
         if !self.args.iter().any(|a| a.starts_with("--model-dir")) {
             cmd.arg(format!("--model-dir={}", repo_root().join("models").display()));
         }

@@ -98,6 +98,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR", env = "MOTION_HOST_GUEST_DIR")]
     pub guest_dir: Option<PathBuf>,
 
+    /// Directory of compiled guests, so a restart or a swap back to a known version skips
+    /// compilation; `off` disables it.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "MOTION_HOST_COMPILE_CACHE",
+        default_value = "/tmp/motion-host/compiled"
+    )]
+    pub compile_cache: PathBuf,
+
     /// The guest that answers /v1/classify. Default: the first guest loaded.
     #[arg(long, value_name = "NAME", env = "MOTION_HOST_DEFAULT_GUEST")]
     pub default_guest: Option<String>,

@@ -28,7 +28,7 @@ pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("model loading did not finish")??;
     let limits = runtime::Limits { memory_bytes: args.guest_memory_bytes, deadline: args.guest_deadline };
-    let runtime = Runtime::new(Arc::new(models), limits)?;
+    let runtime = Runtime::new(Arc::new(models), limits, None)?;
 
     println!("guest check: {}", args.file.display());
     match runtime.load(&name, bytes).await {

@@ -224,7 +224,8 @@ async fn load_everything(
     app.set_models_loaded();
 
     let limits = runtime::Limits { memory_bytes: args.guest_memory_bytes, deadline: args.guest_deadline };
-    let runtime = Arc::new(Runtime::new(Arc::new(models), limits)?);
+    let cache = Some(args.compile_cache.clone()).filter(|dir| dir.as_os_str() != "off");
+    let runtime = Arc::new(Runtime::new(Arc::new(models), limits, cache)?);
     for spec in specs {
         let loaded = Instant::now();
         let guest = runtime
@@ -237,6 +238,7 @@ async fn load_everything(
             digest = %guest.digest,
             size = guest.size,
             model = %guest.info.model,
+            code = guest.compiled.as_str(),
             elapsed_ms = loaded.elapsed().as_millis() as u64,
             "guest loaded and self-tested"
         );

@@ -98,6 +98,8 @@ pub struct VersionEntry {
     pub size: usize,
     pub loaded_at: String,
     pub validation_ms: f64,
+    /// `compiled` now, or `cached` from the compiled-guest cache.
+    pub code: &'static str,
 }
 
 impl VersionEntry {
@@ -108,6 +110,7 @@ impl VersionEntry {
             size: guest.size,
             loaded_at: humantime::format_rfc3339_millis(guest.loaded_at).to_string(),
             validation_ms: super::ms(guest.validation),
+            code: guest.compiled.as_str(),
         }
     }
 }

@@ -11,12 +11,14 @@
 //! version it started with, so replacing a guest never blocks or drops one.
 
 pub mod bindings;
+mod cache;
 mod guests;
 mod sample;
 
+pub use cache::{CompileCache, Compiled};
 pub use guests::{GuestSet, SetError};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -83,6 +85,8 @@ pub struct LoadedGuest {
     pub loaded_at: SystemTime,
     /// How long validation took: compiling, linking, `info()` and the self-test.
     pub validation: Duration,
+    /// Whether the code was compiled now or loaded from the compiled-guest cache.
+    pub compiled: Compiled,
     pre: MotionGuestPre<State>,
 }
 
@@ -231,6 +235,7 @@ pub struct Runtime {
     models: Arc<ModelRegistry>,
     limits: Limits,
     guests: ArcSwap<GuestSet>,
+    cache: Option<CompileCache>,
     /// Serialises changes to the guest set; readers never take it.
     writer: Mutex<()>,
     ticking: Arc<AtomicBool>,
@@ -243,7 +248,12 @@ impl Drop for Runtime {
 }
 
 impl Runtime {
-    pub fn new(models: Arc<ModelRegistry>, limits: Limits) -> anyhow::Result<Runtime> {
+    /// A runtime serving `models`; `cache_dir` keeps compiled guests across restarts.
+    pub fn new(
+        models: Arc<ModelRegistry>,
+        limits: Limits,
+        cache_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Runtime> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -266,12 +276,14 @@ impl Runtime {
             }
         })?;
 
+        let cache = cache_dir.map(|dir| CompileCache::new(dir, &engine));
         Ok(Runtime {
             engine,
             linker,
             models,
             limits,
             guests: ArcSwap::from_pointee(GuestSet::default()),
+            cache,
             writer: Mutex::new(()),
             ticking,
         })
@@ -336,13 +348,15 @@ impl Runtime {
     pub async fn load(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<LoadedGuest>, GuestError> {
         let started = Instant::now();
         let rejected = |reasons: Vec<String>| GuestError::Rejected { name: name.to_string(), reasons };
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let digest_hex = hex::encode(Sha256::digest(&bytes));
+        let digest = format!("sha256:{digest_hex}");
         let size = bytes.len();
-        let engine = self.engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await
-            .map_err(|e| rejected(vec![format!("compilation did not finish: {e}")]))?
-            .map_err(|e| rejected(vec![format!("does not compile as a wasm component: {e:#}")]))?;
+        let (engine, cache) = (self.engine.clone(), self.cache.clone());
+        let (component, compiled) =
+            tokio::task::spawn_blocking(move || cache::compile(&engine, cache.as_ref(), &digest_hex, &bytes))
+                .await
+                .map_err(|e| rejected(vec![format!("compilation did not finish: {e}")]))?
+                .map_err(|e| rejected(vec![format!("does not compile as a wasm component: {e:#}")]))?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -367,6 +381,7 @@ impl Runtime {
             model,
             loaded_at: SystemTime::now(),
             validation: Duration::ZERO,
+            compiled,
             pre,
         };
         self.self_test(&guest).await.map_err(|reason| rejected(vec![reason]))?;
