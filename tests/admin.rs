@@ -148,7 +148,9 @@ fn invalid_guests_are_rejected_and_the_live_version_keeps_serving() {
 /// builds: no request fails, and every answer is exactly what the version it names computes.
 #[test]
 fn swaps_under_load_drop_nothing_and_never_mix_versions() {
-    let server = Arc::new(ServerBuilder::new().admin_token().start());
+    // Start on the first of the two builds, so every answer comes from one of them.
+    let first = format!("motion={}", test_guest("motion").display());
+    let server = Arc::new(ServerBuilder::new().admin_token().guest(&first).start());
     let versions =
         [std::fs::read(test_guest("motion")).unwrap(), std::fs::read(test_guest("motion-reversed")).unwrap()];
 
