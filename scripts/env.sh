@@ -104,8 +104,11 @@ build_test_guests() {
     say "building the test guests"
     local out=target/test-guests wasm=target/wasm32-wasip2/release/motion_guest.wasm
     mkdir -p "$out"
-    cargo build --quiet --release --locked -p motion-guest --target wasm32-wasip2 --features reversed
-    cp "$wasm" "$out/motion-reversed.wasm"
+    local feature
+    for feature in reversed test-duplicate-label test-failing-classify; do
+        cargo build --quiet --release --locked -p motion-guest --target wasm32-wasip2 --features "$feature"
+        cp "$wasm" "$out/motion-${feature#test-}.wasm"
+    done
     build_guest
     cp "$wasm" "$out/motion.wasm"
 }

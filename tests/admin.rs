@@ -127,10 +127,13 @@ fn invalid_guests_are_rejected_and_the_live_version_keeps_serving() {
     let empty_component = b"\0asm\x0d\x00\x01\x00".to_vec();
     // A core module is not a component.
     let core_module = b"\0asm\x01\x00\x00\x00".to_vec();
+    let guest = |name: &str| std::fs::read(test_guest(name)).unwrap();
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"definitely not wasm".to_vec(), "does not compile"),
         (core_module, "does not compile"),
         (empty_component, "motion:guest/classifier"),
+        (guest("motion-duplicate-label"), "label 'static' appears twice"),
+        (guest("motion-failing-classify"), "self-test failed"),
     ];
     for (bytes, reason) in cases {
         let r = put_guest(&server, "motion", bytes);

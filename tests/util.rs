@@ -36,8 +36,9 @@ pub fn guest_wasm() -> PathBuf {
     path
 }
 
-/// A guest build the tests swap between: `motion` (the default guest) or `motion-reversed`
-/// (version 0.1.0-reversed, frames in reverse order), as built by `scripts/test`.
+/// A guest build from `target/test-guests/`, as built by `scripts/test`: `motion` (the default
+/// guest), `motion-reversed` (version 0.1.0-reversed, frames in reverse order), and the broken
+/// `motion-duplicate-label` and `motion-failing-classify`.
 pub fn test_guest(name: &str) -> PathBuf {
     let path = repo_root().join("target/test-guests").join(format!("{name}.wasm"));
     assert!(path.is_file(), "{} is missing: build the test guests first (scripts/test does)", path.display());

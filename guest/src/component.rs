@@ -33,12 +33,20 @@ impl Guest for MotionGuest {
             version: VERSION.into(),
             model: MODEL_NAME.into(),
             input_shape: vec![-1, FRAMES as i64, i64::from(SIZE), i64::from(SIZE)],
-            labels: LABELS.iter().map(|l| l.to_string()).collect(),
+            labels: LABELS
+                .iter()
+                .enumerate()
+                .map(|(i, l)| if cfg!(feature = "test-duplicate-label") && i == 1 { LABELS[0] } else { l })
+                .map(|l| l.to_string())
+                .collect(),
             accepts: ACCEPTS.iter().map(|a| a.to_string()).collect(),
         }
     }
 
     fn classify(req: Request) -> Result<Classification, Error> {
+        if cfg!(feature = "test-failing-classify") {
+            return Err(Error::Inference("this test build fails every classification".into()));
+        }
         let limits = Limits::default();
         let media: Vec<Media> =
             req.media.iter().map(|m| Media { content_type: &m.content_type, data: &m.data }).collect();
