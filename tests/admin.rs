@@ -57,6 +57,27 @@ fn admin_needs_the_right_bearer_token() {
 }
 
 #[test]
+fn admin_is_refused_over_plain_http_on_a_non_loopback_address() {
+    let server = ServerBuilder::new().admin_token().bind_args(&["--bind=[::]:0"]).start();
+    let r = admin(&server, reqwest::Method::GET, "/admin/guests").send().unwrap();
+    assert_error(r, 403, "forbidden", &["plain HTTP", "--allow-insecure-admin"]);
+    assert!(server.log().contains("admin API refused"), "{}", server.log());
+    drop(server);
+
+    let server = ServerBuilder::new()
+        .admin_token()
+        .bind_args(&["--bind=[::]:0"])
+        .arg("--allow-insecure-admin")
+        .start();
+    assert_eq!(admin(&server, reqwest::Method::GET, "/admin/guests").send().unwrap().status(), 200);
+    drop(server);
+
+    // TLS on the same address is fine.
+    let server = ServerBuilder::new().tls().admin_token().bind_args(&["--bind=[::]:0"]).start();
+    assert_eq!(admin(&server, reqwest::Method::GET, "/admin/guests").send().unwrap().status(), 200);
+}
+
+#[test]
 fn install_replace_rollback_and_remove_with_history() {
     let server = ServerBuilder::new().admin_token().start();
     let original = std::fs::read(test_guest("motion")).unwrap();

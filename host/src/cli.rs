@@ -117,7 +117,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", env = "ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
-    /// Allow the admin API over plain HTTP from non-loopback clients (refused by default).
+    /// Allow the admin API over plain HTTP on a non-loopback address (refused by default).
     #[arg(long, env = "MOTION_HOST_ALLOW_INSECURE_ADMIN")]
     pub allow_insecure_admin: bool,
 

@@ -90,10 +90,16 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
     let scheme = if tls_config.is_some() { "https" } else { "http" };
 
+    let admin_exposed_in_plain_text = tls_config.is_none() && bound.iter().any(|a| !a.ip().is_loopback());
+    if admin.is_some() && admin_exposed_in_plain_text && !args.allow_insecure_admin {
+        tracing::warn!(
+            "admin API refused: plain HTTP on a non-loopback address (serve TLS, or pass --allow-insecure-admin)"
+        );
+    }
     let app = AppState::new(http::Settings {
         max_body_bytes: args.max_body_bytes,
         admin,
-        tls: tls_config.is_some(),
+        admin_exposed_in_plain_text,
         allow_insecure_admin: args.allow_insecure_admin,
     });
     let router = http::router(Arc::clone(&app));

@@ -1,8 +1,8 @@
 //! The admin API: install, list, roll back and remove guests while the server runs.
 //!
 //! Protected by a bearer token read from `--admin-token-file`, compared in constant time and
-//! never logged; without a token configured every admin route answers 404. Over plain HTTP
-//! only loopback clients are served unless `--allow-insecure-admin` is given. Every action is
+//! never logged; without a token configured every admin route answers 404. Over plain HTTP on
+//! a non-loopback address it is refused unless `--allow-insecure-admin` is given. Every action is
 //! an audit log line: action, guest, digest, client address, outcome.
 
 use std::net::SocketAddr;
@@ -47,16 +47,16 @@ impl AdminToken {
 }
 
 /// Checks who may use the admin API, in the order a client needs to hear it.
-fn authorize(app: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
+fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &app.settings.admin else {
         return Err(super::route_not_found());
     };
-    if !app.settings.tls && !peer.ip().to_canonical().is_loopback() && !app.settings.allow_insecure_admin {
+    if app.settings.admin_exposed_in_plain_text && !app.settings.allow_insecure_admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "the admin API is refused over plain HTTP from a non-loopback address: serve TLS, or pass \
-             --allow-insecure-admin",
+            "the admin API is refused over plain HTTP on a non-loopback address: serve TLS, bind \
+             loopback only, or pass --allow-insecure-admin",
         ));
     }
     let offered = headers
@@ -142,12 +142,8 @@ struct Listing {
     guests: Vec<GuestEntry>,
 }
 
-pub async fn list(
-    State(app): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&app, &headers, peer)?;
+pub async fn list(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
     let runtime = app.ready_runtime()?;
     let set = runtime.guests();
     let guests = set.slots.keys().filter_map(|name| entry(&set, name)).collect();
@@ -161,7 +157,7 @@ pub async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers, peer)?;
+    authorize(&app, &headers)?;
     let runtime = app.ready_runtime()?;
     if let Err(reason) = crate::runtime::check_name(&name) {
         return Err(ApiError::bad_request(reason));
@@ -197,7 +193,7 @@ pub async fn rollback(
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers, peer)?;
+    authorize(&app, &headers)?;
     let runtime = app.ready_runtime()?;
     match runtime.rollback(&name) {
         Ok(live) => {
@@ -220,7 +216,7 @@ pub async fn remove(
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers, peer)?;
+    authorize(&app, &headers)?;
     let runtime = app.ready_runtime()?;
     let digest = runtime.guests().get(&name).map(|g| g.digest.clone());
     match runtime.remove(&name) {

@@ -48,8 +48,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// The admin API's token; `None` hides the admin routes.
     pub admin: Option<AdminToken>,
-    /// Whether the listeners speak TLS.
-    pub tls: bool,
+    /// Whether the admin API would travel in plain text beyond this machine: no TLS, and a
+    /// listener on a non-loopback address. It is then refused unless `allow_insecure_admin`.
+    pub admin_exposed_in_plain_text: bool,
     pub allow_insecure_admin: bool,
 }
 
