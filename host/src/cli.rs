@@ -40,16 +40,26 @@ pub struct GuestCheckArgs {
     /// The guest component (.wasm).
     pub file: PathBuf,
 
-    /// Directory of models the guest may name, as for `serve`.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// Where models come from and the limits every guest runs under: shared by `serve` and
+/// `guest check`, so a check judges a guest as a server would.
+#[derive(Debug, Args)]
+pub struct RuntimeArgs {
+    /// Directory of models: each subdirectory holding a `model.toml` is loaded at start and
+    /// served to guests by its name.
     #[arg(long, value_name = "DIR", env = "MOTION_HOST_MODEL_DIR", default_value = "models")]
     pub model_dir: PathBuf,
 
-    /// Most linear memory the guest may use, in bytes, as for `serve`.
-    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024 * 1024)]
+    /// Most linear memory one guest instance may grow to, in bytes.
+    #[arg(long, value_name = "BYTES", env = "MOTION_HOST_GUEST_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub guest_memory_bytes: usize,
 
-    /// Deadline of the self-test, as for `serve`.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    /// Longest a guest may run for one request (e.g. `5s`, `500ms`); past it the request gets
+    /// 504 guest_timeout.
+    #[arg(long, value_name = "DURATION", env = "MOTION_HOST_GUEST_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub guest_deadline: Duration,
 }
 
@@ -76,10 +86,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR", env = "TLS_DIR", default_value = "/etc/motion-host/tls")]
     pub tls_dir: PathBuf,
 
-    /// Directory of models: each subdirectory holding a `model.toml` is loaded at start and
-    /// served to guests by its name.
-    #[arg(long, value_name = "DIR", env = "MOTION_HOST_MODEL_DIR", default_value = "models")]
-    pub model_dir: PathBuf,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 
     /// Guest component to load, as NAME=PATH or PATH (named after the file stem); repeatable.
     /// The first is the default guest.
@@ -135,15 +143,6 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", env = "MOTION_HOST_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
-    /// Most linear memory one guest instance may grow to, in bytes.
-    #[arg(long, value_name = "BYTES", env = "MOTION_HOST_GUEST_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
-    pub guest_memory_bytes: usize,
-
-    /// Longest a guest may run for one request (e.g. `5s`, `500ms`); past it the request gets
-    /// 504 guest_timeout.
-    #[arg(long, value_name = "DURATION", env = "MOTION_HOST_GUEST_DEADLINE", default_value = "10s", value_parser = parse_duration)]
-    pub guest_deadline: Duration,
-
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, value_name = "DURATION", env = "MOTION_HOST_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -180,6 +179,12 @@ pub struct HealthcheckArgs {
     /// How long to wait for the answer.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+impl RuntimeArgs {
+    pub fn limits(&self) -> crate::runtime::Limits {
+        crate::runtime::Limits { memory_bytes: self.guest_memory_bytes, deadline: self.guest_deadline }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -22,12 +22,12 @@ pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("cannot read '{}'", args.file.display()))?;
     let device = DeviceChoice::resolve("cpu")?;
-    let model_dir = args.model_dir.clone();
+    let model_dir = args.runtime.model_dir.clone();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let models = tokio::task::spawn_blocking(move || ModelRegistry::load_dir(&model_dir, &device, threads))
         .await
         .context("model loading did not finish")??;
-    let limits = runtime::Limits { memory_bytes: args.guest_memory_bytes, deadline: args.guest_deadline };
+    let limits = args.runtime.limits();
     let runtime = Runtime::new(Arc::new(models), limits, None)?;
 
     println!("guest check: {}", args.file.display());

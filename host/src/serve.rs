@@ -210,7 +210,7 @@ async fn load_everything(
     let started = Instant::now();
     let device = DeviceChoice::resolve(&args.device)?;
     tracing::info!(device = ?device.device, reason = %device.reason, inference_threads = threads, "device chosen");
-    let model_dir = args.model_dir.clone();
+    let model_dir = args.runtime.model_dir.clone();
     let models = tokio::task::spawn_blocking({
         let device = device.clone();
         move || ModelRegistry::load_dir(&model_dir, &device, threads)
@@ -229,7 +229,7 @@ async fn load_everything(
     }
     app.set_models_loaded();
 
-    let limits = runtime::Limits { memory_bytes: args.guest_memory_bytes, deadline: args.guest_deadline };
+    let limits = args.runtime.limits();
     let cache = Some(args.compile_cache.clone()).filter(|dir| dir.as_os_str() != "off");
     let runtime = Arc::new(Runtime::new(Arc::new(models), limits, cache)?);
     for spec in specs {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState, read_body};
-use crate::runtime::{GuestError, GuestSet, LoadedGuest, SetError};
+use crate::runtime::{GuestError, GuestSet, LoadedGuest, Runtime, SetError};
 
 /// The admin bearer token. Its `Debug` never shows it.
 pub struct AdminToken(Vec<u8>);
@@ -136,6 +136,11 @@ fn entry(set: &GuestSet, name: &str) -> Option<GuestEntry> {
     })
 }
 
+/// The entry of `name` as it is live now (a concurrent removal makes it 404).
+fn live_entry(runtime: &Runtime, name: &str) -> Result<GuestEntry, ApiError> {
+    entry(&runtime.guests(), name).ok_or_else(|| ApiError::not_found(format!("no guest named '{name}'")))
+}
+
 #[derive(Serialize)]
 struct Listing {
     default_guest: Option<String>,
@@ -157,12 +162,15 @@ pub async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // Who may upload is checked first, so no one else can make the server buffer a body. The
+    // other checks wait for the body, so that their refusal is not sent while the client is
+    // still writing (see http::classify).
     authorize(&app, &headers)?;
+    let bytes = read_body(&headers, body, app.settings.max_body_bytes).await?;
     let runtime = app.ready_runtime()?;
     if let Err(reason) = crate::runtime::check_name(&name) {
         return Err(ApiError::bad_request(reason));
     }
-    let bytes = read_body(&headers, body, app.settings.max_body_bytes).await?;
     let guest = match runtime.load(&name, bytes.into()).await {
         Ok(guest) => guest,
         Err(e) => {
@@ -177,10 +185,8 @@ pub async fn put(
     let digest = guest.digest.clone();
     let replaced = runtime.install(guest);
     audit("install", &name, Some(&digest), peer, if replaced { "replaced" } else { "installed" });
-    let set = runtime.guests();
     let status = if replaced { StatusCode::OK } else { StatusCode::CREATED };
-    let body = entry(&set, &name).ok_or_else(|| ApiError::not_found(format!("guest '{name}' vanished")))?;
-    let mut response = (status, Json(body)).into_response();
+    let mut response = (status, Json(live_entry(runtime, &name)?)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/admin/guests/{name}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -198,10 +204,7 @@ pub async fn rollback(
     match runtime.rollback(&name) {
         Ok(live) => {
             audit("rollback", &name, Some(&live.digest), peer, "rolled back");
-            let set = runtime.guests();
-            let body =
-                entry(&set, &name).ok_or_else(|| ApiError::not_found(format!("guest '{name}' vanished")))?;
-            Ok(Json(body).into_response())
+            Ok(Json(live_entry(runtime, &name)?).into_response())
         }
         Err(e) => {
             audit("rollback", &name, None, peer, &format!("refused: {e}"));

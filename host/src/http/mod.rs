@@ -262,10 +262,11 @@ async fn classify_default(
     body: Body,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
+    let bytes = read_body(&headers, body, app.settings.max_body_bytes).await?;
     let runtime = app.ready_runtime()?;
     let guests = runtime.guests();
     let guest = guests.default_guest().ok_or_else(|| ApiError::not_ready("no default guest is loaded"))?;
-    classify(&app, runtime, guest, query, headers, body, received).await
+    classify(runtime, guest, query, &headers, bytes, received).await
 }
 
 async fn classify_named(
@@ -276,21 +277,24 @@ async fn classify_named(
     body: Body,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
+    let bytes = read_body(&headers, body, app.settings.max_body_bytes).await?;
     let runtime = app.ready_runtime()?;
     let guests = runtime.guests();
     let guest = guests.get(&name).ok_or_else(|| {
         ApiError::not_found(format!("no guest named '{name}' (loaded: {})", guests.names().join(", ")))
     })?;
-    classify(&app, runtime, guest, query, headers, body, received).await
+    classify(runtime, guest, query, &headers, bytes, received).await
 }
 
+/// Classifies an upload already read. The body is read before any other check: a refusal
+/// sent while the client is still writing makes many clients report a broken pipe instead of
+/// the answer, so only a body over the limit is refused before it is read.
 async fn classify(
-    app: &AppState,
     runtime: &Runtime,
     guest: &Arc<LoadedGuest>,
     query: TopKQuery,
-    headers: HeaderMap,
-    body: Body,
+    headers: &HeaderMap,
+    bytes: Bytes,
     received: Instant,
 ) -> Result<Response, ApiError> {
     let labels = guest.info.labels.len() as u32;
@@ -301,7 +305,6 @@ async fn classify(
         return Err(ApiError::unsupported_media(declared, &guest.name, &guest.info.accepts));
     };
 
-    let bytes = read_body(&headers, body, app.settings.max_body_bytes).await?;
     let media = if essence(&content_type) == "multipart/form-data" {
         multipart_media(&content_type, bytes).await?
     } else {
