@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use notify::{RecursiveMode, Watcher};
-use sha2::{Digest, Sha256};
 
 use crate::runtime::{self, Runtime};
 
@@ -53,7 +52,7 @@ pub async fn sync(runtime: &Runtime, dir: &Path) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let digest = runtime::guest_digest(&bytes);
         if runtime.guests().get(&name).is_some_and(|live| live.digest == digest) {
             continue;
         }

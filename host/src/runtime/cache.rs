@@ -10,7 +10,6 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -59,7 +58,7 @@ impl CompileCache {
         let (artifact, record) = self.paths(digest_hex);
         let expected = std::fs::read_to_string(&record).ok()?;
         let bytes = std::fs::read(&artifact).ok()?;
-        if hex::encode(Sha256::digest(&bytes)) != expected.trim() {
+        if super::sha256_hex(&bytes) != expected.trim() {
             tracing::warn!(artifact = %artifact.display(), "compiled guest does not match its recorded digest; ignored and rebuilt");
             return None;
         }
@@ -81,7 +80,7 @@ impl CompileCache {
         std::fs::create_dir_all(&self.dir)?;
         let (artifact, record) = self.paths(digest_hex);
         write_atomically(&artifact, &bytes)?;
-        write_atomically(&record, hex::encode(Sha256::digest(&bytes)).as_bytes())
+        write_atomically(&record, super::sha256_hex(&bytes).as_bytes())
     }
 }
 

@@ -98,6 +98,16 @@ impl LoadedGuest {
     }
 }
 
+/// Hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A guest's digest as the API reports it: `sha256:<hex>` of the component bytes.
+pub fn guest_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(bytes))
+}
+
 /// Checks a guest name: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'.
 pub fn check_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
@@ -348,7 +358,7 @@ impl Runtime {
     pub async fn load(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<LoadedGuest>, GuestError> {
         let started = Instant::now();
         let rejected = |reasons: Vec<String>| GuestError::Rejected { name: name.to_string(), reasons };
-        let digest_hex = hex::encode(Sha256::digest(&bytes));
+        let digest_hex = sha256_hex(&bytes);
         let digest = format!("sha256:{digest_hex}");
         let size = bytes.len();
         let (engine, cache) = (self.engine.clone(), self.cache.clone());
