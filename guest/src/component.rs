@@ -1,10 +1,10 @@
 //! The wasm component: exports `motion:guest/classifier` and calls the model through the
 //! standard `wasi:nn` imports. Built only for wasm32; everything it calls is native-testable.
 
-use crate::decode::{ACCEPTS, Clip, DecodeError, Limits, Media};
+use crate::decode::{ACCEPTS, DecodeError, Limits, Media};
 use crate::labels::LABELS;
 use crate::postprocess::{softmax, top_k};
-use crate::preprocess::{self, FRAMES, SIZE};
+use crate::preprocess::{FRAMES, SIZE};
 use crate::{INPUT_TENSOR, MODEL_NAME, OUTPUT_TENSOR};
 
 wit_bindgen::generate!({
@@ -47,21 +47,12 @@ impl Guest for MotionGuest {
         if cfg!(feature = "test-failing-classify") {
             return Err(Error::Inference("this test build fails every classification".into()));
         }
-        let limits = Limits::default();
         let media: Vec<Media> =
             req.media.iter().map(|m| Media { content_type: &m.content_type, data: &m.data }).collect();
-        let clip = Clip::open(&media, &limits).map_err(decode_error)?;
-        let frames_total = clip.frame_count();
-        let mut indices = preprocess::sample_indices(frames_total);
-        if cfg!(feature = "reversed") {
-            indices.reverse();
-        }
-        let wanted = preprocess::distinct(&indices);
-        let frames = clip.decode(&wanted, &limits).map_err(decode_error)?;
-        let input = preprocess::model_input(&indices, &frames).map_err(Error::BadInput)?;
-        drop(frames);
-
-        let logits = infer(&input)?;
+        let prepared =
+            crate::prepare(&media, &Limits::default(), cfg!(feature = "reversed")).map_err(decode_error)?;
+        let (frames_total, frames_used) = (prepared.frames_total, prepared.frames_used);
+        let logits = infer(&prepared.input)?;
         if logits.len() != LABELS.len() {
             return Err(Error::Inference(format!(
                 "model returned {} logits; this guest names {}",
@@ -80,7 +71,7 @@ impl Guest for MotionGuest {
             score: top[0].score,
             top_k: top,
             frames_total: u32::try_from(frames_total).unwrap_or(u32::MAX),
-            frames_used: wanted.len() as u32,
+            frames_used: frames_used as u32,
         })
     }
 }

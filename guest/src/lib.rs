@@ -25,3 +25,32 @@ pub const MODEL_NAME: &str = "motion-resnet18";
 pub const INPUT_TENSOR: &str = "input";
 /// The name of the model's output tensor.
 pub const OUTPUT_TENSOR: &str = "logits";
+
+use decode::{Clip, DecodeError, Limits, Media};
+
+/// A clip turned into the model input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// `[1, 8, 112, 112]`, row-major.
+    pub input: Vec<f32>,
+    /// Frames in the clip.
+    pub frames_total: usize,
+    /// Distinct frames that were decoded and fed to the model.
+    pub frames_used: usize,
+}
+
+/// Everything between the upload and the model: reads the headers against `limits`, samples
+/// the frames, decodes only those, and builds the model input. With `reverse`, the sampled
+/// frames feed the model in reverse time order.
+pub fn prepare(media: &[Media], limits: &Limits, reverse: bool) -> Result<Prepared, DecodeError> {
+    let clip = Clip::open(media, limits)?;
+    let frames_total = clip.frame_count();
+    let mut indices = preprocess::sample_indices(frames_total);
+    if reverse {
+        indices.reverse();
+    }
+    let wanted = preprocess::distinct(&indices);
+    let frames = clip.decode(&wanted, limits)?;
+    let input = preprocess::model_input(&indices, &frames).map_err(DecodeError::Malformed)?;
+    Ok(Prepared { input, frames_total, frames_used: wanted.len() })
+}

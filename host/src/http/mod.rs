@@ -7,7 +7,6 @@ mod admin;
 mod error;
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -305,11 +304,11 @@ async fn classify(
         return Err(ApiError::unsupported_media(declared, &guest.name, &guest.info.accepts));
     };
 
-    let media = if essence(&content_type) == "multipart/form-data" {
-        multipart_media(&content_type, bytes).await?
-    } else {
-        vec![Media { content_type: essence(&content_type), data: bytes.into() }]
-    };
+    let media = motion_request::media(&content_type, bytes)
+        .map_err(|e| ApiError::bad_request(e.0))?
+        .into_iter()
+        .map(|part| Media { content_type: part.content_type, data: part.data.into() })
+        .collect();
 
     let classified = runtime.classify(guest, media, top_k).await.map_err(|e| {
         let e = ApiError::from(e);
@@ -324,16 +323,8 @@ async fn classify(
 /// `top_k` from the query: an integer in 1..=labels, default 3.
 fn parse_top_k(query: TopKQuery, labels: u32) -> Result<u32, ApiError> {
     let Query(params) = query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
-    let Some(raw) = params.get("top_k") else { return Ok(DEFAULT_TOP_K.min(labels)) };
-    match raw.trim().parse::<u32>() {
-        Ok(k) if (1..=labels).contains(&k) => Ok(k),
-        _ => Err(ApiError::bad_request(format!("top_k must be an integer from 1 to {labels}, got '{raw}'"))),
-    }
-}
-
-/// The media type without its parameters, lower-cased.
-fn essence(content_type: &str) -> String {
-    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    motion_request::top_k(params.get("top_k").map(String::as_str), labels, DEFAULT_TOP_K)
+        .map_err(|e| ApiError::bad_request(e.0))
 }
 
 /// Reads the whole body, refusing it with 413 as soon as it is known to exceed `limit`: at once
@@ -349,42 +340,6 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> 
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large(limit)),
         Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
     }
-}
-
-/// Splits a `multipart/form-data` body into media, one per file part, in order. Parts that
-/// are neither files nor typed (plain form fields) are skipped.
-async fn multipart_media(content_type: &str, body: Bytes) -> Result<Vec<Media>, ApiError> {
-    let boundary = multer::parse_boundary(content_type)
-        .map_err(|e| ApiError::bad_request(format!("multipart/form-data without a usable boundary: {e}")))?;
-    let stream = futures_util::stream::once(async move { Ok::<Bytes, Infallible>(body) });
-    let mut multipart = multer::Multipart::new(stream, boundary);
-    let mut media = Vec::new();
-    loop {
-        let field = match multipart.next_field().await {
-            Ok(Some(field)) => field,
-            Ok(None) => break,
-            Err(e) => return Err(ApiError::bad_request(format!("malformed multipart body: {e}"))),
-        };
-        let declared = field.content_type().map(|m| m.essence_str().to_string());
-        if declared.is_none() && field.file_name().is_none() {
-            continue;
-        }
-        let part = media.len() + 1;
-        let data = field
-            .bytes()
-            .await
-            .map_err(|e| ApiError::bad_request(format!("malformed multipart body in part {part}: {e}")))?;
-        media.push(Media {
-            content_type: declared.unwrap_or_else(|| "application/octet-stream".into()),
-            data: data.into(),
-        });
-    }
-    if media.is_empty() {
-        return Err(ApiError::bad_request(
-            "the multipart body holds no file parts (send frames as -F frame=@0.png)",
-        ));
-    }
-    Ok(media)
 }
 
 #[derive(Serialize)]
