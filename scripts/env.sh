@@ -111,4 +111,9 @@ build_test_guests() {
     done
     build_guest
     cp "$wasm" "$out/motion.wasm"
+    local hostile=target/wasm32-wasip2/release/hostile_guest.wasm
+    for feature in "" trap-info many-labels; do
+        cargo build --quiet --release --locked -p hostile-guest --target wasm32-wasip2 --features "$feature"
+        cp "$hostile" "$out/hostile${feature:+-$feature}.wasm"
+    done
 }

@@ -17,15 +17,21 @@ use crate::models::{Manifest, TensorSpec};
 pub const MAX_BATCH: usize = 16;
 /// Most rows one caller may send in one call.
 pub const MAX_ROWS_PER_CALL: u32 = 64;
-/// Calls that may wait for the inference thread before callers are turned away.
-const QUEUE_CAPACITY: usize = 1024;
+/// How a model's inference thread runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// libtorch intra-op threads.
+    pub threads: usize,
+    /// Calls that may wait for the inference thread before callers are turned away.
+    pub max_queue: usize,
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
     #[error("{0}")]
     InvalidInput(String),
-    #[error("the model's queue is full ({QUEUE_CAPACITY} calls waiting)")]
-    Busy,
+    #[error("the model's queue is full ({0} calls waiting, --max-queue)")]
+    Busy(usize),
     #[error("libtorch failed: {0}")]
     Torch(String),
     #[error("the inference thread has stopped")]
@@ -174,9 +180,9 @@ impl Model {
         file: &Path,
         sha256: String,
         device: &DeviceChoice,
-        threads: usize,
+        tuning: Tuning,
     ) -> Result<Model, BackendError> {
-        let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let (jobs, queue) = mpsc::channel(tuning.max_queue.max(1));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let file = file.to_path_buf();
         let device = device.device;
@@ -184,7 +190,7 @@ impl Model {
         std::thread::Builder::new()
             .name(format!("infer-{}", manifest.name))
             .spawn(move || {
-                tch::set_num_threads(threads.max(1) as i32);
+                tch::set_num_threads(tuning.threads.max(1) as i32);
                 let _no_grad = tch::no_grad_guard();
                 match load_and_warm(&file, device, &input_spec) {
                     Ok(module) => {
@@ -240,7 +246,7 @@ impl Model {
         let (reply, answer) = oneshot::channel();
         let job = Job { input, enqueued: Instant::now(), reply };
         self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => BackendError::Busy,
+            mpsc::error::TrySendError::Full(_) => BackendError::Busy(self.jobs.max_capacity()),
             mpsc::error::TrySendError::Closed(_) => BackendError::Stopped,
         })?;
         answer.await.map_err(|_| BackendError::Stopped)?

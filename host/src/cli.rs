@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::runtime::Limits;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "motion-host",
@@ -53,14 +55,43 @@ pub struct RuntimeArgs {
     #[arg(long, value_name = "DIR", env = "MOTION_HOST_MODEL_DIR", default_value = "models")]
     pub model_dir: PathBuf,
 
-    /// Most linear memory one guest instance may grow to, in bytes.
-    #[arg(long, value_name = "BYTES", env = "MOTION_HOST_GUEST_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    /// Most linear memory one guest instance may grow to, in bytes (256 MiB).
+    #[arg(long, value_name = "BYTES", env = "MOTION_HOST_GUEST_MEMORY_BYTES", default_value_t = Limits::defaults().memory_bytes)]
     pub guest_memory_bytes: usize,
 
+    /// Most wasm instances one guest may create (a component holds several).
+    #[arg(long, value_name = "N", env = "MOTION_HOST_GUEST_MAX_INSTANCES", default_value_t = Limits::defaults().instances)]
+    pub guest_max_instances: usize,
+
+    /// Most wasm tables one guest may create.
+    #[arg(long, value_name = "N", env = "MOTION_HOST_GUEST_MAX_TABLES", default_value_t = Limits::defaults().tables)]
+    pub guest_max_tables: usize,
+
+    /// Most elements one guest table may grow to.
+    #[arg(long, value_name = "N", env = "MOTION_HOST_GUEST_MAX_TABLE_ELEMENTS", default_value_t = Limits::defaults().table_elements)]
+    pub guest_max_table_elements: usize,
+
     /// Longest a guest may run for one request (e.g. `5s`, `500ms`); past it the request gets
-    /// 504 guest_timeout.
+    /// 504 guest_timeout. Guest code yields every 10 ms, so a spinning guest holds no thread.
     #[arg(long, value_name = "DURATION", env = "MOTION_HOST_GUEST_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub guest_deadline: Duration,
+
+    /// Most bytes a guest may pass to the host in one call (a tensor, a name) or in the result
+    /// it returns, strings and lists counted together (32 MiB).
+    #[arg(long, value_name = "BYTES", env = "MOTION_HOST_GUEST_MAX_TRANSFER_BYTES", default_value_t = Limits::defaults().transfer_bytes)]
+    pub guest_max_transfer_bytes: usize,
+
+    /// Most bytes of labels and scores a guest's result may hold (64 KiB).
+    #[arg(long, value_name = "BYTES", env = "MOTION_HOST_GUEST_MAX_RESULT_BYTES", default_value_t = Limits::defaults().result_bytes)]
+    pub guest_max_result_bytes: usize,
+
+    /// Most wasi:nn calls (resource drops aside) one request's guest may make.
+    #[arg(long, value_name = "N", env = "MOTION_HOST_GUEST_MAX_NN_CALLS", default_value_t = Limits::defaults().nn_calls)]
+    pub guest_max_nn_calls: u32,
+
+    /// Most tensor bytes one request's guest may hand to wasi:nn in all (64 MiB).
+    #[arg(long, value_name = "BYTES", env = "MOTION_HOST_GUEST_MAX_NN_BYTES", default_value_t = Limits::defaults().nn_bytes)]
+    pub guest_max_nn_bytes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -139,11 +170,34 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", env = "MOTION_HOST_INFERENCE_THREADS")]
     pub inference_threads: Option<usize>,
 
-    /// Largest request body accepted, in bytes; larger bodies get 413 while being read.
+    /// Largest request body accepted, in bytes (64 MiB); larger bodies get 413 while being read.
     #[arg(long, value_name = "BYTES", env = "MOTION_HOST_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
-    /// How long in-flight requests may take to finish after SIGTERM.
+    /// Most classification requests served at once; more get 503 with Retry-After.
+    #[arg(long, value_name = "N", env = "MOTION_HOST_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+
+    /// Most inference calls waiting for each model; more get 503 with Retry-After.
+    #[arg(long, value_name = "N", env = "MOTION_HOST_MAX_QUEUE", default_value_t = 64)]
+    pub max_queue: usize,
+
+    /// Longest a request may take from its headers to its answer, body upload included; a body
+    /// still arriving then gets 408, anything else 504.
+    #[arg(long, value_name = "DURATION", env = "MOTION_HOST_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Longest a client may take to send a request's headers before the connection is closed.
+    #[arg(long, value_name = "DURATION", env = "MOTION_HOST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// After SIGTERM, how long new connections are still accepted (readiness already off) while
+    /// the platform stops routing here; counted within --shutdown-timeout.
+    #[arg(long, value_name = "DURATION", env = "MOTION_HOST_SHUTDOWN_GRACE", default_value = "2s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How long in-flight requests may take to finish after SIGTERM, grace period included;
+    /// a second signal exits at once.
     #[arg(long, value_name = "DURATION", env = "MOTION_HOST_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
@@ -182,8 +236,18 @@ pub struct HealthcheckArgs {
 }
 
 impl RuntimeArgs {
-    pub fn limits(&self) -> crate::runtime::Limits {
-        crate::runtime::Limits { memory_bytes: self.guest_memory_bytes, deadline: self.guest_deadline }
+    pub fn limits(&self) -> Limits {
+        Limits {
+            memory_bytes: self.guest_memory_bytes,
+            instances: self.guest_max_instances,
+            tables: self.guest_max_tables,
+            table_elements: self.guest_max_table_elements,
+            deadline: self.guest_deadline,
+            transfer_bytes: self.guest_max_transfer_bytes,
+            result_bytes: self.guest_max_result_bytes,
+            nn_calls: self.guest_max_nn_calls,
+            nn_bytes: self.guest_max_nn_bytes,
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::backend::DeviceChoice;
+use crate::backend::{DeviceChoice, Tuning};
 use crate::cli::GuestCheckArgs;
 use crate::models::ModelRegistry;
 use crate::runtime::{self, GuestError, Runtime};
@@ -24,7 +24,8 @@ pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
     let device = DeviceChoice::resolve("cpu")?;
     let model_dir = args.runtime.model_dir.clone();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let models = tokio::task::spawn_blocking(move || ModelRegistry::load_dir(&model_dir, &device, threads))
+    let tuning = Tuning { threads, max_queue: 4 };
+    let models = tokio::task::spawn_blocking(move || ModelRegistry::load_dir(&model_dir, &device, tuning))
         .await
         .context("model loading did not finish")??;
     let limits = args.runtime.limits();

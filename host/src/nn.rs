@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Resource;
 
 use crate::backend::{self, BackendError, Model};
-use crate::runtime::State;
 use crate::runtime::bindings::wasi::nn::{errors, graph, inference, tensor};
+use crate::runtime::{LimitExceeded, State};
 
 use errors::ErrorCode;
 use tensor::TensorType;
@@ -43,13 +43,30 @@ pub struct NnActivity {
     pub inference: Duration,
     pub computes: u32,
     pub batch_rows: usize,
-    /// A compute was turned away because the model's queue was full.
-    pub busy: bool,
+    /// Calls made, drops not counted.
+    pub calls: u32,
+    /// Tensor bytes handed in.
+    pub tensor_bytes: usize,
+    /// Why a compute was turned away because the model's queue was full.
+    pub busy: Option<String>,
 }
 
 type NnResult<T> = wasmtime::Result<Result<T, Resource<ErrorResource>>>;
 
 impl State {
+    /// Counts one wasi:nn call against the request's limit; past it the guest traps.
+    fn count_call(&mut self) -> wasmtime::Result<()> {
+        self.nn.calls += 1;
+        if self.nn.calls > self.nn_calls {
+            let limit = self.nn_calls;
+            return Err(LimitExceeded(format!(
+                "it made more than {limit} wasi:nn calls (--guest-max-nn-calls)"
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
     fn nn_error<T>(&mut self, code: ErrorCode, data: impl Into<String>) -> NnResult<T> {
         let error = self.table.push(ErrorResource { code, data: data.into() })?;
         Ok(Err(error))
@@ -63,10 +80,12 @@ impl graph::Host for State {
         _encoding: graph::GraphEncoding,
         _target: graph::ExecutionTarget,
     ) -> NnResult<Resource<GraphResource>> {
+        self.count_call()?;
         self.nn_error(ErrorCode::UnsupportedOperation, "this host serves its own models: use load-by-name")
     }
 
     async fn load_by_name(&mut self, name: String) -> NnResult<Resource<GraphResource>> {
+        self.count_call()?;
         match self.models.get(&name) {
             Some(model) => {
                 let model = Arc::clone(model);
@@ -74,7 +93,7 @@ impl graph::Host for State {
             }
             None => {
                 let known = self.models.names().join(", ");
-                self.nn_error(ErrorCode::NotFound, format!("no model named '{name}' (loaded: {known})"))
+                self.nn_error(ErrorCode::NotFound, format!("no model named '{name:.128}' (loaded: {known})"))
             }
         }
     }
@@ -85,6 +104,7 @@ impl graph::HostGraph for State {
         &mut self,
         graph: Resource<GraphResource>,
     ) -> NnResult<Resource<ContextResource>> {
+        self.count_call()?;
         let model = Arc::clone(&self.table.get(&graph)?.0);
         Ok(Ok(self.table.push(ContextResource(model))?))
     }
@@ -103,6 +123,7 @@ impl inference::HostGraphExecutionContext for State {
         context: Resource<ContextResource>,
         inputs: Vec<(String, Resource<TensorResource>)>,
     ) -> NnResult<Vec<(String, Resource<TensorResource>)>> {
+        self.count_call()?;
         let started = Instant::now();
         self.nn.first_compute.get_or_insert(started);
         let model = Arc::clone(&self.table.get(&context)?.0);
@@ -115,7 +136,7 @@ impl inference::HostGraphExecutionContext for State {
                 chosen = Some(tensor);
             } else {
                 let msg =
-                    format!("model '{}' takes one input named '{expected}', not '{name}'", model.name());
+                    format!("model '{}' takes one input named '{expected}', not '{name:.128}'", model.name());
                 return self.nn_error(ErrorCode::InvalidArgument, msg);
             }
         }
@@ -143,10 +164,12 @@ impl inference::HostGraphExecutionContext for State {
                 Ok(Ok(vec![(name, tensor)]))
             }
             Err(e) => {
-                self.nn.busy |= matches!(e, BackendError::Busy);
+                if let BackendError::Busy(_) = e {
+                    self.nn.busy = Some(e.to_string());
+                }
                 let code = match e {
                     BackendError::InvalidInput(_) => ErrorCode::InvalidArgument,
-                    BackendError::Busy => ErrorCode::Timeout,
+                    BackendError::Busy(_) => ErrorCode::Timeout,
                     _ => ErrorCode::RuntimeError,
                 };
                 self.nn_error(code, e.to_string())
@@ -169,18 +192,30 @@ impl tensor::HostTensor for State {
         ty: TensorType,
         data: Vec<u8>,
     ) -> wasmtime::Result<Resource<TensorResource>> {
+        self.count_call()?;
+        self.nn.tensor_bytes = self.nn.tensor_bytes.saturating_add(data.len());
+        if self.nn.tensor_bytes > self.nn_bytes {
+            let limit = self.nn_bytes;
+            return Err(LimitExceeded(format!(
+                "it handed more than {limit} bytes of tensors to wasi:nn (--guest-max-nn-bytes)"
+            ))
+            .into());
+        }
         Ok(self.table.push(TensorResource { dims: dimensions, ty, data })?)
     }
 
     async fn dimensions(&mut self, tensor: Resource<TensorResource>) -> wasmtime::Result<Vec<u32>> {
+        self.count_call()?;
         Ok(self.table.get(&tensor)?.dims.clone())
     }
 
     async fn ty(&mut self, tensor: Resource<TensorResource>) -> wasmtime::Result<TensorType> {
+        self.count_call()?;
         Ok(self.table.get(&tensor)?.ty)
     }
 
     async fn data(&mut self, tensor: Resource<TensorResource>) -> wasmtime::Result<Vec<u8>> {
+        self.count_call()?;
         Ok(self.table.get(&tensor)?.data.clone())
     }
 
@@ -194,10 +229,12 @@ impl errors::Host for State {}
 
 impl errors::HostError for State {
     async fn code(&mut self, error: Resource<ErrorResource>) -> wasmtime::Result<ErrorCode> {
+        self.count_call()?;
         Ok(self.table.get(&error)?.code)
     }
 
     async fn data(&mut self, error: Resource<ErrorResource>) -> wasmtime::Result<String> {
+        self.count_call()?;
         Ok(self.table.get(&error)?.data.clone())
     }
 

@@ -4,15 +4,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use clap::ArgMatches;
 use clap::parser::ValueSource;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::backend::DeviceChoice;
+use crate::backend::{DeviceChoice, Tuning};
 use crate::cli::ServeArgs;
 use crate::http::{self, AppState};
 use crate::models::ModelRegistry;
@@ -85,6 +86,7 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         Some(n) => n,
         None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     };
+    let tuning = Tuning { threads, max_queue: args.max_queue };
 
     let listeners = addrs.iter().map(|&a| bind::listen(a)).collect::<Result<Vec<_>, _>>()?;
     let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
@@ -96,8 +98,16 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
             "admin API refused: plain HTTP on a non-loopback address (serve TLS, or pass --allow-insecure-admin)"
         );
     }
+    if args.max_in_flight == 0 || args.max_queue == 0 {
+        bail!("--max-in-flight and --max-queue must be at least 1");
+    }
+    if args.shutdown_grace > args.shutdown_timeout {
+        bail!("--shutdown-grace must not exceed --shutdown-timeout");
+    }
     let app = AppState::new(http::Settings {
         max_body_bytes: args.max_body_bytes,
+        max_in_flight: args.max_in_flight,
+        request_timeout: args.request_timeout,
         admin,
         admin_exposed_in_plain_text,
         allow_insecure_admin: args.allow_insecure_admin,
@@ -108,14 +118,17 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     for listener in listeners {
         let service = router.clone().into_make_service_with_connect_info::<SocketAddr>();
         let handle = handle.clone();
+        let header_timeout = args.header_timeout;
         match &tls_config {
             Some(config) => {
-                let server =
+                let mut server =
                     axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(Arc::clone(config)));
+                bound_header_reads(server.http_builder(), header_timeout);
                 servers.spawn(async move { server.handle(handle).serve(service).await });
             }
             None => {
-                let server = axum_server::from_tcp(listener);
+                let mut server = axum_server::from_tcp(listener);
+                bound_header_reads(server.http_builder(), header_timeout);
                 servers.spawn(async move { server.handle(handle).serve(service).await });
             }
         }
@@ -160,7 +173,7 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let mut _watcher = None;
-    let load = load_everything(&args, &guest_specs, threads, &app);
+    let load = load_everything(&args, &guest_specs, tuning, &app);
     tokio::pin!(load);
     let mut signals = Signals::new()?;
     tokio::select! {
@@ -181,12 +194,23 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     tokio::select! {
         signal = signals.next() => {
             app.set_draining();
-            tracing::info!(signal, timeout_s = args.shutdown_timeout.as_secs_f64(), "draining: readiness is off; finishing in-flight requests");
-            handle.graceful_shutdown(Some(args.shutdown_timeout));
+            tracing::info!(
+                signal,
+                grace_s = args.shutdown_grace.as_secs_f64(),
+                timeout_s = args.shutdown_timeout.as_secs_f64(),
+                in_flight = app.in_flight(),
+                "draining: readiness is off; new connections are taken for the grace period, then in-flight requests finish"
+            );
+            let drain = async {
+                tokio::time::sleep(args.shutdown_grace).await;
+                tracing::info!(in_flight = app.in_flight(), "grace period over: no new connections");
+                handle.graceful_shutdown(Some(args.shutdown_timeout - args.shutdown_grace));
+                while servers.join_next().await.is_some() {}
+            };
             tokio::select! {
-                _ = async { while servers.join_next().await.is_some() {} } => {}
+                _ = drain => {}
                 signal = signals.next() => {
-                    tracing::warn!(signal, "second signal: exiting at once");
+                    tracing::warn!(signal, in_flight = app.in_flight(), "second signal: exiting at once");
                 }
             }
         }
@@ -199,21 +223,31 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Closes connections whose request headers take longer than `timeout` to arrive (slow-loris
+/// clients); the request body is bounded by `--request-timeout` in the handlers.
+fn bound_header_reads(
+    builder: &mut hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    timeout: Duration,
+) {
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout);
+    builder.http2().timer(TokioTimer::new());
+}
+
 /// Loads the models (on their inference threads, warm-up included) and the guests, and runs
 /// each guest once on a built-in sample clip.
 async fn load_everything(
     args: &ServeArgs,
     specs: &[GuestSpec],
-    threads: usize,
+    tuning: Tuning,
     app: &AppState,
 ) -> anyhow::Result<Arc<Runtime>> {
     let started = Instant::now();
     let device = DeviceChoice::resolve(&args.device)?;
-    tracing::info!(device = ?device.device, reason = %device.reason, inference_threads = threads, "device chosen");
+    tracing::info!(device = ?device.device, reason = %device.reason, inference_threads = tuning.threads, "device chosen");
     let model_dir = args.runtime.model_dir.clone();
     let models = tokio::task::spawn_blocking({
         let device = device.clone();
-        move || ModelRegistry::load_dir(&model_dir, &device, threads)
+        move || ModelRegistry::load_dir(&model_dir, &device, tuning)
     })
     .await
     .context("model loading did not finish")??;

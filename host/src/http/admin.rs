@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use super::{ApiError, AppState, read_body};
+use super::{ApiError, AppState};
 use crate::runtime::{GuestError, GuestSet, LoadedGuest, Runtime, SetError};
 
 /// The admin bearer token. Its `Debug` never shows it.
@@ -166,7 +166,7 @@ pub async fn put(
     // other checks wait for the body, so that their refusal is not sent while the client is
     // still writing (see http::classify).
     authorize(&app, &headers)?;
-    let bytes = read_body(&headers, body, app.settings.max_body_bytes).await?;
+    let bytes = app.read_body(&headers, body).await?;
     let runtime = app.ready_runtime()?;
     if let Err(reason) = crate::runtime::check_name(&name) {
         return Err(ApiError::bad_request(reason));

@@ -66,6 +66,29 @@ impl ApiError {
         )
     }
 
+    /// 503 for a request beyond a capacity limit; the message names the limit.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
+        e.retry_after_secs = Some(1);
+        e
+    }
+
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {} s (--request-timeout)", limit.as_secs_f64()),
+        )
+    }
+
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "request_timeout",
+            format!("the request took longer than {} s (--request-timeout)", limit.as_secs_f64()),
+        )
+    }
+
     pub fn not_ready(message: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
         e.retry_after_secs = Some(1);
@@ -109,14 +132,11 @@ impl From<GuestError> for ApiError {
                 err
             }
             GuestError::Timeout { .. } => Self::new(StatusCode::GATEWAY_TIMEOUT, "guest_timeout", message),
-            GuestError::Busy => {
-                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
-                err.retry_after_secs = Some(1);
-                err
-            }
+            GuestError::Busy(_) => Self::overloaded(message),
             GuestError::Read { .. }
             | GuestError::Inference { .. }
             | GuestError::Trap { .. }
+            | GuestError::Limit { .. }
             | GuestError::InvalidOutput { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "guest_fault", message)
             }

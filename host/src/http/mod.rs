@@ -21,6 +21,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use admin::AdminToken;
 pub use error::ApiError;
@@ -45,6 +46,10 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct Settings {
     pub max_body_bytes: usize,
+    /// Classification requests served at once (`--max-in-flight`).
+    pub max_in_flight: usize,
+    /// From a request's headers to its answer (`--request-timeout`).
+    pub request_timeout: Duration,
     /// The admin API's token; `None` hides the admin routes.
     pub admin: Option<AdminToken>,
     /// Whether the admin API would travel in plain text beyond this machine: no TLS, and a
@@ -58,6 +63,7 @@ pub struct AppState {
     phase: AtomicU8,
     models_loaded: AtomicU8,
     runtime: OnceLock<Arc<Runtime>>,
+    in_flight: Arc<Semaphore>,
     settings: Settings,
 }
 
@@ -67,6 +73,7 @@ impl AppState {
             phase: AtomicU8::new(Phase::Starting as u8),
             models_loaded: AtomicU8::new(0),
             runtime: OnceLock::new(),
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
             settings,
         })
     }
@@ -98,6 +105,36 @@ impl AppState {
     /// Turns readiness off for good: the process is shutting down.
     pub fn set_draining(&self) {
         self.phase.store(Phase::Draining as u8, Ordering::SeqCst);
+    }
+
+    /// Requests being served now.
+    pub fn in_flight(&self) -> usize {
+        self.settings.max_in_flight - self.in_flight.available_permits()
+    }
+
+    /// Takes one of the `--max-in-flight` slots for a classification, or refuses with 503.
+    /// A refused upload is drained (not kept) first: a refusal sent while the client is still
+    /// writing reaches many clients as a broken pipe instead of the answer.
+    async fn admit(&self, body: Body) -> Result<(OwnedSemaphorePermit, Body), ApiError> {
+        match Arc::clone(&self.in_flight).try_acquire_owned() {
+            Ok(permit) => Ok((permit, body)),
+            Err(_) => {
+                drain(body, self.settings.max_body_bytes, DRAIN_TIMEOUT).await;
+                Err(ApiError::overloaded(format!(
+                    "{} requests are in flight, the limit (--max-in-flight)",
+                    self.settings.max_in_flight
+                )))
+            }
+        }
+    }
+
+    /// Reads a request's whole body within the limits: `--max-body-bytes` (413) and
+    /// `--request-timeout` (408).
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+        let timeout = self.settings.request_timeout;
+        tokio::time::timeout(timeout, read_body(headers, body, self.settings.max_body_bytes))
+            .await
+            .unwrap_or_else(|_| Err(ApiError::body_timeout(timeout)))
     }
 
     fn ready_runtime(&self) -> Result<&Arc<Runtime>, ApiError> {
@@ -199,6 +236,33 @@ async fn live() -> Response {
     Json(serde_json::json!({"status": "alive", "version": VERSION})).into_response()
 }
 
+/// How long a refused upload is drained before the refusal is sent anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads and discards a body, up to `limit` bytes or `timeout`.
+async fn drain(body: Body, limit: usize, timeout: Duration) {
+    let discard = async {
+        let mut body = body;
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, discard).await;
+}
+
+/// Bounds a whole request by `--request-timeout`: past it, 504.
+async fn within_request_timeout(
+    app: &AppState,
+    handler: impl Future<Output = Result<Response, ApiError>>,
+) -> Result<Response, ApiError> {
+    let timeout = app.settings.request_timeout;
+    tokio::time::timeout(timeout, handler).await.unwrap_or_else(|_| Err(ApiError::request_timeout(timeout)))
+}
+
 /// What a client may know of a live guest.
 #[derive(Serialize)]
 struct PublicGuest<'a> {
@@ -261,11 +325,16 @@ async fn classify_default(
     body: Body,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
-    let bytes = read_body(&headers, body, app.settings.max_body_bytes).await?;
-    let runtime = app.ready_runtime()?;
-    let guests = runtime.guests();
-    let guest = guests.default_guest().ok_or_else(|| ApiError::not_ready("no default guest is loaded"))?;
-    classify(runtime, guest, query, &headers, bytes, received).await
+    let (_slot, body) = app.admit(body).await?;
+    within_request_timeout(&app, async {
+        let bytes = app.read_body(&headers, body).await?;
+        let runtime = app.ready_runtime()?;
+        let guests = runtime.guests();
+        let guest =
+            guests.default_guest().ok_or_else(|| ApiError::not_ready("no default guest is loaded"))?;
+        classify(runtime, guest, query, &headers, bytes, received).await
+    })
+    .await
 }
 
 async fn classify_named(
@@ -276,13 +345,20 @@ async fn classify_named(
     body: Body,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
-    let bytes = read_body(&headers, body, app.settings.max_body_bytes).await?;
-    let runtime = app.ready_runtime()?;
-    let guests = runtime.guests();
-    let guest = guests.get(&name).ok_or_else(|| {
-        ApiError::not_found(format!("no guest named '{name}' (loaded: {})", guests.names().join(", ")))
-    })?;
-    classify(runtime, guest, query, &headers, bytes, received).await
+    let (_slot, body) = app.admit(body).await?;
+    within_request_timeout(&app, async {
+        let bytes = app.read_body(&headers, body).await?;
+        let runtime = app.ready_runtime()?;
+        let guests = runtime.guests();
+        let guest = guests.get(&name).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no guest named '{name:.64}' (loaded: {})",
+                guests.names().join(", ")
+            ))
+        })?;
+        classify(runtime, guest, query, &headers, bytes, received).await
+    })
+    .await
 }
 
 /// Classifies an upload already read. The body is read before any other check: a refusal

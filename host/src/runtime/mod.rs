@@ -13,6 +13,7 @@
 pub mod bindings;
 mod cache;
 mod guests;
+mod output;
 mod sample;
 
 pub use cache::{CompileCache, Compiled};
@@ -28,7 +29,6 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, UpdateDeadline};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::backend::Model;
@@ -36,17 +36,57 @@ use crate::models::ModelRegistry;
 use crate::nn::NnActivity;
 use bindings::motion::guest::types as wit;
 use bindings::{MotionGuest, MotionGuestPre};
+use output::GuestOutput;
 
 /// How often the epoch ticks: the granularity of deadlines and of yielding to the scheduler.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Most bytes of a guest's stdout and stderr kept per request.
 const GUEST_OUTPUT_BYTES: usize = 16 * 1024;
 
-/// Per-request limits on a guest.
+/// Entries of the host's resource table one request may hold at once (WASI streams and
+/// pollables, wasi:nn graphs, contexts, tensors and errors).
+const MAX_HOST_RESOURCES: usize = 1024;
+/// Handles of its own resources a guest may hold at once.
+const MAX_GUEST_HANDLES: usize = 10_000;
+
+/// Per-request limits on a guest; each names the flag that sets it.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Linear memory (`--guest-memory-bytes`).
     pub memory_bytes: usize,
+    /// Wasm instances, tables and table elements (`--guest-max-instances`,
+    /// `--guest-max-tables`, `--guest-max-table-elements`).
+    pub instances: usize,
+    pub tables: usize,
+    pub table_elements: usize,
+    /// Wall time from instantiation to the answer (`--guest-deadline`).
     pub deadline: Duration,
+    /// Bytes the guest may pass to the host in one call, its result included
+    /// (`--guest-max-transfer-bytes`).
+    pub transfer_bytes: usize,
+    /// Bytes of the result it returns (`--guest-max-result-bytes`).
+    pub result_bytes: usize,
+    /// wasi:nn calls per request (`--guest-max-nn-calls`).
+    pub nn_calls: u32,
+    /// Tensor bytes handed to wasi:nn per request (`--guest-max-nn-bytes`).
+    pub nn_bytes: usize,
+}
+
+impl Limits {
+    /// The limits a server runs with when no flag changes them.
+    pub fn defaults() -> Limits {
+        Limits {
+            memory_bytes: 256 << 20,
+            instances: 32,
+            tables: 32,
+            table_elements: 100_000,
+            deadline: Duration::from_secs(10),
+            transfer_bytes: 32 << 20,
+            result_bytes: 64 << 10,
+            nn_calls: 100,
+            nn_bytes: 64 << 20,
+        }
+    }
 }
 
 /// A guest's description of itself (its `info()` export).
@@ -167,9 +207,17 @@ pub enum GuestError {
     Timeout { guest: String, limit: Duration },
     #[error("guest '{guest}' returned an invalid result: {message}")]
     InvalidOutput { guest: String, message: String },
-    #[error("the model is busy: its queue is full; retry shortly")]
-    Busy,
+    #[error("guest '{guest}' exceeded a limit: {message}")]
+    Limit { guest: String, message: String },
+    #[error("the model is busy: {0}; retry shortly")]
+    Busy(String),
 }
+
+/// A host call refused because the guest went past one of its [`Limits`]; it traps the guest,
+/// and the message names the limit and its flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LimitExceeded(pub String);
 
 /// The epoch callback's verdict when a request's deadline has passed.
 #[derive(Debug, thiserror::Error)]
@@ -182,9 +230,11 @@ pub struct State {
     pub(crate) table: ResourceTable,
     pub(crate) models: Arc<ModelRegistry>,
     pub(crate) nn: NnActivity,
+    pub(crate) nn_calls: u32,
+    pub(crate) nn_bytes: usize,
     limiter: Limiter,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
+    stdout: GuestOutput,
+    stderr: GuestOutput,
 }
 
 // Our world's `types` interface has no functions; its (empty) host trait is still required.
@@ -199,7 +249,11 @@ impl WasiView for State {
 /// Caps a guest's memory and tables, remembering a refusal so the error can name the limit.
 struct Limiter {
     memory_bytes: usize,
+    instances: usize,
+    tables: usize,
+    table_elements: usize,
     memory_refused: Option<usize>,
+    table_refused: Option<usize>,
 }
 
 impl ResourceLimiter for Limiter {
@@ -222,15 +276,19 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        if desired > self.table_elements {
+            self.table_refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     fn instances(&self) -> usize {
-        32
+        self.instances
     }
 
     fn tables(&self) -> usize {
-        32
+        self.tables
     }
 
     fn memories(&self) -> usize {
@@ -457,20 +515,34 @@ impl Runtime {
     }
 
     fn new_store(&self, deadline: Instant) -> Store<State> {
-        let stdout = MemoryOutputPipe::new(GUEST_OUTPUT_BYTES);
-        let stderr = MemoryOutputPipe::new(GUEST_OUTPUT_BYTES);
+        let limits = &self.limits;
+        let stdout = GuestOutput::new(GUEST_OUTPUT_BYTES);
+        let stderr = GuestOutput::new(GUEST_OUTPUT_BYTES);
         let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HOST_RESOURCES);
         let state = State {
             wasi,
-            table: ResourceTable::new(),
+            table,
             models: Arc::clone(&self.models),
             nn: NnActivity::default(),
-            limiter: Limiter { memory_bytes: self.limits.memory_bytes, memory_refused: None },
+            nn_calls: limits.nn_calls,
+            nn_bytes: limits.nn_bytes,
+            limiter: Limiter {
+                memory_bytes: limits.memory_bytes,
+                instances: limits.instances,
+                tables: limits.tables,
+                table_elements: limits.table_elements,
+                memory_refused: None,
+                table_refused: None,
+            },
             stdout,
             stderr,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(limits.transfer_bytes);
+        store.set_max_component_handles(MAX_GUEST_HANDLES);
         // Check the deadline every tick and yield to the scheduler in between, so a spinning
         // guest neither outlives its deadline nor holds a tokio worker.
         store.set_epoch_deadline(1);
@@ -510,14 +582,17 @@ impl Runtime {
         let finished = Instant::now();
         self.log_guest_output(guest, &store);
 
-        if store.data().nn.busy {
-            return Err(GuestError::Busy);
+        if let Some(busy) = &store.data().nn.busy {
+            return Err(GuestError::Busy(busy.clone()));
         }
         let timeout = || GuestError::Timeout { guest: guest.name.clone(), limit: deadline };
         let answer = match outcome {
             Err(_) => return Err(timeout()),
             Ok(Err(e)) if e.downcast_ref::<DeadlineExceeded>().is_some() => return Err(timeout()),
             Ok(Err(e)) => {
+                if let Some(message) = self.limit_hit(&store, &e) {
+                    return Err(GuestError::Limit { guest: guest.name.clone(), message });
+                }
                 let message = self.describe_trap(&store, &e);
                 tracing::warn!(guest = %guest.name, digest = %guest.digest, error = %format!("{e:?}"), "guest trapped");
                 return Err(GuestError::Trap { guest: guest.name.clone(), message });
@@ -540,39 +615,84 @@ impl Runtime {
             },
             _ => StageTimings { preprocess: finished - started, ..StageTimings::default() },
         };
+        let size = result_size(&answer);
+        if size > self.limits.result_bytes {
+            let message = format!(
+                "its result is {size} bytes; the limit is {} (--guest-max-result-bytes)",
+                self.limits.result_bytes
+            );
+            return Err(GuestError::Limit { guest: guest.name.clone(), message });
+        }
         check_answer(guest, answer, top_k, timings)
             .map_err(|message| GuestError::InvalidOutput { guest: guest.name.clone(), message })
     }
 
-    /// Names what stopped a guest: the memory cap, a trap code, or the error itself.
-    fn describe_trap(&self, store: &Store<State>, error: &wasmtime::Error) -> String {
+    /// Names the limit that stopped a guest, if one did.
+    fn limit_hit(&self, store: &Store<State>, error: &wasmtime::Error) -> Option<String> {
+        let limits = &self.limits;
         if let Some(asked) = store.data().limiter.memory_refused {
-            return format!(
-                "it exceeded its memory limit of {} MiB (asked for {} MiB)",
-                self.limits.memory_bytes >> 20,
-                asked >> 20
-            );
+            return Some(format!(
+                "its memory limit is {} MiB and it asked for {} MiB (--guest-memory-bytes)",
+                limits.memory_bytes >> 20,
+                asked.div_ceil(1 << 20)
+            ));
+        }
+        if let Some(asked) = store.data().limiter.table_refused {
+            return Some(format!(
+                "its table limit is {} elements and it asked for {asked} (--guest-max-table-elements)",
+                limits.table_elements
+            ));
+        }
+        if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
+            return Some(limit.0.clone());
+        }
+        let text = format!("{error:#}");
+        if text.contains("hostcalls has been exhausted") {
+            return Some(format!(
+                "it passed more than {} bytes to the host in one call (--guest-max-transfer-bytes)",
+                limits.transfer_bytes
+            ));
+        }
+        if text.contains("resource limit exceeded") && text.contains("instance") {
+            return Some(format!("it has more than {} instances (--guest-max-instances)", limits.instances));
+        }
+        if text.contains("resource limit exceeded") && text.contains("table") {
+            return Some(format!("it has more than {} tables (--guest-max-tables)", limits.tables));
+        }
+        None
+    }
+
+    /// Names what stopped a guest: a limit, a trap code, or the error itself.
+    fn describe_trap(&self, store: &Store<State>, error: &wasmtime::Error) -> String {
+        if let Some(limit) = self.limit_hit(store, error) {
+            return format!("it exceeded a limit: {limit}");
         }
         if error.downcast_ref::<DeadlineExceeded>().is_some() {
             return format!("it ran past its deadline of {} ms", self.limits.deadline.as_millis());
         }
         match error.downcast_ref::<wasmtime::Trap>() {
-            Some(trap) => format!("wasm trap: {trap}"),
+            Some(trap) => trap.to_string(),
             None => format!("{error}"),
         }
     }
 
     /// Copies what the guest wrote to stdout and stderr into the host log, tagged with the
-    /// guest's name (at most [`GUEST_OUTPUT_BYTES`] of each per request).
+    /// guest's name (at most [`GUEST_OUTPUT_BYTES`] of each per request; the rest is counted).
     fn log_guest_output(&self, guest: &LoadedGuest, store: &Store<State>) {
         for (stream, pipe) in [("stdout", &store.data().stdout), ("stderr", &store.data().stderr)] {
-            let bytes = pipe.contents();
+            let (bytes, dropped) = pipe.contents();
             if !bytes.is_empty() {
                 let text = String::from_utf8_lossy(&bytes);
-                tracing::info!(guest = %guest.name, stream, output = %text.trim_end(), "guest output");
+                tracing::info!(guest = %guest.name, stream, output = %text.trim_end(), dropped_bytes = dropped, "guest output");
             }
         }
     }
+}
+
+/// Bytes in a guest's result: its strings and numbers.
+fn result_size(c: &wit::Classification) -> usize {
+    let entry = |label: &str| label.len() + 4;
+    entry(&c.label) + c.top_k.iter().map(|e| entry(&e.label)).sum::<usize>() + 8
 }
 
 /// Checks a guest's answer against what it promised: labels it declared, a best-first top-k of
