@@ -318,7 +318,7 @@ fn guest_faults_and_timeouts_are_contained() {
 
     let server = ServerBuilder::new().arg("--guest-memory-bytes=25165824").start();
     let r = post(&server, "/v1/classify", "image/png", big.clone());
-    assert_error(r, 500, "guest_fault", &["motion", "memory limit of 24 MiB"]);
+    assert_error(r, 500, "guest_fault", &["motion", "memory limit is 24 MiB", "--guest-memory-bytes"]);
     assert_eq!(json(server.get("/health")).0, 200);
     assert_classification(post(&server, "/v1/classify", "image/png", small.clone()), 3, 1, 1);
     drop(server);

@@ -356,16 +356,6 @@ fn healthcheck_says_why_it_failed() {
 }
 
 #[test]
-fn sigterm_turns_readiness_off_and_exits_zero() {
-    let mut server = ServerBuilder::new().start();
-    server.signal(libc::SIGTERM);
-    let code = server.wait_exit(Duration::from_secs(30));
-    assert_eq!(code, Some(0), "{}", server.log());
-    assert!(server.log().contains("draining"), "{}", server.log());
-    assert!(!server.state_file().exists(), "the state file is removed on exit");
-}
-
-#[test]
 fn version_flag_prints_the_version() {
     let out = Command::new(bin()).arg("--version").output().unwrap();
     assert!(out.status.success());
@@ -382,9 +372,27 @@ fn version_flag_prints_the_version() {
         "--device",
         "--max-body-bytes",
         "--log-format",
+        "--guest-memory-bytes",
+        "--guest-max-instances",
+        "--guest-max-tables",
+        "--guest-max-table-elements",
+        "--guest-deadline",
+        "--guest-max-transfer-bytes",
+        "--guest-max-result-bytes",
+        "--guest-max-nn-calls",
+        "--guest-max-nn-bytes",
+        "--max-in-flight",
+        "--max-queue",
+        "--request-timeout",
+        "--header-timeout",
+        "--shutdown-grace",
+        "--shutdown-timeout",
     ] {
         assert!(help.contains(flag), "serve --help lacks {flag}");
     }
     assert!(help.contains("[env: TLS_CERTFILE=]") || help.contains("env: TLS_CERTFILE"), "{help}");
     assert!(help.contains("[default: /etc/motion-host/tls]"), "{help}");
+    for default in ["[default: 268435456]", "[default: 10s]", "[default: 64]", "[default: 25s]"] {
+        assert!(help.contains(default), "serve --help lacks {default}");
+    }
 }

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
+    return_large_buffers_to_the_system();
     match try_main() {
         Ok(code) => code,
         Err(e) => {
@@ -30,6 +31,17 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Buffers of 1 MiB and more (request bodies, what guests hand over, tensors) get their own
+/// mappings, returned to the system when freed. glibc otherwise raises this threshold after
+/// each large free, and a burst of large requests stays resident in its arenas for good.
+fn return_large_buffers_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called once, before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

@@ -138,9 +138,11 @@ impl AppState {
     }
 
     fn ready_runtime(&self) -> Result<&Arc<Runtime>, ApiError> {
+        // While draining, readiness is off but requests that still arrive are served: the
+        // platform needs the grace period to stop routing here.
         match (self.phase(), self.runtime.get()) {
-            (Phase::Healthy, Some(runtime)) => Ok(runtime),
-            (Phase::Draining, _) => Err(ApiError::not_ready("the server is shutting down")),
+            (Phase::Healthy | Phase::Draining, Some(runtime)) => Ok(runtime),
+            (Phase::Draining, None) => Err(ApiError::not_ready("the server is shutting down")),
             _ => Err(ApiError::not_ready("the server is starting: the model and guests are loading")),
         }
     }
