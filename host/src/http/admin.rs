@@ -166,7 +166,7 @@ pub async fn put(
     // other checks wait for the body, so that their refusal is not sent while the client is
     // still writing (see http::classify).
     authorize(&app, &headers)?;
-    let bytes = app.read_body(&headers, body).await?;
+    let bytes = app.read_body(&headers, body, app.deadline(std::time::Instant::now())).await?;
     let runtime = app.ready_runtime()?;
     if let Err(reason) = crate::runtime::check_name(&name) {
         return Err(ApiError::bad_request(reason));

@@ -128,13 +128,33 @@ impl AppState {
         }
     }
 
-    /// Reads a request's whole body within the limits: `--max-body-bytes` (413) and
-    /// `--request-timeout` (408).
-    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-        let timeout = self.settings.request_timeout;
-        tokio::time::timeout(timeout, read_body(headers, body, self.settings.max_body_bytes))
+    /// When a request received at `received` runs out of `--request-timeout`.
+    fn deadline(&self, received: Instant) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(received) + self.settings.request_timeout
+    }
+
+    /// Reads a request's whole body within the limits: `--max-body-bytes` (413) and the
+    /// request's deadline (408).
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        deadline: tokio::time::Instant,
+    ) -> Result<Bytes, ApiError> {
+        tokio::time::timeout_at(deadline, read_body(headers, body, self.settings.max_body_bytes))
             .await
-            .unwrap_or_else(|_| Err(ApiError::body_timeout(timeout)))
+            .unwrap_or_else(|_| Err(ApiError::body_timeout(self.settings.request_timeout)))
+    }
+
+    /// Runs the rest of a request within its deadline: past it, 504.
+    async fn within_deadline(
+        &self,
+        deadline: tokio::time::Instant,
+        handler: impl Future<Output = Result<Response, ApiError>>,
+    ) -> Result<Response, ApiError> {
+        tokio::time::timeout_at(deadline, handler)
+            .await
+            .unwrap_or_else(|_| Err(ApiError::request_timeout(self.settings.request_timeout)))
     }
 
     fn ready_runtime(&self) -> Result<&Arc<Runtime>, ApiError> {
@@ -256,15 +276,6 @@ async fn drain(body: Body, limit: usize, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, discard).await;
 }
 
-/// Bounds a whole request by `--request-timeout`: past it, 504.
-async fn within_request_timeout(
-    app: &AppState,
-    handler: impl Future<Output = Result<Response, ApiError>>,
-) -> Result<Response, ApiError> {
-    let timeout = app.settings.request_timeout;
-    tokio::time::timeout(timeout, handler).await.unwrap_or_else(|_| Err(ApiError::request_timeout(timeout)))
-}
-
 /// What a client may know of a live guest.
 #[derive(Serialize)]
 struct PublicGuest<'a> {
@@ -327,9 +338,10 @@ async fn classify_default(
     body: Body,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
+    let deadline = app.deadline(received);
     let (_slot, body) = app.admit(body).await?;
-    within_request_timeout(&app, async {
-        let bytes = app.read_body(&headers, body).await?;
+    let bytes = app.read_body(&headers, body, deadline).await?;
+    app.within_deadline(deadline, async {
         let runtime = app.ready_runtime()?;
         let guests = runtime.guests();
         let guest =
@@ -347,9 +359,10 @@ async fn classify_named(
     body: Body,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
+    let deadline = app.deadline(received);
     let (_slot, body) = app.admit(body).await?;
-    within_request_timeout(&app, async {
-        let bytes = app.read_body(&headers, body).await?;
+    let bytes = app.read_body(&headers, body, deadline).await?;
+    app.within_deadline(deadline, async {
         let runtime = app.ready_runtime()?;
         let guests = runtime.guests();
         let guest = guests.get(&name).ok_or_else(|| {
