@@ -212,3 +212,46 @@ fn requests_beyond_the_in_flight_cap_get_503_with_retry_after() {
     let (status, body) = json(post_attack(&server, "ok"));
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn a_full_model_queue_answers_503_overloaded() {
+    let hostile = test_guest("hostile");
+    let server = ServerBuilder::new()
+        .arg(&format!("--guest=hostile={}", hostile.display()))
+        .arg("--max-queue=1")
+        .start();
+    // The hostile guest's honest path skips decoding, so 32 at once reach the queue together.
+    let mut overloaded = 0;
+    for _attempt in 0..5 {
+        let answers: Vec<_> = (0..32)
+            .map(|_| {
+                let (client, url) = (server.client(), server.url("/v1/guests/hostile/classify"));
+                std::thread::spawn(move || {
+                    let r = client.post(url).header("content-type", "text/plain").body("ok").send().unwrap();
+                    let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                    let (status, body) = json(r);
+                    (status, body, retry_after)
+                })
+            })
+            .collect();
+        for answer in answers {
+            let (status, body, retry_after) = answer.join().unwrap();
+            match status {
+                200 => {}
+                503 => {
+                    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+                    let message = body["error"]["message"].as_str().unwrap();
+                    assert!(message.contains("queue is full") && message.contains("--max-queue"), "{body}");
+                    assert_eq!(retry_after.as_deref(), Some("1"));
+                    overloaded += 1;
+                }
+                other => panic!("{other}: {body}"),
+            }
+        }
+        if overloaded > 0 {
+            break;
+        }
+    }
+    assert!(overloaded > 0, "32 simultaneous requests never filled a queue of 1");
+    assert_eq!(json(server.get("/health")).0, 200);
+}
