@@ -98,6 +98,10 @@ fn install_replace_rollback_and_remove_with_history() {
     assert_eq!(names, vec!["backwards", "motion"], "{listing}");
     assert_eq!(listing["guests"][1]["labels"].as_array().unwrap().len(), 16);
     assert!(listing["guests"][1]["limits"]["deadline_ms"].as_u64().is_some(), "{listing}");
+    let limits = &listing["guests"][1]["limits"];
+    assert_eq!(limits["memory_bytes"], 268435456, "{listing}");
+    assert_eq!(limits["max_transfer_bytes"], 33554432, "{listing}");
+    assert_eq!(limits["max_nn_calls"], 100, "{listing}");
     assert_eq!(classify(&server, "/v1/classify").1["guest"]["version"], "0.1.0");
 
     // Replacing the default: 200, new requests see the new version, the old is in history.

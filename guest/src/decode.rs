@@ -8,8 +8,7 @@
 
 use std::io::Cursor;
 
-use image::codecs::gif::GifDecoder;
-use image::{AnimationDecoder, DynamicImage, ImageFormat, ImageReader};
+use image::{DynamicImage, ImageFormat, ImageReader};
 
 use crate::preprocess::{Frame, luma};
 
@@ -26,13 +25,24 @@ pub struct Limits {
     pub max_pixels: u64,
     /// Most frames in one clip.
     pub max_frames: usize,
+    /// Most pixels decoded from one GIF, summed over the frames up to the last one used. Each
+    /// GIF frame is a patch drawn over the ones before it, so showing frame N means decoding
+    /// every frame up to N.
+    pub max_gif_pixels: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         // 4096×4096 luma as f32 plus its RGBA source is ~130 MiB, within the host's default
         // 256 MiB guest memory.
-        Limits { max_side: 8192, max_pixels: 4096 * 4096, max_frames: 100_000 }
+        // 16 full 4096×4096 frames, or 128 full 1080p frames, or 1,000 of 480×270: a few
+        // seconds of decoding in wasm at most.
+        Limits {
+            max_side: 8192,
+            max_pixels: 4096 * 4096,
+            max_frames: 100_000,
+            max_gif_pixels: 16 * 4096 * 4096,
+        }
     }
 }
 
@@ -332,19 +342,66 @@ fn gif_error(e: &gif::DecodingError) -> DecodeError {
     DecodeError::Malformed(format!("GIF does not decode: {e}"))
 }
 
-/// Decodes the wanted frames of a GIF, each composited onto the full canvas as a viewer shows it.
+/// Decodes the wanted frames of a GIF, each composited onto the full canvas as a viewer shows
+/// it: a frame's opaque pixels cover the canvas within its rectangle, and its disposal method
+/// says what the canvas keeps there for the next frame (its pixels, transparent black, or what
+/// was there before). Work per frame is proportional to the frame's own rectangle, and the sum
+/// is bounded by [`Limits::max_gif_pixels`]; only the wanted frames cost a whole canvas.
 fn decode_gif(data: &[u8], wanted: &[usize], limits: &Limits) -> Result<Vec<(usize, Frame)>, DecodeError> {
-    let mut decoder = GifDecoder::new(Cursor::new(data)).map_err(|e| image_error("GIF", e))?;
-    image::ImageDecoder::set_limits(&mut decoder, image_limits(limits)).map_err(|e| image_error("GIF", e))?;
+    let mut options = gif::DecodeOptions::new();
+    options.set_color_output(gif::ColorOutput::RGBA);
+    let frame_bytes = std::num::NonZeroU64::new(limits.max_pixels * 4).unwrap_or(std::num::NonZeroU64::MIN);
+    options.set_memory_limit(gif::MemoryLimit::Bytes(frame_bytes));
+    let mut decoder = options.read_info(Cursor::new(data)).map_err(|e| gif_error(&e))?;
+    let (width, height) = (u32::from(decoder.width()), u32::from(decoder.height()));
+    check_size(width, height, limits)?;
+    let (w, h) = (width as usize, height as usize);
+    let mut canvas = vec![0u8; w * h * 4];
+    let mut patch = Vec::new();
+    let mut decoded = 0u64;
     let mut out = Vec::with_capacity(wanted.len());
     let mut next = wanted.iter().copied().peekable();
-    for (i, frame) in decoder.into_frames().enumerate() {
-        let Some(&want) = next.peek() else { break };
-        let frame = frame.map_err(|e| image_error("GIF", e))?;
-        if i == want {
-            out.push((i, to_luma(DynamicImage::ImageRgba8(frame.into_buffer()))));
+    let mut index = 0;
+    while let Some(&want) = next.peek() {
+        let Some(info) = decoder.next_frame_info().map_err(|e| gif_error(&e))? else { break };
+        let (left, top) = (usize::from(info.left), usize::from(info.top));
+        let (fw, fh, dispose) = (usize::from(info.width), usize::from(info.height), info.dispose);
+        decoded += (fw * fh) as u64;
+        if decoded > limits.max_gif_pixels {
+            return Err(DecodeError::Malformed(format!(
+                "the GIF's frames up to frame {index} hold more than {} pixels, the most this guest                  decodes from one GIF (send long or large clips as Y4M or PNG frames)",
+                limits.max_gif_pixels
+            )));
+        }
+        patch.resize(decoder.buffer_size(), 0);
+        decoder.read_into_buffer(&mut patch).map_err(|e| gif_error(&e))?;
+        let mut shown = (index == want).then(|| canvas.clone());
+        for row in 0..fh.min(h.saturating_sub(top)) {
+            for col in 0..fw.min(w.saturating_sub(left)) {
+                let src = (row * fw + col) * 4;
+                let dst = ((top + row) * w + left + col) * 4;
+                let pixel: [u8; 4] = if patch[src + 3] == 0 {
+                    canvas[dst..dst + 4].try_into().expect("4 bytes")
+                } else {
+                    patch[src..src + 4].try_into().expect("4 bytes")
+                };
+                if let Some(shown) = &mut shown {
+                    shown[dst..dst + 4].copy_from_slice(&pixel);
+                }
+                match dispose {
+                    gif::DisposalMethod::Any | gif::DisposalMethod::Keep => {
+                        canvas[dst..dst + 4].copy_from_slice(&pixel)
+                    }
+                    gif::DisposalMethod::Background => canvas[dst..dst + 4].fill(0),
+                    gif::DisposalMethod::Previous => {}
+                }
+            }
+        }
+        if let Some(shown) = shown {
+            out.push((index, Frame::new(width, height, rgb8_luma(&shown, 4))));
             next.next();
         }
+        index += 1;
     }
     if let Some(missing) = next.next() {
         return Err(DecodeError::Malformed(format!("GIF ended before frame {missing}")));
@@ -552,6 +609,45 @@ mod tests {
         let (_, frame) = &all_frames(&clip)[0];
         assert_eq!((frame.width, frame.height), (16, 8));
         assert!(frame.luma.iter().all(|&y| (y - 128.0 / 255.0).abs() < 0.02));
+    }
+
+    /// A GIF with a `width`×`height` canvas (black and white palette) and `frames` 1×1 white
+    /// frames at the top-left corner, written by hand.
+    fn patchy_gif(width: u16, height: u16, frames: usize) -> Vec<u8> {
+        let mut out = b"GIF89a".to_vec();
+        out.extend_from_slice(&width.to_le_bytes());
+        out.extend_from_slice(&height.to_le_bytes());
+        out.extend_from_slice(b"\x80\x00\x00\x00\x00\x00\xff\xff\xff");
+        for _ in 0..frames {
+            // Image descriptor 1×1 at (0, 0); LZW data for one pixel of colour 1.
+            out.extend_from_slice(b"\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x4c\x01\x00");
+        }
+        out.push(0x3b);
+        out
+    }
+
+    #[test]
+    fn gif_work_follows_the_frames_not_the_canvas() {
+        // Decoding used to composite every frame over the whole canvas: 3,000 one-pixel frames
+        // on 4096×4096 were 50 billion pixel copies. Now each frame costs its own rectangle.
+        let data = patchy_gif(4096, 4096, 3000);
+        let prepared = crate::prepare(&[media("image/gif", &data)], &Limits::default(), false).unwrap();
+        assert_eq!((prepared.frames_total, prepared.frames_used), (3000, 8));
+        // The fuzzer's find: a wide canvas and small frames, once over 10 s to decode.
+        let found = include_bytes!("../../fuzz/regressions/decode_gif/full-canvas-per-frame.gif");
+        let _ = crate::prepare(&[media("image/gif", found)], &Limits::default(), false);
+    }
+
+    #[test]
+    fn gif_frames_beyond_the_decoding_budget_are_refused() {
+        let data = patchy_gif(8, 6, 5);
+        let tight = Limits { max_gif_pixels: 3, ..Limits::default() };
+        let clip = Clip::open(&[media("image/gif", &data)], &tight).unwrap();
+        let e = clip.decode(&[0, 4], &tight).unwrap_err();
+        assert!(matches!(&e, DecodeError::Malformed(m) if m.contains("more than 3 pixels")), "{e:?}");
+        let frames = clip.decode(&[0, 2], &tight).unwrap();
+        // The white pixel at the corner, black elsewhere.
+        assert_eq!((frames[1].1.luma[0], frames[1].1.luma[1]), (1.0, 0.0));
     }
 
     #[test]

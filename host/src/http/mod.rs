@@ -296,6 +296,13 @@ struct PublicLimits {
     max_body_bytes: usize,
     memory_bytes: usize,
     deadline_ms: u128,
+    max_instances: usize,
+    max_tables: usize,
+    max_table_elements: usize,
+    max_transfer_bytes: usize,
+    max_result_bytes: usize,
+    max_nn_calls: u32,
+    max_nn_bytes: usize,
 }
 
 /// `GET /v1/guests`: every live guest, what it reads and returns, and the limits on it.
@@ -322,6 +329,13 @@ async fn list_guests(State(app): State<Arc<AppState>>) -> Result<Response, ApiEr
                     max_body_bytes: app.settings.max_body_bytes,
                     memory_bytes: limits.memory_bytes,
                     deadline_ms: limits.deadline.as_millis(),
+                    max_instances: limits.instances,
+                    max_tables: limits.tables,
+                    max_table_elements: limits.table_elements,
+                    max_transfer_bytes: limits.transfer_bytes,
+                    max_result_bytes: limits.result_bytes,
+                    max_nn_calls: limits.nn_calls,
+                    max_nn_bytes: limits.nn_bytes,
                 },
             }
         })
