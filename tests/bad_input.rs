@@ -35,6 +35,14 @@ fn tiny_y4m(frames: usize) -> Vec<u8> {
 /// Any answer but a server error.
 const LENIENT: u16 = 0;
 
+/// A Y4M whose header has a field starting with a two-byte character (a fuzzer's find that
+/// once trapped the guest).
+fn non_ascii_y4m() -> Vec<u8> {
+    let mut data = "YUV4MPEG2 W2 H2 Cmono \u{5fa}1\n".as_bytes().to_vec();
+    data.extend_from_slice(b"FRAME\n\x10\x20\x30\x40");
+    data
+}
+
 fn flip(mut data: Vec<u8>, from: usize) -> Vec<u8> {
     for (i, b) in data.iter_mut().enumerate().skip(from) {
         *b ^= (i as u8).wrapping_mul(151) | 1;
@@ -89,6 +97,7 @@ fn bad_media_gets_4xx_and_good_extremes_are_served() {
         ("Y4M of 100,000 frames", "video/x-yuv4mpeg", tiny_y4m(100_000), 200),
         ("GIF of 100,000 frames", "image/gif", tiny_gif(100_000), 200),
         ("octet-stream", "application/octet-stream", png.clone(), 415),
+        ("Y4M with a non-ASCII header field", "video/x-yuv4mpeg", non_ascii_y4m(), 200),
     ];
     for (what, content_type, body, expected) in cases {
         let r = server

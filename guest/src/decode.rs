@@ -436,11 +436,17 @@ impl<'a> Y4m<'a> {
         }
         let (mut width, mut height, mut colour) = (None, None, "420jpeg");
         for field in fields.filter(|f| !f.is_empty()) {
-            let (tag, value) = field.split_at(1);
+            // The tag is the field's first character, which need not be ASCII.
+            let mut chars = field.chars();
+            let (tag, value) = (chars.next(), chars.as_str());
             match tag {
-                "W" => width = Some(value.parse::<u32>().map_err(|_| bad(format!("bad width '{value}'")))?),
-                "H" => height = Some(value.parse::<u32>().map_err(|_| bad(format!("bad height '{value}'")))?),
-                "C" => colour = value,
+                Some('W') => {
+                    width = Some(value.parse::<u32>().map_err(|_| bad(format!("bad width '{value:.32}'")))?)
+                }
+                Some('H') => {
+                    height = Some(value.parse::<u32>().map_err(|_| bad(format!("bad height '{value:.32}'")))?)
+                }
+                Some('C') => colour = value,
                 _ => {} // frame rate, interlacing, aspect, extensions: not needed to read luma
             }
         }
@@ -648,6 +654,18 @@ mod tests {
         let frames = clip.decode(&[0, 2], &tight).unwrap();
         // The white pixel at the corner, black elsewhere.
         assert_eq!((frames[1].1.luma[0], frames[1].1.luma[1]), (1.0, 0.0));
+    }
+
+    #[test]
+    fn y4m_header_fields_may_start_with_any_character() {
+        // The fuzzer's find: a header field starting with a two-byte character made the tag
+        // split panic, a trap in wasm.
+        let mut data = "YUV4MPEG2 W2 H2 Cmono \u{5fa}1 XYZ\n".as_bytes().to_vec();
+        data.extend_from_slice(b"FRAME\n\x10\x20\x30\x40");
+        let clip = open(&[media("video/x-yuv4mpeg", &data)]).unwrap();
+        assert_eq!(clip.frame_count(), 1);
+        let found = include_bytes!("../../fuzz/regressions/decode_y4m/multibyte-header-field.y4m");
+        assert!(crate::prepare(&[media("video/x-yuv4mpeg", found)], &Limits::default(), false).is_err());
     }
 
     #[test]
