@@ -383,6 +383,8 @@ fn version_flag_prints_the_version() {
         "--guest-max-nn-bytes",
         "--max-in-flight",
         "--max-queue",
+        "--max-batch-size",
+        "--max-batch-delay",
         "--request-timeout",
         "--header-timeout",
         "--shutdown-grace",

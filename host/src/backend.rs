@@ -1,7 +1,8 @@
 //! The tch (libtorch) backend: each model runs on its own dedicated inference thread, never on
-//! a tokio worker, with gradients off. Concurrent requests queue on that thread's channel;
-//! whatever is queued when the thread is free runs as one batch (up to [`MAX_BATCH`]), and each
-//! caller gets its own rows back.
+//! a tokio worker, with gradients off. Concurrent requests queue on that thread's channel; the
+//! thread gathers what is queued into one forward pass, waiting up to `--max-batch-delay` after
+//! the first call for up to `--max-batch-size` rows, and each caller gets its own rows back. A
+//! batch that fails is retried call by call, so only the call at fault fails.
 //!
 //! Architecture invariant: only this module touches tch.
 
@@ -13,8 +14,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::models::{Manifest, TensorSpec};
 
-/// Most rows the inference thread puts in one forward pass.
-pub const MAX_BATCH: usize = 16;
 /// Most rows one caller may send in one call.
 pub const MAX_ROWS_PER_CALL: u32 = 64;
 /// How a model's inference thread runs.
@@ -24,6 +23,10 @@ pub struct Tuning {
     pub threads: usize,
     /// Calls that may wait for the inference thread before callers are turned away.
     pub max_queue: usize,
+    /// Most rows in one forward pass (a single larger call still runs, alone).
+    pub max_batch: usize,
+    /// How long the first call of a batch may wait for others; zero takes only what is queued.
+    pub batch_delay: Duration,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -195,7 +198,7 @@ impl Model {
                 match load_and_warm(&file, device, &input_spec) {
                     Ok(module) => {
                         let _ = ready_tx.send(Ok(()));
-                        serve(module, device, queue);
+                        serve(module, device, queue, tuning);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -267,21 +270,50 @@ fn load_and_warm(file: &Path, device: Device, input: &TensorSpec) -> Result<CMod
     Ok(module)
 }
 
-/// The inference thread's loop: take what is queued, run it as one batch, answer each caller.
-fn serve(module: CModule, device: Device, mut queue: mpsc::Receiver<Job>) {
-    while let Some(first) = queue.blocking_recv() {
+/// The inference thread's loop: gather a batch, run it, answer each caller.
+fn serve(module: CModule, device: Device, mut queue: mpsc::Receiver<Job>, tuning: Tuning) {
+    // Waiting for a batch to fill needs a timer; this thread has no other use for a runtime.
+    let timer = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+        Ok(timer) => timer,
+        Err(e) => {
+            tracing::error!(error = %e, "the inference thread cannot make a timer; batching waits for nothing");
+            return serve_unbatched(&module, device, queue);
+        }
+    };
+    let mut carried: Option<Job> = None;
+    loop {
+        let Some(first) = carried.take().or_else(|| queue.blocking_recv()) else { return };
+        let deadline = first.enqueued + tuning.batch_delay;
+        let mut rows = first.input.dims[0] as usize;
         let mut batch = vec![first];
-        let mut rows = batch[0].input.dims[0] as usize;
-        while rows < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => {
-                    rows += job.input.dims[0] as usize;
-                    batch.push(job);
+        while rows < tuning.max_batch {
+            let next = match queue.try_recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => {
+                    // The timer is made inside the runtime, which it needs.
+                    let wait = async { tokio::time::timeout_at(deadline.into(), queue.recv()).await };
+                    timer.block_on(wait).ok().flatten()
                 }
-                Err(_) => break,
+                Err(_) => None,
+            };
+            let Some(job) = next else { break };
+            let n = job.input.dims[0] as usize;
+            if rows + n > tuning.max_batch {
+                carried = Some(job);
+                break;
             }
+            rows += n;
+            batch.push(job);
         }
         run_batch(&module, device, batch, rows);
+    }
+}
+
+/// Runs each call alone.
+fn serve_unbatched(module: &CModule, device: Device, mut queue: mpsc::Receiver<Job>) {
+    while let Some(job) = queue.blocking_recv() {
+        let rows = job.input.dims[0] as usize;
+        run_batch(module, device, vec![job], rows);
     }
 }
 
@@ -306,6 +338,13 @@ fn run_batch(module: &CModule, device: Device, batch: Vec<Job>, rows: usize) {
                 };
                 offset += n * row_bytes;
                 let _ = job.reply.send(Ok(output));
+            }
+        }
+        Err(_) if batch.len() > 1 => {
+            // Only the call at fault may fail: run each alone.
+            for job in batch {
+                let rows = job.input.dims[0] as usize;
+                run_batch(module, device, vec![job], rows);
             }
         }
         Err(e) => {
@@ -343,4 +382,65 @@ fn forward(module: &CModule, device: Device, batch: &[Job]) -> Result<(Vec<u32>,
     let mut data = vec![0u8; numel * 4];
     output.f_copy_data_u8(&mut data, numel).map_err(torch_err)?;
     Ok((dims, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::models::ModelRegistry;
+
+    fn model(max_batch: usize, batch_delay: Duration) -> Arc<Model> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let cpu = DeviceChoice { device: Device::Cpu, reason: "test".into() };
+        let tuning = Tuning { threads: 1, max_queue: 64, max_batch, batch_delay };
+        let registry = ModelRegistry::load_dir(&dir, &cpu, tuning).unwrap();
+        Arc::clone(registry.get("motion-resnet18").unwrap())
+    }
+
+    /// A distinct input per `seed`.
+    fn input(seed: u32) -> Input {
+        let data = (0..8 * 112 * 112u32)
+            .flat_map(|i| ((i.wrapping_mul(seed + 7) % 97) as f32 / 48.0 - 1.0).to_le_bytes())
+            .collect();
+        Input { dims: vec![1, 8, 112, 112], data }
+    }
+
+    fn floats(bytes: &[u8]) -> Vec<f32> {
+        bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+
+    #[test]
+    fn concurrent_calls_share_a_forward_pass_and_get_their_own_rows() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let model = model(4, Duration::from_millis(300));
+        let alone: Vec<Vec<f32>> =
+            (0..6).map(|seed| floats(&runtime.block_on(model.infer(input(seed))).unwrap().data)).collect();
+
+        let together = runtime.block_on(async {
+            let calls: Vec<_> = (0..6)
+                .map(|seed| {
+                    let model = Arc::clone(&model);
+                    tokio::spawn(async move { model.infer(input(seed)).await })
+                })
+                .collect();
+            let mut outputs = Vec::new();
+            for call in calls {
+                outputs.push(call.await.unwrap().unwrap());
+            }
+            outputs
+        });
+        let batches: Vec<usize> = together.iter().map(|o| o.batch_rows).collect();
+        assert!(batches.iter().all(|&rows| rows <= 4), "a batch exceeded 4 rows: {batches:?}");
+        assert_eq!(batches.iter().max(), Some(&4), "six calls within the delay fill a batch: {batches:?}");
+        for (seed, (output, expected)) in together.iter().zip(&alone).enumerate() {
+            assert_eq!(output.dims, vec![1, 16]);
+            let got = floats(&output.data);
+            let worst = got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "call {seed} got other rows than it would alone (off by {worst})");
+        }
+        // Distinct inputs give distinct logits, so a mix-up could not pass unnoticed.
+        assert!(alone.windows(2).all(|w| w[0] != w[1]));
+    }
 }

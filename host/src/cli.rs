@@ -178,6 +178,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", env = "MOTION_HOST_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
 
+    /// Most rows in one forward pass: concurrent calls to a model are batched up to this.
+    #[arg(long, value_name = "N", env = "MOTION_HOST_MAX_BATCH_SIZE", default_value_t = 16)]
+    pub max_batch_size: usize,
+
+    /// How long the first call of a batch waits for more (e.g. `2ms`); `0` runs what is
+    /// already queued without waiting.
+    #[arg(long, value_name = "DURATION", env = "MOTION_HOST_MAX_BATCH_DELAY", default_value = "2ms", value_parser = parse_duration)]
+    pub max_batch_delay: Duration,
+
     /// Most inference calls waiting for each model; more get 503 with Retry-After.
     #[arg(long, value_name = "N", env = "MOTION_HOST_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,

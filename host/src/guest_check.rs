@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -24,7 +25,7 @@ pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
     let device = DeviceChoice::resolve("cpu")?;
     let model_dir = args.runtime.model_dir.clone();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let tuning = Tuning { threads, max_queue: 4 };
+    let tuning = Tuning { threads, max_queue: 4, max_batch: 1, batch_delay: Duration::ZERO };
     let models = tokio::task::spawn_blocking(move || ModelRegistry::load_dir(&model_dir, &device, tuning))
         .await
         .context("model loading did not finish")??;

@@ -86,7 +86,15 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         Some(n) => n,
         None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     };
-    let tuning = Tuning { threads, max_queue: args.max_queue };
+    if args.max_batch_size == 0 {
+        bail!("--max-batch-size must be at least 1");
+    }
+    let tuning = Tuning {
+        threads,
+        max_queue: args.max_queue,
+        max_batch: args.max_batch_size,
+        batch_delay: args.max_batch_delay,
+    };
 
     let listeners = addrs.iter().map(|&a| bind::listen(a)).collect::<Result<Vec<_>, _>>()?;
     let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
@@ -243,7 +251,14 @@ async fn load_everything(
 ) -> anyhow::Result<Arc<Runtime>> {
     let started = Instant::now();
     let device = DeviceChoice::resolve(&args.device)?;
-    tracing::info!(device = ?device.device, reason = %device.reason, inference_threads = tuning.threads, "device chosen");
+    tracing::info!(
+        device = ?device.device,
+        reason = %device.reason,
+        inference_threads = tuning.threads,
+        max_batch_size = tuning.max_batch,
+        max_batch_delay_ms = tuning.batch_delay.as_secs_f64() * 1000.0,
+        "device chosen"
+    );
     let model_dir = args.runtime.model_dir.clone();
     let models = tokio::task::spawn_blocking({
         let device = device.clone();
