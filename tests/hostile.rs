@@ -55,13 +55,6 @@ fn post_attack(server: &Server, command: &str) -> reqwest::blocking::Response {
         .unwrap()
 }
 
-/// Resident memory of the server, in KiB.
-fn rss_kib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Classifies a GIF through the default guest until told to stop, counting answers that
 /// are not a 200 classification.
 struct Bystander {
@@ -132,7 +125,7 @@ fn hostile_guests_fail_alone_and_leave_no_trace() {
             assert_eq!(status, 200, "{ok}: {body}");
         }
         assert_eq!(json(server.get("/health")).0, 200, "round {round}");
-        rss.push(rss_kib(&server));
+        rss.push(server.rss_kib());
     }
     let (done, failures) = bystander.finish();
     assert!(failures.is_empty(), "the bystander saw {} failures of {done}: {failures:?}", failures.len());

@@ -96,21 +96,15 @@ fn round(server: &Server, seconds: u64) -> Vec<(String, usize)> {
     kinds.iter().map(|k| k.name.to_string()).zip(totals).collect()
 }
 
-fn rss_kib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn sixty_four_clients_mixed_requests_two_rounds() {
     let seconds: u64 =
         std::env::var("MOTION_HOST_LOAD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     let server = ServerBuilder::new().tls().arg("--max-body-bytes=2000000").start();
     let first = round(&server, seconds);
-    let rss_first = rss_kib(&server);
+    let rss_first = server.rss_kib();
     let second = round(&server, seconds);
-    let rss_second = rss_kib(&server);
+    let rss_second = server.rss_kib();
     eprintln!("round 1: {first:?}, resident {rss_first} KiB");
     eprintln!("round 2: {second:?}, resident {rss_second} KiB");
     for (name, n) in first.iter().chain(&second) {

@@ -247,7 +247,7 @@ fn health_is_503_starting_until_the_model_and_guest_are_loaded() {
     let fifo = builder.dir().join("guest.wasm");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let server = builder.guest(&format!("motion={}", fifo.display())).spawn();
+    let mut server = builder.guest(&format!("motion={}", fifo.display())).spawn();
 
     let (status, body) = json(server.get("/health"));
     assert_eq!(status, 503, "{body}");

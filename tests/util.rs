@@ -221,7 +221,7 @@ impl ServerBuilder {
 
     /// Starts the server and waits until `/health` answers 200.
     pub fn start(self) -> Server {
-        let server = self.spawn();
+        let mut server = self.spawn();
         server.wait_healthy();
         server
     }
@@ -285,8 +285,9 @@ impl Server {
         panic!("server did not write its state file:\n{}", self.log());
     }
 
-    /// Polls `/health` until it answers 200.
-    pub fn wait_healthy(&self) {
+    /// Polls `/health` until it answers 200; a server that exits first fails at once, with its
+    /// log.
+    pub fn wait_healthy(&mut self) {
         let client = self.client();
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
@@ -294,6 +295,9 @@ impl Server {
                 && r.status() == 200
             {
                 return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("server exited with {status} before it was healthy:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -350,6 +354,13 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The server's resident memory, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc status");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     /// Sends a signal to the server.

@@ -3,12 +3,6 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use motion_guest::decode::{Limits, Media};
+use motion_guest::decode::Media;
 
-fuzz_target!(|data: &[u8]| {
-    let media = [Media { content_type: "image/png", data }];
-    if let Ok(prepared) = motion_guest::prepare(&media, &Limits::default(), false) {
-        assert_eq!(prepared.input.len(), motion_guest::preprocess::INPUT_LEN);
-        assert!(prepared.frames_used >= 1 && prepared.frames_used <= prepared.frames_total);
-    }
-});
+fuzz_target!(|data: &[u8]| motion_host_fuzz::prepare_checked(&[Media { content_type: "image/png", data }]));

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use motion_guest::decode::{Limits, Media};
+use motion_guest::decode::Media;
 
 fuzz_target!(|data: &[u8]| {
     let mut lines = data.splitn(3, |&b| b == b'\n');
@@ -22,5 +22,5 @@ fuzz_target!(|data: &[u8]| {
     assert!(parts.iter().map(|p| p.data.len()).sum::<usize>() <= body.len());
     let media: Vec<Media> =
         parts.iter().map(|p| Media { content_type: &p.content_type, data: &p.data }).collect();
-    let _ = motion_guest::prepare(&media, &Limits::default(), false);
+    motion_host_fuzz::prepare_checked(&media);
 });

@@ -351,23 +351,24 @@ async fn classify_default(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let received = Instant::now();
-    let deadline = app.deadline(received);
-    let (_slot, body) = app.admit(body).await?;
-    let bytes = app.read_body(&headers, body, deadline).await?;
-    app.within_deadline(deadline, async {
-        let runtime = app.ready_runtime()?;
-        let guests = runtime.guests();
-        let guest =
-            guests.default_guest().ok_or_else(|| ApiError::not_ready("no default guest is loaded"))?;
-        classify(runtime, guest, query, &headers, bytes, received).await
-    })
-    .await
+    classify_upload(&app, None, query, headers, body).await
 }
 
 async fn classify_named(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
+    query: TopKQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    classify_upload(&app, Some(&name), query, headers, body).await
+}
+
+/// Serves one classification with guest `name` (the default guest when `None`): takes an
+/// in-flight slot, reads the body, and classifies, all within the request's deadline.
+async fn classify_upload(
+    app: &AppState,
+    name: Option<&str>,
     query: TopKQuery,
     headers: HeaderMap,
     body: Body,
@@ -379,12 +380,17 @@ async fn classify_named(
     app.within_deadline(deadline, async {
         let runtime = app.ready_runtime()?;
         let guests = runtime.guests();
-        let guest = guests.get(&name).ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no guest named '{name:.64}' (loaded: {})",
-                guests.names().join(", ")
-            ))
-        })?;
+        let guest = match name {
+            None => {
+                guests.default_guest().ok_or_else(|| ApiError::not_ready("no default guest is loaded"))?
+            }
+            Some(name) => guests.get(name).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no guest named '{name:.64}' (loaded: {})",
+                    guests.names().join(", ")
+                ))
+            })?,
+        };
         classify(runtime, guest, query, &headers, bytes, received).await
     })
     .await
