@@ -2,7 +2,8 @@
 //! a tokio worker, with gradients off. Concurrent requests queue on that thread's channel; the
 //! thread gathers what is queued into one forward pass, waiting up to `--max-batch-delay` after
 //! the first call for up to `--max-batch-size` rows, and each caller gets its own rows back. A
-//! batch that fails is retried call by call, so only the call at fault fails.
+//! batch that fails is retried call by call, so only the call at fault fails. A batch is
+//! assembled in one buffer made at start (page-locked on CUDA): one copy of each caller's rows.
 //!
 //! Architecture invariant: only this module touches tch.
 
@@ -195,10 +196,13 @@ impl Model {
             .spawn(move || {
                 tch::set_num_threads(tuning.threads.max(1) as i32);
                 let _no_grad = tch::no_grad_guard();
-                match load_and_warm(&file, device, &input_spec) {
-                    Ok(module) => {
+                let capacity = tuning.max_batch.max(MAX_ROWS_PER_CALL as usize);
+                let loaded = load_and_warm(&file, device, &input_spec, tuning.max_batch)
+                    .and_then(|module| Ok((module, Staging::new(&input_spec, capacity, device)?)));
+                match loaded {
+                    Ok((module, staging)) => {
                         let _ = ready_tx.send(Ok(()));
-                        serve(module, device, queue, tuning);
+                        serve(module, device, staging, queue, tuning);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -260,24 +264,91 @@ fn torch_err(e: tch::TchError) -> BackendError {
     BackendError::Torch(e.to_string())
 }
 
-fn load_and_warm(file: &Path, device: Device, input: &TensorSpec) -> Result<CModule, BackendError> {
+fn load_and_warm(file: &Path, device: Device, input: &TensorSpec, max_batch: usize) -> Result<CModule, BackendError> {
     let mut module = CModule::load_on_device(file, device).map_err(torch_err)?;
     module.set_eval();
-    let mut shape = input.shape.clone();
-    shape[0] = 1;
-    let warm = Tensor::f_zeros(&shape, (Kind::Float, device)).map_err(torch_err)?;
-    let _warm_output = module.forward_ts(&[warm]).map_err(torch_err)?;
+    // The first pass at a batch size pays for libtorch's kernel set-up: pay it now, for a
+    // lone call and for a full batch.
+    for rows in [1, max_batch.max(1)] {
+        let mut shape = input.shape.clone();
+        shape[0] = rows as i64;
+        let warm = Tensor::f_zeros(&shape, (Kind::Float, device)).map_err(torch_err)?;
+        let _warm_output = module.forward_ts(&[warm]).map_err(torch_err)?;
+    }
     Ok(module)
 }
 
+/// The host-side buffer a batch is assembled in, made once per inference thread: each caller's
+/// rows are copied into it once, with no allocation per batch, and on CUDA it is page-locked
+/// so the batch reaches the GPU in one asynchronous copy.
+struct Staging {
+    /// `[capacity, ...row shape]` FP32, contiguous, on the CPU.
+    tensor: Tensor,
+    row_shape: Vec<i64>,
+    row_bytes: usize,
+    capacity: usize,
+}
+
+impl Staging {
+    fn new(input: &TensorSpec, capacity: usize, device: Device) -> Result<Staging, BackendError> {
+        let row_shape = input.shape[1..].to_vec();
+        let mut shape = vec![capacity as i64];
+        shape.extend(&row_shape);
+        let mut tensor = Tensor::f_empty(&shape, (Kind::Float, Device::Cpu)).map_err(torch_err)?;
+        if device.is_cuda() {
+            tensor = tensor.f_pin_memory(device).map_err(torch_err)?;
+        }
+        let row_bytes = row_shape.iter().product::<i64>() as usize * 4;
+        Ok(Staging { tensor, row_shape, row_bytes, capacity })
+    }
+
+    /// The batch's rows, concatenated: a view of the buffer, or a new tensor for a batch larger
+    /// than the buffer.
+    fn fill(&mut self, batch: &[Job], rows: usize) -> Result<Tensor, BackendError> {
+        let mut shape = vec![rows as i64];
+        shape.extend(&self.row_shape);
+        if rows > self.capacity {
+            let parts = batch
+                .iter()
+                .map(|job| {
+                    let shape: Vec<i64> = job.input.dims.iter().map(|&d| i64::from(d)).collect();
+                    Tensor::f_from_data_size(&job.input.data, &shape, Kind::Float)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(torch_err)?;
+            return Tensor::f_cat(&parts, 0).map_err(torch_err);
+        }
+        let base = self.tensor.data_ptr().cast::<u8>();
+        let mut offset = 0;
+        for job in batch {
+            let data = &job.input.data;
+            // check_input guaranteed whole rows of this model's shape; re-check what the copy
+            // below relies on.
+            if data.len() % self.row_bytes != 0 || offset + data.len() > rows * self.row_bytes {
+                return Err(BackendError::InvalidInput(format!(
+                    "a call's {} bytes are not whole rows of {} bytes",
+                    data.len(),
+                    self.row_bytes
+                )));
+            }
+            // SAFETY: the buffer is a contiguous CPU tensor of `capacity * row_bytes` bytes owned
+            // by this thread; `offset + data.len() <= rows * row_bytes <= capacity * row_bytes`
+            // was checked above, and a Vec cannot overlap a tensor's storage.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(offset), data.len()) };
+            offset += data.len();
+        }
+        self.tensor.f_narrow(0, 0, rows as i64).map_err(torch_err)
+    }
+}
+
 /// The inference thread's loop: gather a batch, run it, answer each caller.
-fn serve(module: CModule, device: Device, mut queue: mpsc::Receiver<Job>, tuning: Tuning) {
+fn serve(module: CModule, device: Device, mut staging: Staging, mut queue: mpsc::Receiver<Job>, tuning: Tuning) {
     // Waiting for a batch to fill needs a timer; this thread has no other use for a runtime.
     let timer = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
         Ok(timer) => timer,
         Err(e) => {
             tracing::error!(error = %e, "the inference thread cannot make a timer; batching waits for nothing");
-            return serve_unbatched(&module, device, queue);
+            return serve_unbatched(&module, device, &mut staging, queue);
         }
     };
     let mut carried: Option<Job> = None;
@@ -305,21 +376,21 @@ fn serve(module: CModule, device: Device, mut queue: mpsc::Receiver<Job>, tuning
             rows += n;
             batch.push(job);
         }
-        run_batch(&module, device, batch, rows);
+        run_batch(&module, device, &mut staging, batch, rows);
     }
 }
 
 /// Runs each call alone.
-fn serve_unbatched(module: &CModule, device: Device, mut queue: mpsc::Receiver<Job>) {
+fn serve_unbatched(module: &CModule, device: Device, staging: &mut Staging, mut queue: mpsc::Receiver<Job>) {
     while let Some(job) = queue.blocking_recv() {
         let rows = job.input.dims[0] as usize;
-        run_batch(module, device, vec![job], rows);
+        run_batch(module, device, staging, vec![job], rows);
     }
 }
 
-fn run_batch(module: &CModule, device: Device, batch: Vec<Job>, rows: usize) {
+fn run_batch(module: &CModule, device: Device, staging: &mut Staging, batch: Vec<Job>, rows: usize) {
     let started = Instant::now();
-    let result = forward(module, device, &batch);
+    let result = forward(module, device, staging, &batch, rows);
     let inference = started.elapsed();
     match result {
         Ok((out_dims, data)) => {
@@ -344,7 +415,7 @@ fn run_batch(module: &CModule, device: Device, batch: Vec<Job>, rows: usize) {
             // Only the call at fault may fail: run each alone.
             for job in batch {
                 let rows = job.input.dims[0] as usize;
-                run_batch(module, device, vec![job], rows);
+                run_batch(module, device, staging, vec![job], rows);
             }
         }
         Err(e) => {
@@ -356,21 +427,21 @@ fn run_batch(module: &CModule, device: Device, batch: Vec<Job>, rows: usize) {
 }
 
 /// One forward pass over every job's rows, concatenated along the batch dimension.
-fn forward(module: &CModule, device: Device, batch: &[Job]) -> Result<(Vec<u32>, Vec<u8>), BackendError> {
-    let inputs = batch
-        .iter()
-        .map(|job| {
-            let shape: Vec<i64> = job.input.dims.iter().map(|&d| i64::from(d)).collect();
-            Tensor::f_from_data_size(&job.input.data, &shape, Kind::Float)
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(torch_err)?;
-    let input = if inputs.len() == 1 {
-        inputs.into_iter().next().expect("one input")
+fn forward(
+    module: &CModule,
+    device: Device,
+    staging: &mut Staging,
+    batch: &[Job],
+    rows: usize,
+) -> Result<(Vec<u32>, Vec<u8>), BackendError> {
+    let input = staging.fill(batch, rows)?;
+    // From page-locked memory the copy to the GPU runs asynchronously; the copy of the output
+    // back below waits for it (same stream), so the buffer is free again when this returns.
+    let input = if device.is_cuda() {
+        input.f_to_device_(device, Kind::Float, true, false).map_err(torch_err)?
     } else {
-        Tensor::f_cat(&inputs, 0).map_err(torch_err)?
+        input
     };
-    let input = input.f_to_device(device).map_err(torch_err)?;
     let output = module.forward_ts(&[input]).map_err(torch_err)?;
     let output = output
         .f_to_device(Device::Cpu)

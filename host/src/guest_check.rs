@@ -30,7 +30,7 @@ pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("model loading did not finish")??;
     let limits = args.runtime.limits();
-    let runtime = Runtime::new(Arc::new(models), limits, None)?;
+    let runtime = Runtime::new(Arc::new(models), limits, 1, None)?;
 
     println!("guest check: {}", args.file.display());
     match runtime.load(&name, bytes).await {

@@ -280,7 +280,8 @@ async fn load_everything(
 
     let limits = args.runtime.limits();
     let cache = Some(args.compile_cache.clone()).filter(|dir| dir.as_os_str() != "off");
-    let runtime = Arc::new(Runtime::new(Arc::new(models), limits, cache)?);
+    let concurrency = u32::try_from(args.max_in_flight).unwrap_or(u32::MAX);
+    let runtime = Arc::new(Runtime::new(Arc::new(models), limits, concurrency, cache)?);
     for spec in specs {
         let loaded = Instant::now();
         let guest = runtime

@@ -462,6 +462,8 @@ struct ClassifyResponse<'a> {
     frames_used: u32,
     guest: GuestId<'a>,
     model: ModelId<'a>,
+    /// Rows in the forward pass this request's input ran in, other requests' included.
+    batch_size: usize,
     timings_ms: Timings,
 }
 
@@ -486,6 +488,8 @@ struct ModelId<'a> {
 
 #[derive(Serialize)]
 struct Timings {
+    /// Store and instance set-up, counted within `preprocess`.
+    instantiate: f64,
     preprocess: f64,
     queue: f64,
     inference: f64,
@@ -507,7 +511,9 @@ impl<'a> ClassifyResponse<'a> {
             frames_used: c.frames_used,
             guest: GuestId { name: &guest.name, version: &guest.info.version, digest: &guest.digest },
             model: ModelId { name: guest.model.name(), version: &guest.model.manifest.version },
+            batch_size: c.batch_size,
             timings_ms: Timings {
+                instantiate: ms(c.timings.instantiate),
                 preprocess: ms(c.timings.preprocess),
                 queue: ms(c.timings.queue),
                 inference: ms(c.timings.inference),

@@ -1,6 +1,9 @@
 //! The guest runtime: one wasmtime [`Engine`] and [`Linker`] for the process, an
 //! [`InstancePre`](wasmtime::component::InstancePre) per guest version compiled once off the
 //! request path, and a fresh [`Store`] per request with its own memory cap and deadline.
+//! Instances come from wasmtime's pooling allocator: memory, tables and stacks are reserved
+//! once for as many guests as may run at once, and a guest's memory image is mapped
+//! copy-on-write, so instantiating one per request costs microseconds.
 //!
 //! A guest gets an empty WASI context (no files, environment, arguments or sockets; clocks and
 //! random numbers stay, as std needs them; stdout and stderr are captured into the host log)
@@ -28,7 +31,9 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::backend::Model;
@@ -48,6 +53,10 @@ const GUEST_OUTPUT_BYTES: usize = 16 * 1024;
 const MAX_HOST_RESOURCES: usize = 1024;
 /// Handles of its own resources a guest may hold at once.
 const MAX_GUEST_HANDLES: usize = 10_000;
+/// Linear memories one guest may have (a Rust or C guest has one).
+const MAX_GUEST_MEMORIES: u32 = 2;
+/// Guest instances alive at once beyond the requests in flight: validations and self-tests.
+const SPARE_INSTANCES: u32 = 16;
 
 /// Per-request limits on a guest; each names the flag that sets it.
 #[derive(Debug, Clone)]
@@ -178,11 +187,15 @@ pub struct Classified {
     pub frames_total: u32,
     pub frames_used: u32,
     pub timings: StageTimings,
+    /// Rows in the largest forward pass its `compute` calls ran in (other requests' included).
+    pub batch_size: usize,
 }
 
 /// Where one request's guest time went, split at its wasi:nn `compute` calls.
 #[derive(Debug, Clone, Default)]
 pub struct StageTimings {
+    /// Making the store and instantiating the guest: the first part of `preprocess`.
+    pub instantiate: Duration,
     pub preprocess: Duration,
     pub queue: Duration,
     pub inference: Duration,
@@ -315,16 +328,43 @@ impl Drop for Runtime {
     }
 }
 
+/// The instance pool: room for `concurrency` requests' guests plus validations, each within
+/// the per-request limits (the limiter enforces the same numbers per store, with clearer
+/// errors; the pool only sizes its reservations by them). Reserving is virtual: a slot's pages
+/// are only resident while a guest uses them.
+fn pooling(limits: &Limits, concurrency: u32) -> PoolingAllocationConfig {
+    let guests = concurrency.saturating_add(SPARE_INSTANCES);
+    let instances = u32::try_from(limits.instances).unwrap_or(u32::MAX);
+    let tables = u32::try_from(limits.tables).unwrap_or(u32::MAX);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(guests)
+        .total_core_instances(guests.saturating_mul(instances))
+        .max_core_instances_per_component(instances)
+        .total_memories(guests.saturating_mul(MAX_GUEST_MEMORIES))
+        .max_memories_per_component(MAX_GUEST_MEMORIES)
+        .max_memories_per_module(MAX_GUEST_MEMORIES)
+        .max_memory_size(limits.memory_bytes)
+        .total_tables(guests.saturating_mul(tables))
+        .max_tables_per_component(tables)
+        .max_tables_per_module(tables)
+        .table_elements(limits.table_elements)
+        .total_stacks(guests);
+    pool
+}
+
 impl Runtime {
-    /// A runtime serving `models`; `cache_dir` keeps compiled guests across restarts.
+    /// A runtime serving `models` to at most `concurrency` requests at once; `cache_dir` keeps
+    /// compiled guests across restarts.
     pub fn new(
         models: Arc<ModelRegistry>,
         limits: Limits,
+        concurrency: u32,
         cache_dir: Option<PathBuf>,
     ) -> anyhow::Result<Runtime> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(&limits, concurrency)));
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
@@ -566,6 +606,7 @@ impl Runtime {
         let started = Instant::now();
         let deadline = self.limits.deadline;
         let mut store = self.new_store(started + deadline);
+        let mut instantiated = None;
         let request = wit::Request {
             media: media
                 .into_iter()
@@ -576,6 +617,7 @@ impl Runtime {
         // The epoch deadline stops guest code; this bounds the whole call, host calls included.
         let outcome = tokio::time::timeout(deadline + EPOCH_TICK * 10, async {
             let instance = guest.pre.instantiate_async(&mut store).await?;
+            instantiated = Some(Instant::now());
             instance.motion_guest_classifier().call_classify(&mut store, &request).await
         })
         .await;
@@ -606,15 +648,18 @@ impl Runtime {
         };
 
         let nn = &store.data().nn;
+        let instantiate = instantiated.map_or(Duration::ZERO, |at| at.saturating_duration_since(started));
         let timings = match (nn.first_compute, nn.last_compute_end) {
             (Some(first), Some(last)) => StageTimings {
+                instantiate,
                 preprocess: first.saturating_duration_since(started),
                 queue: nn.queue,
                 inference: nn.inference,
                 postprocess: finished.saturating_duration_since(last),
             },
-            _ => StageTimings { preprocess: finished - started, ..StageTimings::default() },
+            _ => StageTimings { instantiate, preprocess: finished - started, ..StageTimings::default() },
         };
+        let batch_size = nn.batch_rows;
         let size = result_size(&answer);
         if size > self.limits.result_bytes {
             let message = format!(
@@ -623,7 +668,7 @@ impl Runtime {
             );
             return Err(GuestError::Limit { guest: guest.name.clone(), message });
         }
-        check_answer(guest, answer, top_k, timings)
+        check_answer(guest, answer, top_k, timings, batch_size)
             .map_err(|message| GuestError::InvalidOutput { guest: guest.name.clone(), message })
     }
 
@@ -702,6 +747,7 @@ fn check_answer(
     c: wit::Classification,
     top_k: u32,
     timings: StageTimings,
+    batch_size: usize,
 ) -> Result<Classified, String> {
     let expected = (top_k as usize).min(guest.info.labels.len());
     if c.top_k.len() != expected {
@@ -734,5 +780,6 @@ fn check_answer(
         frames_total: c.frames_total,
         frames_used: c.frames_used,
         timings,
+        batch_size,
     })
 }

@@ -1,0 +1,402 @@
+"""Races motion-host against the Python service it replaces, on this machine, in one run.
+
+Started by bench/run (which builds everything and installs the Python side). It makes the
+benchmark clip, times the floor (a bare tch forward pass and the guest's preprocessing
+compiled natively), then starts each server in turn over TLS and drives it with the compiled
+load generator at each concurrency, with the clip as multipart PNG frames and as Y4M. It prints
+one table, checks the targets, and writes bench/results/<machine>.json and .png.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RELEASE = ROOT / "target" / "release"
+WIDTH, HEIGHT, FRAMES = 320, 180, 16
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark clip
+
+
+def make_clip(work: pathlib.Path) -> dict:
+    """16 RGB frames of 320x180: a camera panning left over a textured scene (seeded), written
+    as PNG files, as one multipart body of them, and as a Y4M of the same frames."""
+    rng = np.random.default_rng(20261122)
+    world_w = WIDTH + 6 * FRAMES
+    y, x = np.mgrid[0:HEIGHT, 0:world_w].astype(np.float32)
+    scene = np.zeros((HEIGHT, world_w, 3), np.float32)
+    for c in range(3):
+        for _ in range(6):
+            fx, fy, phase = rng.uniform(0.01, 0.08), rng.uniform(0.01, 0.08), rng.uniform(0, 6.3)
+            scene[..., c] += np.sin(x * fx + y * fy + phase)
+    for _ in range(24):  # blocks, like objects in the scene
+        x0, y0 = rng.integers(0, world_w - 30), rng.integers(0, HEIGHT - 30)
+        scene[y0:y0 + rng.integers(8, 30), x0:x0 + rng.integers(8, 30)] += rng.uniform(-2, 2, 3)
+    scene = (scene - scene.min()) / (scene.max() - scene.min()) * 255
+    scene = np.clip(scene + rng.normal(0, 3, scene.shape), 0, 255).astype(np.uint8)
+    frames = [scene[:, 6 * (FRAMES - 1 - t):6 * (FRAMES - 1 - t) + WIDTH] for t in range(FRAMES)]
+
+    clip = work / "clip"
+    clip.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    for i, frame in enumerate(frames):
+        path = clip / f"{i:03d}.png"
+        Image.fromarray(frame).save(path)
+        pngs.append(path)
+
+    boundary = "motionbenchboundary7d1f"
+    body = bytearray()
+    for path in pngs:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"frames\"; "
+                 f"filename=\"{path.name}\"\r\nContent-Type: image/png\r\n\r\n").encode()
+        body += path.read_bytes() + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    multipart = clip / "clip.multipart"
+    multipart.write_bytes(bytes(body))
+
+    y4m = clip / "clip.y4m"
+    with open(y4m, "wb") as out:
+        out.write(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F25:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            ycc = Image.fromarray(frame).convert("YCbCr")
+            yy, cb, cr = ycc.split()
+            out.write(b"FRAME\n" + yy.tobytes())
+            out.write(cb.resize((WIDTH // 2, HEIGHT // 2)).tobytes())
+            out.write(cr.resize((WIDTH // 2, HEIGHT // 2)).tobytes())
+    return {
+        "pngs": pngs,
+        "forms": {
+            "png": (multipart, f"multipart/form-data; boundary={boundary}"),
+            "y4m": (y4m, "video/x-yuv4mpeg"),
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_peak_rss_kib(pid: int) -> int:
+    """Peak resident memory (VmHWM) of a process and its children, summed."""
+    pids = [pid]
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                pids.append(int(entry.name))
+    total = 0
+    for p in pids:
+        try:
+            for line in pathlib.Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Server:
+    def __init__(self, name: str, label: str, argv: list, env: dict, port: int, cwd, logfile):
+        self.name, self.label, self.port = name, label, port
+        self.log = open(logfile, "wb")
+        self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_healthy(self, ca: pathlib.Path, timeout: float = 120) -> float:
+        started = time.monotonic()
+        context = ssl.create_default_context(cafile=str(ca))
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise SystemExit(f"{self.label} exited with {self.process.returncode}; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"https://localhost:{self.port}/health", context=context,
+                                            timeout=2) as answer:
+                    if answer.status == 200:
+                        return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"{self.label} was not healthy within {timeout} s; see {self.log.name}")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=40)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.log.close()
+
+
+def server_configs(args, certs: pathlib.Path, threads: int) -> list:
+    """(name, label, start) for each server the run races."""
+    host = str(RELEASE / "motion-host")
+    tls = ["--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key")]
+    model = ROOT / "models" / "motion-resnet18" / "model.pt"
+
+    def motion_host(extra: list):
+        def start(port, logfile):
+            argv = [host, "serve", f"--bind=127.0.0.1:{port}", *tls, "--device", args.device,
+                    "--inference-threads", str(threads), *extra]
+            env = dict(os.environ, MOTION_HOST_STATE_FILE=str(logfile.with_suffix(".state.json")))
+            return argv, env, ROOT
+        return start
+
+    def python(workers: int, torch_threads: int):
+        def start(port, logfile):
+            argv = [str(pathlib.Path(sys.executable).parent / "gunicorn"), "-k", "uvicorn.workers.UvicornWorker",
+                    "-w", str(workers), "-b", f"127.0.0.1:{port}", "--certfile", str(certs / "tls.crt"),
+                    "--keyfile", str(certs / "tls.key"), "--timeout", "120", "--log-level", "warning", "app:app"]
+            env = dict(os.environ, MOTION_BASELINE_MODEL=str(model),
+                       MOTION_BASELINE_TORCH_THREADS=str(torch_threads), OMP_NUM_THREADS=str(torch_threads))
+            return argv, env, BENCH / "baseline"
+        return start
+
+    configs = [
+        ("motion-host", "motion-host", motion_host([])),
+        ("motion-host-unbatched", "motion-host, --max-batch-size 1", motion_host(["--max-batch-size", "1"])),
+    ]
+    if not args.skip_python:
+        configs += [
+            ("python-1x2", f"Python, 1 worker x {threads} threads", python(1, threads)),
+            ("python-2x1", "Python, 2 workers x 1 thread", python(max(2, threads), 1)),
+        ]
+    return [c for c in configs if not args.only or c[0] in args.only]
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kib = int(pathlib.Path("/proc/meminfo").read_text().split()[1])
+    return {"cpu": cpu, "cpus": len(os.sched_getaffinity(0)), "memory_gib": round(mem_kib / 2**20, 1),
+            "kernel": platform.release()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per point")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each point")
+    parser.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client counts")
+    parser.add_argument("--device", default="cpu", help="motion-host's --device (cpu, cuda, auto)")
+    parser.add_argument("--only", nargs="*", help="run only these servers (names as in the table)")
+    parser.add_argument("--skip-python", action="store_true", help="race motion-host with itself only")
+    parser.add_argument("--tag", help="results file name (default: from the machine)")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    threads = len(os.sched_getaffinity(0))
+
+    work = ROOT / "target" / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    certs = work / "tls"
+    subprocess.run([str(RELEASE / "loadgen"), "cert", "--dir", str(certs)], check=True)
+    clip = make_clip(work)
+
+    log("timing the floor: bare forward pass and native preprocessing")
+    floor_json = work / "floor.json"
+    subprocess.run([str(RELEASE / "floor"), "--model", str(ROOT / "models/motion-resnet18/model.pt"),
+                    "--threads", str(threads), *sum((["--png", str(p)] for p in clip["pngs"]), []),
+                    "--y4m", str(clip["forms"]["y4m"][0]), "--out", str(floor_json)],
+                   check=True, stdout=subprocess.DEVNULL)
+    floor = json.loads(floor_json.read_text())
+
+    runs, servers = [], {}
+    for name, label, start in server_configs(args, certs, threads):
+        for form, (body, content_type) in clip["forms"].items():
+            port = free_port()
+            logfile = work / f"{name}-{form}.log"
+            argv, env, cwd = start(port, logfile)
+            log(f"{label}: starting for {form}")
+            server = Server(name, label, argv, env, port, cwd, logfile)
+            try:
+                healthy_s = server.wait_healthy(certs / "tls.crt")
+                servers[name] = {"label": label, "argv": argv, "start_to_healthy_s": round(healthy_s, 2)}
+                for c in levels:
+                    out = work / f"{name}-{form}-c{c}.json"
+                    subprocess.run([str(RELEASE / "loadgen"), "run", "--url",
+                                    f"https://localhost:{port}/v1/classify", "--body", str(body),
+                                    "--content-type", content_type, "--ca", str(certs / "tls.crt"),
+                                    "-c", str(c), "--warmup", str(args.warmup), "--duration",
+                                    str(args.duration), "--out", str(out)], check=True)
+                    result = json.loads(out.read_text())
+                    result.update(server=name, form=form, peak_rss_mib=round(tree_peak_rss_kib(server.process.pid) / 1024, 1))
+                    runs.append(result)
+            finally:
+                server.stop()
+
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "device": args.device,
+        "clip": {"frames": FRAMES, "width": WIDTH, "height": HEIGHT,
+                 "bytes": {form: body.stat().st_size for form, (body, _) in clip["forms"].items()}},
+        "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "concurrency": levels,
+                     "threads": threads},
+        "floor": floor,
+        "servers": servers,
+        "runs": runs,
+    }
+    results["targets"] = targets(results)
+    tag = args.tag or f"{'cuda' if args.device.startswith('cuda') else 'cpu'}-{threads}core"
+    out_dir = BENCH / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / f"{tag}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    plot(results, out_dir / f"{tag}.png")
+    log(f"wrote {out_dir / (tag + '.json')} and {out_dir / (tag + '.png')}")
+
+
+def find(results: dict, server: str, form: str, c: int):
+    for run in results["runs"]:
+        if run["server"] == server and run["form"] == form and run["concurrency"] == c:
+            return run
+    return None
+
+
+def best_python(results: dict, form: str, c: int):
+    candidates = [r for s in ("python-1x2", "python-2x1") if (r := find(results, s, form, c))]
+    return max(candidates, key=lambda r: r["requests_per_s"], default=None)
+
+
+def targets(results: dict) -> list:
+    """Each target of the benchmark: the measured ratio, the goal, and whether it is met."""
+    out = []
+
+    def add(name, value, goal, met, detail):
+        out.append({"target": name, "value": None if value is None else round(value, 3), "goal": goal,
+                    "met": met, "detail": detail})
+
+    floor = results["floor"]
+    for form in ("png", "y4m"):
+        host16, py16 = find(results, "motion-host", form, 16), best_python(results, form, 16)
+        if host16 and py16:
+            ratio = host16["requests_per_s"] / py16["requests_per_s"]
+            p99_ok = host16["latency_ms"]["p99"] <= py16["latency_ms"]["p99"]
+            add(f"throughput at c=16 vs Python ({form})", ratio, ">= 2.0 and p99 no worse",
+                ratio >= 2.0 and p99_ok,
+                f"{host16['requests_per_s']:.1f} vs {py16['requests_per_s']:.1f} req/s ({py16['server']}); "
+                f"p99 {host16['latency_ms']['p99']:.0f} vs {py16['latency_ms']['p99']:.0f} ms")
+        unbatched = find(results, "motion-host-unbatched", form, 16)
+        if host16 and unbatched:
+            ratio = host16["requests_per_s"] / unbatched["requests_per_s"]
+            add(f"batching at c=16 ({form})", ratio, ">= 1.5", ratio >= 1.5,
+                f"{host16['requests_per_s']:.1f} vs {unbatched['requests_per_s']:.1f} req/s, "
+                f"mean batch {host16.get('mean_batch_size') or 0:.1f}")
+        host1 = find(results, "motion-host", form, 1)
+        if host1:
+            bare = floor["forward_ms"]["1"] + floor["prepare_ms"][form]
+            ratio = host1["latency_ms"]["p50"] / bare
+            add(f"overhead at c=1 ({form})", ratio, "<= 1.25", ratio <= 1.25,
+                f"p50 {host1['latency_ms']['p50']:.1f} ms vs forward {floor['forward_ms']['1']:.1f} + "
+                f"native preprocessing {floor['prepare_ms'][form]:.1f} ms")
+            stages = host1["stages_p50_ms"]
+            wasm = stages.get("preprocess", 0) - stages.get("instantiate", 0)
+            ratio = wasm / floor["prepare_ms"][form]
+            add(f"preprocessing wasm vs native ({form})", ratio, "<= 1.5", ratio <= 1.5,
+                f"{wasm:.2f} ms in the guest (preprocess stage less instantiation, p50) vs "
+                f"{floor['prepare_ms'][form]:.2f} ms native")
+            if "instantiate" in stages:
+                us = stages["instantiate"] * 1000
+                add(f"instantiation per request ({form})", us, "<= 50 us median", us <= 50,
+                    f"{us:.0f} us median: a fresh store and instance, measured in the host")
+    return out
+
+
+def table(results: dict) -> str:
+    header = ["server", "clip", "c", "req/s", "p50 ms", "p99 ms", "instantiate", "preprocess", "queue",
+              "inference", "postprocess", "batch", "peak RSS MiB", "failed"]
+    rows = []
+    for r in results["runs"]:
+        stages = r.get("stages_ms", {})
+        stage = lambda k: f"{stages[k]:.2f}" if k in stages else "-"
+        batch = r.get("mean_batch_size")
+        rows.append([r["server"], r["form"], str(r["concurrency"]), f"{r['requests_per_s']:.1f}",
+                     f"{r['latency_ms']['p50']:.1f}", f"{r['latency_ms']['p99']:.1f}", stage("instantiate"),
+                     stage("preprocess"), stage("queue"), stage("inference"), stage("postprocess"),
+                     f"{batch:.1f}" if batch else "-", f"{r['peak_rss_mib']:.0f}",
+                     str(sum(r["failures"].values()))])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    m = results["machine"]
+    floor = results["floor"]
+    lines = [f"motion-host benchmark, {results['date']}, {m['cpu']} ({m['cpus']} CPUs, {m['memory_gib']} GiB), "
+             f"device {results['device']}",
+             f"clip: {FRAMES} frames {WIDTH}x{HEIGHT}, multipart PNG {results['clip']['bytes']['png']} bytes, "
+             f"Y4M {results['clip']['bytes']['y4m']} bytes; stage times are means in ms as each server reports them",
+             "", line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += [line(row) for row in rows]
+    lines += ["", f"floor: bare forward {floor['forward_ms']['1']:.1f} ms at batch 1, "
+                  f"{floor['forward_ms']['16']:.1f} ms at batch 16 ({floor['forward_ms']['16'] / 16:.1f} ms a row); "
+                  f"native preprocessing {floor['prepare_ms']['png']:.2f} ms (PNG), "
+                  f"{floor['prepare_ms']['y4m']:.2f} ms (Y4M)", ""]
+    for t in results["targets"]:
+        lines.append(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['value']} (goal {t['goal']}) - {t['detail']}")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: pathlib.Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for server, info in results["servers"].items():
+        for form, style in (("png", "-o"), ("y4m", "--s")):
+            runs = sorted((r for r in results["runs"] if r["server"] == server and r["form"] == form),
+                          key=lambda r: r["concurrency"])
+            if not runs:
+                continue
+            c = [r["concurrency"] for r in runs]
+            left.plot(c, [r["requests_per_s"] for r in runs], style, label=f"{info['label']} ({form})")
+            right.plot(c, [r["latency_ms"]["p99"] for r in runs], style, label=f"{info['label']} ({form})")
+    for ax, title, unit in ((left, "throughput", "requests/s"), (right, "p99 latency", "ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    right.set_yscale("log")
+    left.legend(fontsize=7)
+    m = results["machine"]
+    fig.suptitle(f"motion-host vs the Python baseline - {m['cpu']}, {m['cpus']} CPUs, {results['date'][:10]}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+//! The benchmark's floor: what the work costs with no server around it. Times a bare tch
+//! forward pass of the model at batch 1 and 16, and the default guest's preprocessing
+//! (`motion_guest::prepare`, the code the guest runs in wasm) compiled natively, on the
+//! benchmark clip; writes medians as JSON.
+//!
+//!     floor --model models/motion-resnet18/model.pt --png a.png --png b.png --y4m clip.y4m --out f.json
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use motion_guest::decode::{Limits, Media};
+use serde::Serialize;
+use tch::{CModule, Device, Kind, Tensor};
+
+#[derive(Parser)]
+#[command(about = "Times the bare model and the native preprocessing")]
+struct Args {
+    /// The TorchScript model.
+    #[arg(long)]
+    model: PathBuf,
+    /// libtorch intra-op threads (as the server's --inference-threads).
+    #[arg(long, default_value_t = 2)]
+    threads: i32,
+    /// The clip's frames as PNG files, in order.
+    #[arg(long = "png")]
+    pngs: Vec<PathBuf>,
+    /// The same clip as Y4M.
+    #[arg(long)]
+    y4m: Option<PathBuf>,
+    /// Timed runs of each measurement (batch 16 runs a quarter as many).
+    #[arg(long, default_value_t = 40)]
+    iterations: usize,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Floor {
+    threads: i32,
+    /// Batch size → median milliseconds of one forward pass.
+    forward_ms: BTreeMap<usize, f64>,
+    /// Input form → median milliseconds of native `prepare`.
+    prepare_ms: BTreeMap<String, f64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tch::set_num_threads(args.threads);
+    let _no_grad = tch::no_grad_guard();
+    let mut module = CModule::load_on_device(&args.model, Device::Cpu)
+        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    module.set_eval();
+
+    let mut forward_ms = BTreeMap::new();
+    for (batch, runs) in [(1, args.iterations), (16, args.iterations.div_ceil(4))] {
+        let input = Tensor::f_rand([batch as i64, 8, 112, 112], (Kind::Float, Device::Cpu))?;
+        for _ in 0..3 {
+            let _warm = module.forward_ts(&[&input])?;
+        }
+        let ms = median_ms(runs, || {
+            module.forward_ts(&[&input]).map(drop).map_err(anyhow::Error::from)
+        })?;
+        forward_ms.insert(batch, ms);
+    }
+
+    let mut prepare_ms = BTreeMap::new();
+    let limits = Limits::default();
+    let mut forms: Vec<(String, Vec<(String, Vec<u8>)>)> = Vec::new();
+    if !args.pngs.is_empty() {
+        let frames = args
+            .pngs
+            .iter()
+            .map(|p| Ok(("image/png".to_string(), std::fs::read(p).with_context(|| p.display().to_string())?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        forms.push(("png".into(), frames));
+    }
+    if let Some(y4m) = &args.y4m {
+        forms.push(("y4m".into(), vec![("video/x-yuv4mpeg".into(), std::fs::read(y4m)?)]));
+    }
+    for (form, files) in &forms {
+        let media: Vec<Media> = files.iter().map(|(t, d)| Media { content_type: t, data: d }).collect();
+        motion_guest::prepare(&media, &limits, false).map_err(|e| anyhow::anyhow!("{form}: {e}"))?;
+        let ms = median_ms(args.iterations, || {
+            motion_guest::prepare(&media, &limits, false).map(drop).map_err(|e| anyhow::anyhow!("{e}"))
+        })?;
+        prepare_ms.insert(form.clone(), ms);
+    }
+
+    let floor = Floor { threads: args.threads, forward_ms, prepare_ms };
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&floor)?)?;
+    println!("{}", serde_json::to_string(&floor)?);
+    Ok(())
+}
+
+/// The median wall time of `runs` calls, in milliseconds.
+fn median_ms(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        f()?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
