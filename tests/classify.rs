@@ -52,8 +52,17 @@ fn assert_classification(
     let (status, body) = json(response);
     assert_eq!(status, 200, "{body}");
     let keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
-    let mut expected =
-        vec!["frames_total", "frames_used", "guest", "label", "model", "score", "timings_ms", "top_k"];
+    let mut expected = vec![
+        "batch_size",
+        "frames_total",
+        "frames_used",
+        "guest",
+        "label",
+        "model",
+        "score",
+        "timings_ms",
+        "top_k",
+    ];
     expected.sort();
     let mut keys_sorted = keys.clone();
     keys_sorted.sort();
@@ -81,6 +90,12 @@ fn assert_classification(
         assert!(t[stage].as_f64().is_some_and(|v| v >= 0.0), "{stage}: {t}");
     }
     assert!(t["inference"].as_f64().unwrap() > 0.0, "{t}");
+    let instantiate = t["instantiate"].as_f64().unwrap();
+    assert!(
+        instantiate > 0.0 && instantiate <= t["preprocess"].as_f64().unwrap(),
+        "instantiation is part of preprocess: {t}"
+    );
+    assert!(body["batch_size"].as_u64().is_some_and(|rows| (1..=16).contains(&rows)), "{body}");
     let parts = ["preprocess", "queue", "inference", "postprocess"]
         .iter()
         .map(|s| t[s].as_f64().unwrap())

@@ -2,9 +2,6 @@
 //! uniformly (first and last included), each luma resized to 112×112 over the whole frame with
 //! an antialiased triangle filter, scaled to [0,1] and mapped by `(x - 0.5) / 0.25`.
 
-use image::imageops::{self, FilterType};
-use image::{ImageBuffer, Luma};
-
 /// Frames in one model input (its channels).
 pub const FRAMES: usize = 8;
 /// Side of each resized frame.
@@ -49,14 +46,71 @@ pub fn luma(r: f32, g: f32, b: f32) -> f32 {
 
 /// Resizes a frame to `SIZE`×`SIZE` with a triangle filter whose support widens with the
 /// shrink factor (Pillow's `resize(..., BILINEAR)`), so shrinking HD frames does not alias.
+///
+/// Separable: the vertical pass first, as whole-row multiply-adds that vectorise, then the
+/// horizontal pass over the `SIZE` rows left.
 pub fn resize(frame: &Frame) -> Vec<f32> {
     if frame.width == SIZE && frame.height == SIZE {
         return frame.luma.clone();
     }
-    let view: ImageBuffer<Luma<f32>, &[f32]> =
-        ImageBuffer::from_raw(frame.width, frame.height, frame.luma.as_slice())
-            .expect("a Frame's buffer always matches its dimensions");
-    imageops::resize(&view, SIZE, SIZE, FilterType::Triangle).into_raw()
+    let (width, height) = (frame.width as usize, frame.height as usize);
+    let out = SIZE as usize;
+
+    let mut rows = vec![0.0f32; out * width];
+    for (y, taps) in triangle_taps(height, out).iter().enumerate() {
+        let row = &mut rows[y * width..(y + 1) * width];
+        for (k, &weight) in taps.weights.iter().enumerate() {
+            let source = &frame.luma[(taps.first + k) * width..(taps.first + k + 1) * width];
+            for (acc, &value) in row.iter_mut().zip(source) {
+                *acc += weight * value;
+            }
+        }
+    }
+
+    let columns = triangle_taps(width, out);
+    let mut resized = Vec::with_capacity(out * out);
+    for row in rows.chunks_exact(width) {
+        resized.extend(columns.iter().map(|taps| {
+            let source = &row[taps.first..taps.first + taps.weights.len()];
+            source.iter().zip(&taps.weights).map(|(&v, &w)| v * w).sum::<f32>()
+        }));
+    }
+    resized
+}
+
+/// The source samples one output sample reads, and their weights (summing to 1).
+struct Taps {
+    first: usize,
+    weights: Vec<f32>,
+}
+
+/// The triangle filter's taps for resizing `from` samples to `to`: output sample `i` is centred
+/// on source position `(i + 0.5)·from/to`, and when shrinking the triangle widens by the
+/// shrink factor, as Pillow's and the `image` crate's filters do.
+fn triangle_taps(from: usize, to: usize) -> Vec<Taps> {
+    let ratio = from as f32 / to as f32;
+    let scale = ratio.max(1.0);
+    let support = scale;
+    (0..to)
+        .map(|i| {
+            let centre = (i as f32 + 0.5) * ratio;
+            let first = ((centre - support).floor().max(0.0) as usize).min(from - 1);
+            let end = ((centre + support).ceil() as usize).clamp(first + 1, from);
+            let mut weights: Vec<f32> =
+                (first..end).map(|j| (1.0 - ((j as f32 + 0.5 - centre) / scale).abs()).max(0.0)).collect();
+            let sum: f32 = weights.iter().sum();
+            if sum > 0.0 {
+                weights.iter_mut().for_each(|w| *w /= sum);
+            } else {
+                // Unreachable for a triangle (the nearest sample always weighs > 0); keep the
+                // nearest sample rather than dividing by zero.
+                weights.iter_mut().for_each(|w| *w = 0.0);
+                let nearest = ((centre as usize).min(end - 1)).max(first) - first;
+                weights[nearest] = 1.0;
+            }
+            Taps { first, weights }
+        })
+        .collect()
 }
 
 /// Normalises one resized luma value as in training.
@@ -162,6 +216,20 @@ mod tests {
         assert!((out[0] - 3.0 / 7.0).abs() < 1e-5, "got {}", out[0]);
         // Every row is the same, since the source has one row.
         assert!((out[SIZE as usize] - out[0]).abs() < 1e-6);
+    }
+
+    #[test]
+    fn resize_matches_the_image_crates_triangle_filter() {
+        use image::imageops::{self, FilterType};
+        use image::{ImageBuffer, Luma};
+        for (w, h) in [(320, 180), (1920, 1080), (7, 300), (50, 50), (113, 111), (112, 40)] {
+            let luma: Vec<f32> = (0..w * h).map(|i| ((i * 7919 + i / w * 31) % 256) as f32 / 255.0).collect();
+            let view: ImageBuffer<Luma<f32>, &[f32]> = ImageBuffer::from_raw(w, h, luma.as_slice()).unwrap();
+            let expected = imageops::resize(&view, SIZE, SIZE, FilterType::Triangle).into_raw();
+            let got = resize(&Frame::new(w, h, luma));
+            let worst = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "{w}x{h}: off by {worst}");
+        }
     }
 
     #[test]

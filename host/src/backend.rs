@@ -2,12 +2,16 @@
 //! a tokio worker, with gradients off. Concurrent requests queue on that thread's channel; the
 //! thread gathers what is queued into one forward pass, waiting up to `--max-batch-delay` after
 //! the first call for up to `--max-batch-size` rows, and each caller gets its own rows back. A
-//! batch that fails is retried call by call, so only the call at fault fails. A batch is
+//! batch that fails is retried call by call, so only the call at fault fails. A batch waits
+//! only while a call may still come: requests announce themselves when they start
+//! ([`Model::expect_call`]), so a lone request never waits for company that is not there. A batch is
 //! assembled in one buffer made at start (page-locked on CUDA): one copy of each caller's rows.
 //!
 //! Architecture invariant: only this module touches tch.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tch::{CModule, Device, Kind, Tensor};
@@ -168,6 +172,28 @@ pub struct Model {
     pub sha256: String,
     pub device: Device,
     jobs: mpsc::Sender<Job>,
+    /// Requests expected to call this model that have not yet.
+    expected: Arc<AtomicUsize>,
+}
+
+/// A request's promise that it will call a model; kept until its call is queued or the request
+/// ends. While any is outstanding, a batch may wait (up to `--max-batch-delay`) for it.
+#[derive(Debug, Default)]
+pub struct Expected(Option<Arc<AtomicUsize>>);
+
+impl Expected {
+    /// The call is queued (or will never come).
+    pub fn settle(&mut self) {
+        if let Some(count) = self.0.take() {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        self.settle();
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -187,6 +213,8 @@ impl Model {
         tuning: Tuning,
     ) -> Result<Model, BackendError> {
         let (jobs, queue) = mpsc::channel(tuning.max_queue.max(1));
+        let expected = Arc::new(AtomicUsize::new(0));
+        let waiting_for = Arc::clone(&expected);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let file = file.to_path_buf();
         let device = device.device;
@@ -202,7 +230,7 @@ impl Model {
                 match loaded {
                     Ok((module, staging)) => {
                         let _ = ready_tx.send(Ok(()));
-                        serve(module, device, staging, queue, tuning);
+                        serve(module, device, staging, queue, &waiting_for, tuning);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -211,7 +239,7 @@ impl Model {
             })
             .map_err(|e| BackendError::Torch(format!("cannot start the inference thread: {e}")))?;
         ready_rx.recv().map_err(|_| BackendError::Stopped)??;
-        Ok(Model { manifest, sha256, device, jobs })
+        Ok(Model { manifest, sha256, device, jobs, expected })
     }
 
     pub fn name(&self) -> &str {
@@ -248,11 +276,20 @@ impl Model {
         Ok(())
     }
 
-    /// Runs the model on `input` (already checked with [`Model::check_input`]).
-    pub async fn infer(&self, input: Input) -> Result<Output, BackendError> {
+    /// Announces a request that will call this model: batches being gathered wait for it.
+    pub fn expect_call(&self) -> Expected {
+        self.expected.fetch_add(1, Ordering::AcqRel);
+        Expected(Some(Arc::clone(&self.expected)))
+    }
+
+    /// Runs the model on `input` (already checked with [`Model::check_input`]); `expected` is
+    /// settled once the call is queued.
+    pub async fn infer(&self, input: Input, expected: &mut Expected) -> Result<Output, BackendError> {
         let (reply, answer) = oneshot::channel();
         let job = Job { input, enqueued: Instant::now(), reply };
-        self.jobs.try_send(job).map_err(|e| match e {
+        let queued = self.jobs.try_send(job);
+        expected.settle();
+        queued.map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => BackendError::Busy(self.jobs.max_capacity()),
             mpsc::error::TrySendError::Closed(_) => BackendError::Stopped,
         })?;
@@ -264,7 +301,12 @@ fn torch_err(e: tch::TchError) -> BackendError {
     BackendError::Torch(e.to_string())
 }
 
-fn load_and_warm(file: &Path, device: Device, input: &TensorSpec, max_batch: usize) -> Result<CModule, BackendError> {
+fn load_and_warm(
+    file: &Path,
+    device: Device,
+    input: &TensorSpec,
+    max_batch: usize,
+) -> Result<CModule, BackendError> {
     let mut module = CModule::load_on_device(file, device).map_err(torch_err)?;
     module.set_eval();
     // The first pass at a batch size pays for libtorch's kernel set-up: pay it now, for a
@@ -341,8 +383,16 @@ impl Staging {
     }
 }
 
-/// The inference thread's loop: gather a batch, run it, answer each caller.
-fn serve(module: CModule, device: Device, mut staging: Staging, mut queue: mpsc::Receiver<Job>, tuning: Tuning) {
+/// The inference thread's loop: gather a batch, run it, answer each caller. A batch waits for
+/// more calls only while some request has announced one (`expected`) and the delay lasts.
+fn serve(
+    module: CModule,
+    device: Device,
+    mut staging: Staging,
+    mut queue: mpsc::Receiver<Job>,
+    expected: &AtomicUsize,
+    tuning: Tuning,
+) {
     // Waiting for a batch to fill needs a timer; this thread has no other use for a runtime.
     let timer = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
         Ok(timer) => timer,
@@ -360,7 +410,9 @@ fn serve(module: CModule, device: Device, mut staging: Staging, mut queue: mpsc:
         while rows < tuning.max_batch {
             let next = match queue.try_recv() {
                 Ok(job) => Some(job),
-                Err(mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => {
+                Err(mpsc::error::TryRecvError::Empty)
+                    if Instant::now() < deadline && expected.load(Ordering::Acquire) > 0 =>
+                {
                     // The timer is made inside the runtime, which it needs.
                     let wait = async { tokio::time::timeout_at(deadline.into(), queue.recv()).await };
                     timer.block_on(wait).ok().flatten()
@@ -486,14 +538,18 @@ mod tests {
     fn concurrent_calls_share_a_forward_pass_and_get_their_own_rows() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let model = model(4, Duration::from_millis(300));
-        let alone: Vec<Vec<f32>> =
-            (0..6).map(|seed| floats(&runtime.block_on(model.infer(input(seed))).unwrap().data)).collect();
+        let alone: Vec<Vec<f32>> = (0..6)
+            .map(|seed| {
+                floats(&runtime.block_on(model.infer(input(seed), &mut Expected::default())).unwrap().data)
+            })
+            .collect();
 
         let together = runtime.block_on(async {
             let calls: Vec<_> = (0..6)
                 .map(|seed| {
                     let model = Arc::clone(&model);
-                    tokio::spawn(async move { model.infer(input(seed)).await })
+                    let mut expected = model.expect_call();
+                    tokio::spawn(async move { model.infer(input(seed), &mut expected).await })
                 })
                 .collect();
             let mut outputs = Vec::new();
@@ -513,5 +569,23 @@ mod tests {
         }
         // Distinct inputs give distinct logits, so a mix-up could not pass unnoticed.
         assert!(alone.windows(2).all(|w| w[0] != w[1]));
+    }
+
+    #[test]
+    fn a_call_nobody_else_announced_does_not_wait_for_the_delay() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let delay = Duration::from_secs(2);
+        let model = model(16, delay);
+        let started = Instant::now();
+        let mut expected = model.expect_call();
+        let output = runtime.block_on(model.infer(input(1), &mut expected)).unwrap();
+        assert_eq!(output.batch_rows, 1);
+        assert!(output.queue < delay / 4, "a lone call waited {:?} for company", output.queue);
+
+        // Another request announced but not yet here: the batch waits for it, up to the delay.
+        let _other = model.expect_call();
+        let output = runtime.block_on(model.infer(input(2), &mut model.expect_call())).unwrap();
+        assert!(output.queue >= delay - Duration::from_millis(50), "waited only {:?}", output.queue);
+        assert!(started.elapsed() < delay * 3);
     }
 }

@@ -147,7 +147,8 @@ impl inference::HostGraphExecutionContext for State {
             return self.nn_error(ErrorCode::InvalidArgument, e.to_string());
         }
 
-        let result = model.infer(backend::Input { dims: tensor.dims, data: tensor.data }).await;
+        let input = backend::Input { dims: tensor.dims, data: tensor.data };
+        let result = model.infer(input, &mut self.expected).await;
         self.nn.last_compute_end = Some(Instant::now());
         self.nn.computes += 1;
         match result {
