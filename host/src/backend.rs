@@ -160,6 +160,9 @@ pub struct Output {
 
 struct Job {
     input: Input,
+    /// Settled when the inference thread takes the job, so a batch never waits for a call it
+    /// already holds.
+    expected: Expected,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Output, BackendError>>,
 }
@@ -283,13 +286,11 @@ impl Model {
     }
 
     /// Runs the model on `input` (already checked with [`Model::check_input`]); `expected` is
-    /// settled once the call is queued.
+    /// settled when the inference thread takes the call (or at once, if it is refused).
     pub async fn infer(&self, input: Input, expected: &mut Expected) -> Result<Output, BackendError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { input, enqueued: Instant::now(), reply };
-        let queued = self.jobs.try_send(job);
-        expected.settle();
-        queued.map_err(|e| match e {
+        let job = Job { input, expected: std::mem::take(expected), enqueued: Instant::now(), reply };
+        self.jobs.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => BackendError::Busy(self.jobs.max_capacity()),
             mpsc::error::TrySendError::Closed(_) => BackendError::Stopped,
         })?;
@@ -403,7 +404,8 @@ fn serve(
     };
     let mut carried: Option<Job> = None;
     loop {
-        let Some(first) = carried.take().or_else(|| queue.blocking_recv()) else { return };
+        let Some(mut first) = carried.take().or_else(|| queue.blocking_recv()) else { return };
+        first.expected.settle();
         let deadline = first.enqueued + tuning.batch_delay;
         let mut rows = first.input.dims[0] as usize;
         let mut batch = vec![first];
@@ -419,7 +421,8 @@ fn serve(
                 }
                 Err(_) => None,
             };
-            let Some(job) = next else { break };
+            let Some(mut job) = next else { break };
+            job.expected.settle();
             let n = job.input.dims[0] as usize;
             if rows + n > tuning.max_batch {
                 carried = Some(job);
