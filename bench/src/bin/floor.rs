@@ -60,9 +60,7 @@ fn main() -> anyhow::Result<()> {
         for _ in 0..3 {
             let _warm = module.forward_ts(&[&input])?;
         }
-        let ms = median_ms(runs, || {
-            module.forward_ts(&[&input]).map(drop).map_err(anyhow::Error::from)
-        })?;
+        let ms = median_ms(runs, || module.forward_ts(&[&input]).map(drop).map_err(anyhow::Error::from))?;
         forward_ms.insert(batch, ms);
     }
 
@@ -73,7 +71,9 @@ fn main() -> anyhow::Result<()> {
         let frames = args
             .pngs
             .iter()
-            .map(|p| Ok(("image/png".to_string(), std::fs::read(p).with_context(|| p.display().to_string())?)))
+            .map(|p| {
+                Ok(("image/png".to_string(), std::fs::read(p).with_context(|| p.display().to_string())?))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         forms.push(("png".into(), frames));
     }

@@ -188,12 +188,7 @@ async fn drive(
         if sent >= stop_at {
             return seen;
         }
-        let answer = client
-            .post(&url)
-            .header("content-type", &content_type)
-            .body(body.clone())
-            .send()
-            .await;
+        let answer = client.post(&url).header("content-type", &content_type).body(body.clone()).send().await;
         let outcome = match answer {
             Ok(response) => {
                 let status = response.status();
