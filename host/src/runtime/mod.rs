@@ -246,7 +246,7 @@ pub struct State {
     pub(crate) nn: NnActivity,
     pub(crate) nn_calls: u32,
     pub(crate) nn_bytes: usize,
-    /// This request's announced model call, settled when it is queued.
+    /// This request's announced model call, settled when the inference thread takes it.
     pub(crate) expected: Expected,
     limiter: Limiter,
     stdout: GuestOutput,
