@@ -188,7 +188,7 @@ def server_configs(args, certs: pathlib.Path, threads: int) -> list:
     if not args.skip_python:
         configs += [
             ("python-1x2", f"Python, 1 worker x {threads} threads", python(1, threads)),
-            ("python-2x1", "Python, 2 workers x 1 thread", python(max(2, threads), 1)),
+            ("python-2x1", f"Python, {max(2, threads)} workers x 1 thread", python(max(2, threads), 1)),
         ]
     return [c for c in configs if not args.only or c[0] in args.only]
 

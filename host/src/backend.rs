@@ -179,13 +179,14 @@ pub struct Model {
     expected: Arc<AtomicUsize>,
 }
 
-/// A request's promise that it will call a model; kept until its call is queued or the request
-/// ends. While any is outstanding, a batch may wait (up to `--max-batch-delay`) for it.
+/// A request's promise that it will call a model; kept until the inference thread takes its
+/// call or the request ends. While any is outstanding, a batch may wait (up to
+/// `--max-batch-delay`) for it.
 #[derive(Debug, Default)]
 pub struct Expected(Option<Arc<AtomicUsize>>);
 
 impl Expected {
-    /// The call is queued (or will never come).
+    /// The call has been taken by the inference thread (or will never come).
     pub fn settle(&mut self) {
         if let Some(count) = self.0.take() {
             count.fetch_sub(1, Ordering::AcqRel);
@@ -327,39 +328,31 @@ fn load_and_warm(
 struct Staging {
     /// `[capacity, ...row shape]` FP32, contiguous, on the CPU.
     tensor: Tensor,
-    row_shape: Vec<i64>,
     row_bytes: usize,
     capacity: usize,
 }
 
 impl Staging {
     fn new(input: &TensorSpec, capacity: usize, device: Device) -> Result<Staging, BackendError> {
-        let row_shape = input.shape[1..].to_vec();
+        let row_shape = &input.shape[1..];
         let mut shape = vec![capacity as i64];
-        shape.extend(&row_shape);
+        shape.extend(row_shape);
         let mut tensor = Tensor::f_empty(&shape, (Kind::Float, Device::Cpu)).map_err(torch_err)?;
         if device.is_cuda() {
             tensor = tensor.f_pin_memory(device).map_err(torch_err)?;
         }
         let row_bytes = row_shape.iter().product::<i64>() as usize * 4;
-        Ok(Staging { tensor, row_shape, row_bytes, capacity })
+        Ok(Staging { tensor, row_bytes, capacity })
     }
 
-    /// The batch's rows, concatenated: a view of the buffer, or a new tensor for a batch larger
-    /// than the buffer.
+    /// The batch's rows, concatenated: a view of the buffer. The buffer holds the largest batch
+    /// and the largest single call, so every batch fits.
     fn fill(&mut self, batch: &[Job], rows: usize) -> Result<Tensor, BackendError> {
-        let mut shape = vec![rows as i64];
-        shape.extend(&self.row_shape);
         if rows > self.capacity {
-            let parts = batch
-                .iter()
-                .map(|job| {
-                    let shape: Vec<i64> = job.input.dims.iter().map(|&d| i64::from(d)).collect();
-                    Tensor::f_from_data_size(&job.input.data, &shape, Kind::Float)
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(torch_err)?;
-            return Tensor::f_cat(&parts, 0).map_err(torch_err);
+            return Err(BackendError::InvalidInput(format!(
+                "a batch of {rows} rows exceeds the staging buffer's {}",
+                self.capacity
+            )));
         }
         let base = self.tensor.data_ptr().cast::<u8>();
         let mut offset = 0;
