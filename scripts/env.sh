@@ -93,6 +93,21 @@ add_rustfmt
 export LIBTORCH="$LIBTORCH_DIR"
 export LD_LIBRARY_PATH="$LIBTORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
+# A Python with the test suite's requirements (tests/requirements.txt) in a cached virtual
+# environment, named in MOTION_HOST_TEST_PYTHON for the tests that run Python.
+test_python() {
+    local venv="$MOTION_HOST_CACHE/venv-test"
+    local stamp="$venv/.requirements.sha256" wanted
+    wanted="$(sha256sum tests/requirements.txt | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+        say "installing the tests' Python requirements into $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+        echo "$wanted" > "$stamp"
+    fi
+    export MOTION_HOST_TEST_PYTHON="$venv/bin/python"
+}
+
 # Builds the default guest component (the build output is where the server looks for it).
 build_guest() {
     say "building the default guest (wasm32-wasip2)"

@@ -1,0 +1,105 @@
+"""Writes the trained network as the server loads it: TorchScript `model.pt` and its manifest
+`model.toml` (version, sha256, how it was made, the data recipe and the held-out metrics)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import pathlib
+
+import torch
+
+import scenes
+from train import CACHE, HELDOUT_SEED, LABELS, MODEL_DIR, Config, generator_digest
+
+NAME = "motion-resnet18"
+VERSION = "1.0.0"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(type(value))
+
+
+def export(cfg: Config, model: torch.nn.Module, report: dict) -> None:
+    path = MODEL_DIR / "model.pt"
+    scripted = torch.jit.script(model.eval())
+    scripted.save(str(path))
+    loaded = torch.jit.load(str(path)).eval()
+    with torch.inference_mode():
+        for batch in (1, 4):
+            probe = torch.randn(batch, 8, 112, 112, generator=torch.Generator().manual_seed(batch))
+            out = loaded(probe)
+            assert out.shape == (batch, len(LABELS)), out.shape
+            assert torch.allclose(out, model(probe), atol=1e-4), "the TorchScript file disagrees with the network"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    params = sum(p.numel() for p in model.parameters())
+
+    recipe = dataclasses.asdict(scenes.RECIPE)
+    per_class = "\n".join(f"{label} = {report['per_class'][label]:.4f}" for label in LABELS)
+    confusion = "\n".join(f"  {_toml_value(row)}, # {label}" for row, label in zip(report["confusion"], LABELS))
+    recipe_lines = "\n".join(f"{key} = {_toml_value(value)}" for key, value in recipe.items())
+    (MODEL_DIR / "model.toml").write_text(
+        f'''# The default model of motion-host; written by train/export.py (see train/README.md).
+name = "{NAME}"
+version = "{VERSION}"
+format = "torchscript"
+file = "model.pt"
+sha256 = "{digest}"
+description = "ResNet-18 camera-motion classifier: 8 luma frames of 112x112 in, 16 motion logits out"
+
+[[inputs]]
+name = "input"
+shape = [-1, 8, 112, 112]
+dtype = "FP32"
+
+[[outputs]]
+name = "logits"
+shape = [-1, {len(LABELS)}]
+dtype = "FP32"
+
+[provenance]
+made_by = "models/motion-resnet18/train/run"
+torch = "{torch.__version__.split('+')[0]}"
+parameters = {params}
+architecture = "models/motion-resnet18/make_model.py: torchvision's resnet18 layout, 8-channel stem, 16-way head"
+weights = "trained from scratch on synthetic layered-scene clips (train/scenes.py)"
+training_clips = {cfg.train_clips}
+training_seeds = "0..{cfg.train_clips - 1}, label = seed mod 16"
+training_photos = {_toml_value(scenes.TRAIN_PHOTOS)}
+symmetries = "time reversal, left-right and up-down mirrors, x/y transpose, each with its label map (16 per clip)"
+steps = {cfg.steps}
+batch = {cfg.batch}
+optimiser = "AdamW, one-cycle learning rate peaking at {cfg.lr}, weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}"
+seed = {cfg.seed}
+training_minutes = {report['training_minutes']:.1f}
+machine = "2 CPU cores (x86-64), torch CPU"
+generator_digest = "{generator_digest()}"
+
+[provenance.recipe]
+{recipe_lines}
+
+[evaluation]
+dataset = "held-out synthetic clips: seeds {HELDOUT_SEED}..{HELDOUT_SEED + cfg.heldout_clips - 1}, photographs no training clip used"
+heldout_photos = {_toml_value(scenes.HELDOUT_PHOTOS)}
+clips = {report['clips']}
+top1 = {report['top1']:.4f}
+confusion_png = "confusion.png"
+# Rows are the true label, columns the predicted one, in label order.
+confusion = [
+{confusion}
+]
+
+[evaluation.per_class]
+{per_class}
+'''
+    )
+    print(f"export: wrote {path} ({path.stat().st_size} bytes, sha256 {digest}) and model.toml", flush=True)
+    print(f"export: cached inputs and checkpoints stay in {CACHE}", flush=True)

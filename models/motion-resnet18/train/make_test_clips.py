@@ -1,0 +1,47 @@
+"""Writes the clips the test suite posts to the running server (tests/clips/): one animated GIF
+per label, and PNG frames for a few labels, rendered by scenes.py in colour from seeds and
+photographs that neither training nor evaluation used. Kept small (long side 112..160 px,
+8..16 frames) so the repository stays light.
+
+    python make_test_clips.py      # run by hand after the generator changes; the files are committed
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import numpy as np
+from PIL import Image
+
+import scenes
+
+OUT = pathlib.Path(__file__).resolve().parents[3] / "tests" / "clips"
+SEED = 2_000_000_000
+PNG_LABELS = ("pan_left", "truck_right", "dolly_in")
+RECIPE = scenes.Recipe(long_side=(112, 160), frames=(8, 16), short_clip_chance=0.0, noise=(0.0, 0.01))
+
+
+def frames(label: str) -> list[Image.Image]:
+    clip = scenes.Clip.draw(SEED + scenes.LABELS.index(label), scenes.LABELS.index(label), scenes.HELDOUT_PHOTOS, RECIPE)
+    rgb = clip.render(channels=3).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(np.round(f * 255).astype(np.uint8)) for f in rgb]
+
+
+def main() -> None:
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+    for label in scenes.LABELS:
+        clip = frames(label)
+        clip[0].save(OUT / f"{label}.gif", save_all=True, append_images=clip[1:], duration=40, loop=0)
+        if label in PNG_LABELS:
+            (OUT / label).mkdir()
+            for i, frame in enumerate(clip):
+                frame.save(OUT / label / f"{i:03d}.png")
+    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
+    print(f"wrote {len(scenes.LABELS)} GIFs and {len(PNG_LABELS)} PNG clips to {OUT} ({total / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()

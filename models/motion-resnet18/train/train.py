@@ -1,0 +1,335 @@
+"""Trains motion-resnet18 on synthetic clips and writes it in the model contract.
+
+    python train.py all        # render, fit, evaluate, export: what `./run` does
+    python train.py render     # render the clip caches (resumable, shard by shard)
+    python train.py fit        # train from the caches (checkpoints; a stopped run resumes)
+    python train.py evaluate   # held-out accuracy, per-class accuracy, confusion matrix PNG
+    python train.py export     # TorchScript model.pt and model.toml beside make_model.py
+
+Clips come from scenes.py: the training set from seeds 0.. and the photographs in
+TRAIN_PHOTOS, the held-out set from seeds 1,000,000,000.. and HELDOUT_PHOTOS. Each clip is
+rendered only at the 8 frames the contract samples, and turned into the model input by
+preprocess.py, the guest's numbers. Rendered inputs are cached (float16) under
+$MOTION_HOST_CACHE/train, keyed by a digest of the generator, so a changed generator renders
+afresh. Training multiplies each cached clip by 16 exact symmetries: time reversal, left-right
+and up-down mirrors and the x/y transpose, each with the label it turns the motion into.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = pathlib.Path(__file__).resolve().parent
+MODEL_DIR = HERE.parent
+sys.path.insert(0, str(MODEL_DIR))
+
+import preprocess  # noqa: E402
+import scenes  # noqa: E402
+from make_model import MotionResNet18  # noqa: E402
+
+CACHE = pathlib.Path(os.environ.get("MOTION_HOST_CACHE", pathlib.Path.home() / ".cache" / "motion-host")) / "train"
+SHARD = 500
+HELDOUT_SEED = 1_000_000_000
+LABELS = scenes.LABELS
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    train_clips: int = 10_000
+    heldout_clips: int = 1_600
+    steps: int = 3_000
+    batch: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.05
+    seed: int = 20261122
+    threads: int = 2
+
+
+def generator_digest() -> str:
+    """What the cached inputs depend on: the generator, the preprocessing, torch and numpy."""
+    h = hashlib.sha256()
+    for name in ("scenes.py", "preprocess.py"):
+        h.update((HERE / name).read_bytes())
+    h.update(f"{torch.__version__} {np.__version__}".encode())
+    return h.hexdigest()[:12]
+
+
+def clip_input(clip: scenes.Clip) -> np.ndarray:
+    """The model input [8, 112, 112] of one clip, rendering only the sampled frames."""
+    indices = preprocess.sample_indices(clip.frames)
+    distinct = sorted(set(indices))
+    frames = clip.render(distinct)[:, 0].numpy()
+    resized = {i: preprocess.normalise(preprocess.resize(f)) for i, f in zip(distinct, frames)}
+    return np.stack([resized[i] for i in indices]).astype(np.float32)
+
+
+def _render_shard(job: tuple[str, int, int, str]) -> str:
+    split, first, count, path = job
+    torch.set_num_threads(1)
+    photos = scenes.TRAIN_PHOTOS if split == "train" else scenes.HELDOUT_PHOTOS
+    inputs = np.empty((count, 8, 112, 112), dtype=np.float16)
+    labels = np.empty(count, dtype=np.int64)
+    for k in range(count):
+        seed = first + k
+        label = seed % len(LABELS)
+        inputs[k] = clip_input(scenes.Clip.draw(seed, label, photos))
+        labels[k] = label
+    tmp = path + ".tmp"
+    torch.save({"inputs": torch.from_numpy(inputs), "labels": torch.from_numpy(labels), "first_seed": first}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def shard_paths(split: str, clips: int) -> list[tuple[str, int, int, str]]:
+    base = 0 if split == "train" else HELDOUT_SEED
+    digest = generator_digest()
+    return [
+        (split, base + first, min(SHARD, clips - first), str(CACHE / f"{split}-{digest}-{first // SHARD:04d}.pt"))
+        for first in range(0, clips, SHARD)
+    ]
+
+
+def render(cfg: Config) -> None:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    jobs = [j for split, n in (("heldout", cfg.heldout_clips), ("train", cfg.train_clips)) for j in shard_paths(split, n)]
+    todo = [j for j in jobs if not os.path.exists(j[3])]
+    # One thread per worker, for numpy's BLAS too: the workers already fill the cores.
+    os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    print(f"render: {len(jobs) - len(todo)} of {len(jobs)} shards cached in {CACHE}", flush=True)
+    start = time.time()
+    with multiprocessing.get_context("spawn").Pool(cfg.threads) as pool:
+        for done, path in enumerate(pool.imap_unordered(_render_shard, todo), 1):
+            print(f"render: {done}/{len(todo)} {pathlib.Path(path).name} ({time.time() - start:.0f} s)", flush=True)
+
+
+def load(split: str, clips: int) -> tuple[torch.Tensor, torch.Tensor]:
+    shards = [torch.load(p, weights_only=True) for *_, p in shard_paths(split, clips)]
+    return torch.cat([s["inputs"] for s in shards]), torch.cat([s["labels"] for s in shards])
+
+
+def _swap(*pairs: tuple[str, str]) -> torch.Tensor:
+    table = list(range(len(LABELS)))
+    for a, b in pairs:
+        i, j = LABELS.index(a), LABELS.index(b)
+        table[i], table[j] = j, i
+    return torch.tensor(table)
+
+
+# What each symmetry of a clip does to its label.
+REVERSE = _swap(
+    ("pan_left", "pan_right"),
+    ("tilt_up", "tilt_down"),
+    ("zoom_in", "zoom_out"),
+    ("roll_clockwise", "roll_counterclockwise"),
+    ("truck_left", "truck_right"),
+    ("pedestal_up", "pedestal_down"),
+    ("dolly_in", "dolly_out"),
+)
+MIRROR_X = _swap(("pan_left", "pan_right"), ("truck_left", "truck_right"), ("roll_clockwise", "roll_counterclockwise"))
+MIRROR_Y = _swap(("tilt_up", "tilt_down"), ("pedestal_up", "pedestal_down"), ("roll_clockwise", "roll_counterclockwise"))
+# Swapping x and y turns content sliding right (+x) into content sliding down (+y).
+TRANSPOSE = _swap(
+    ("pan_left", "tilt_up"),
+    ("pan_right", "tilt_down"),
+    ("truck_left", "pedestal_up"),
+    ("truck_right", "pedestal_down"),
+    ("roll_clockwise", "roll_counterclockwise"),
+)
+
+
+def symmetrise(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Applies a random one of the 16 symmetries to each clip of a batch [B, 8, H, W]."""
+    x, y = x.clone(), y.clone()
+    for table, op in (
+        (REVERSE, lambda t: t.flip(0)),
+        (MIRROR_X, lambda t: t.flip(2)),
+        (MIRROR_Y, lambda t: t.flip(1)),
+        (TRANSPOSE, lambda t: t.transpose(1, 2)),
+    ):
+        chosen = torch.rand(len(y), generator=gen) < 0.5
+        for i in torch.nonzero(chosen).flatten().tolist():
+            x[i] = op(x[i]).clone()
+        y = torch.where(chosen, table[y], y)
+    return x, y
+
+
+def checkpoint_path(cfg: Config) -> pathlib.Path:
+    key = hashlib.sha256(f"{generator_digest()} {cfg}".encode()).hexdigest()[:12]
+    return CACHE / f"checkpoint-{key}.pt"
+
+
+def fit(cfg: Config) -> None:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    x_train, y_train = load("train", cfg.train_clips)
+    x_held, y_held = load("heldout", cfg.heldout_clips)
+    print(f"fit: {len(y_train)} training clips, {len(y_held)} held out, {cfg.steps} steps of {cfg.batch}", flush=True)
+
+    model = MotionResNet18().to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimiser = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, elapsed = 0, 0.0
+    path = checkpoint_path(cfg)
+    if path.exists():
+        state = torch.load(path, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        gen.set_state(state["generator"])
+        step, elapsed = state["step"], state["elapsed"]
+        print(f"fit: resumed at step {step} from {path}", flush=True)
+    if step >= cfg.steps:
+        return
+
+    def save() -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "schedule": schedule.state_dict(),
+                "generator": gen.get_state(),
+                "step": step,
+                "elapsed": elapsed,
+                "config": dataclasses.asdict(cfg),
+            },
+            tmp,
+        )
+        os.replace(tmp, path)
+
+    model.train()
+    seen_loss, seen_right, seen = 0.0, 0, 0
+    mark = time.time()
+    while step < cfg.steps:
+        picks = torch.randint(len(y_train), (cfg.batch,), generator=gen)
+        x, y = symmetrise(x_train[picks].float(), y_train[picks], gen)
+        logits = model(x.contiguous(memory_format=torch.channels_last))
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        step += 1
+        seen_loss += loss.item() * len(y)
+        seen_right += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        if step % 50 == 0 or step == cfg.steps:
+            now = time.time()
+            elapsed += now - mark
+            mark = now
+            line = f"fit: step {step}/{cfg.steps} loss {seen_loss / seen:.3f} train-acc {seen_right / seen:.3f} lr {schedule.get_last_lr()[0]:.2e} {elapsed / 60:.1f} min"
+            if step % 500 == 0 or step == cfg.steps:
+                accuracy = (predict(model, x_held[:400]) == y_held[:400]).float().mean().item()
+                model.train()
+                line += f" held-out(400) {accuracy:.3f}"
+                mark = time.time()
+            print(line, flush=True)
+            seen_loss, seen_right, seen = 0.0, 0, 0
+            save()
+    torch.save({"model": model.state_dict(), "elapsed": elapsed, "config": dataclasses.asdict(cfg)}, CACHE / "final.pt")
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, inputs: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(inputs[i : i + batch].float()).argmax(1) for i in range(0, len(inputs), batch)])
+
+
+def trained(cfg: Config) -> tuple[torch.nn.Module, dict]:
+    state = torch.load(CACHE / "final.pt", weights_only=False)
+    if state["config"] != dataclasses.asdict(cfg):
+        raise SystemExit(f"{CACHE / 'final.pt'} was trained with another configuration; run fit")
+    model = MotionResNet18()
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def evaluate(cfg: Config) -> dict:
+    torch.set_num_threads(cfg.threads)
+    model, state = trained(cfg)
+    x, y = load("heldout", cfg.heldout_clips)
+    guess = predict(model, x)
+    n = len(LABELS)
+    confusion = torch.zeros(n, n, dtype=torch.int64)
+    for truth, g in zip(y.tolist(), guess.tolist()):
+        confusion[truth, g] += 1
+    per_class = {LABELS[i]: confusion[i, i].item() / max(1, confusion[i].sum().item()) for i in range(n)}
+    report = {
+        "top1": (guess == y).float().mean().item(),
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+        "clips": len(y),
+        "training_minutes": state["elapsed"] / 60,
+    }
+    (CACHE / "evaluation.json").write_text(json.dumps(report, indent=1))
+    plot_confusion(confusion, report["top1"], MODEL_DIR / "confusion.png")
+    print(f"evaluate: top-1 {report['top1']:.4f} on {len(y)} held-out clips", flush=True)
+    for label, accuracy in per_class.items():
+        print(f"  {label:24s} {accuracy:.3f}", flush=True)
+    return report
+
+
+def plot_confusion(confusion: torch.Tensor, top1: float, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(9, 8), dpi=100)
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(LABELS)):
+        for j in range(len(LABELS)):
+            if confusion[i, j]:
+                colour = "white" if rates[i, j] > 0.5 else "black"
+                ax.text(j, i, str(confusion[i, j].item()), ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xticks(range(len(LABELS)), LABELS, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(LABELS)), LABELS, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"motion-resnet18 on {confusion.sum().item()} held-out synthetic clips: top-1 {top1:.1%}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=("all", "render", "fit", "evaluate", "export"))
+    for field in dataclasses.fields(Config):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+    args = parser.parse_args()
+    cfg = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+    if args.stage in ("all", "render"):
+        render(cfg)
+    if args.stage in ("all", "fit"):
+        fit(cfg)
+    if args.stage in ("all", "evaluate"):
+        evaluate(cfg)
+    if args.stage in ("all", "export"):
+        import export
+
+        export.export(cfg, trained(cfg)[0], json.loads((CACHE / "evaluation.json").read_text()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+//! The trained default model, end to end.
+//!
+//! - Clips the model never saw (`tests/clips/`, rendered by the training pipeline's generator
+//!   from seeds and photographs that neither training nor evaluation used), posted to the
+//!   running server as an animated GIF and as PNG frames, come back labelled with the motion
+//!   they show.
+//! - The training pipeline's preprocessing (`models/motion-resnet18/train/preprocess.py`) and
+//!   the guest's (`motion_guest::prepare`, the code the guest runs in wasm, built natively)
+//!   give the same model input for the same files, within the contract's 0.02 per element.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use motion_guest::decode::{Limits, Media};
+use motion_host_tests::{Server, ServerBuilder, json, repo_root};
+use reqwest::blocking::multipart::{Form, Part};
+
+/// The 16 labels of the model contract, in index order.
+const LABELS: [&str; 16] = [
+    "static",
+    "pan_left",
+    "pan_right",
+    "tilt_up",
+    "tilt_down",
+    "zoom_in",
+    "zoom_out",
+    "roll_clockwise",
+    "roll_counterclockwise",
+    "truck_left",
+    "truck_right",
+    "pedestal_up",
+    "pedestal_down",
+    "dolly_in",
+    "dolly_out",
+    "shake",
+];
+
+fn clips_dir() -> PathBuf {
+    repo_root().join("tests/clips")
+}
+
+/// The PNG frames of one clip directory, in time order.
+fn frame_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no frames in {}", dir.display());
+    files
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Posts one clip and returns the label the server gave it and its probability.
+fn classify(server: &Server, files: &[PathBuf]) -> (String, f64) {
+    let request = server.client().post(server.url("/v1/classify?top_k=3"));
+    let response = if files.len() == 1 {
+        request.header("content-type", "image/gif").body(read(&files[0])).send().unwrap()
+    } else {
+        let mut form = Form::new();
+        for file in files {
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            form = form.part("frame", Part::bytes(read(file)).file_name(name).mime_str("image/png").unwrap());
+        }
+        request.multipart(form).send().unwrap()
+    };
+    let (status, body) = json(response);
+    assert_eq!(status, 200, "{body}");
+    let label = body["label"].as_str().unwrap().to_owned();
+    let top = &body["top_k"][0];
+    assert_eq!(top["label"], label.as_str(), "{body}");
+    (label, top["probability"].as_f64().unwrap())
+}
+
+#[test]
+fn clips_the_model_never_saw_are_classified_as_the_motion_they_show() {
+    let server = ServerBuilder::new().tls().start();
+    let mut cases: Vec<(&str, &str, Vec<PathBuf>)> =
+        LABELS.iter().map(|label| (*label, "gif", vec![clips_dir().join(format!("{label}.gif"))])).collect();
+    for label in LABELS {
+        let dir = clips_dir().join(label);
+        if dir.is_dir() {
+            cases.push((label, "png frames", frame_files(&dir)));
+        }
+    }
+    assert!(cases.len() > LABELS.len(), "tests/clips has no PNG-frame clips");
+
+    let mut wrong = Vec::new();
+    for (label, form, files) in &cases {
+        let (got, probability) = classify(&server, files);
+        println!("{label:24} {form:10} -> {got} ({probability:.3})");
+        if got != *label {
+            wrong.push(format!("{label} as {form} was classified {got} ({probability:.3})"));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} clips misclassified:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
+}
+
+/// The Python that runs the training pipeline's preprocessing: scripts/test installs numpy and
+/// Pillow into a cached virtual environment and names it in MOTION_HOST_TEST_PYTHON.
+fn python() -> PathBuf {
+    match std::env::var_os("MOTION_HOST_TEST_PYTHON") {
+        Some(path) => PathBuf::from(path),
+        None => panic!(
+            "MOTION_HOST_TEST_PYTHON is not set: run the suite with scripts/test, which installs \
+             numpy and Pillow and sets it, or point it at a python3 that has both"
+        ),
+    }
+}
+
+/// The model input the training pipeline makes of `files`.
+fn training_input(files: &[PathBuf]) -> Vec<f32> {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let status = Command::new(python())
+        .arg(repo_root().join("models/motion-resnet18/train/preprocess.py"))
+        .arg(out.path())
+        .args(files)
+        .status()
+        .expect("run preprocess.py");
+    assert!(status.success(), "preprocess.py failed on {files:?}");
+    read(out.path()).chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// The model input the guest makes of `files`.
+fn guest_input(files: &[PathBuf], content_type: &str) -> Vec<f32> {
+    let data: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect();
+    let media: Vec<Media> = data.iter().map(|d| Media { content_type, data: d }).collect();
+    motion_guest::prepare(&media, &Limits::default(), false).unwrap().input
+}
+
+#[test]
+fn training_preprocessing_gives_the_guest_tensors() {
+    let root = repo_root();
+    let cases = [
+        ("GIF", vec![clips_dir().join("roll_clockwise.gif")], "image/gif"),
+        ("PNG frames", frame_files(&clips_dir().join("dolly_in")), "image/png"),
+        ("RGB PNG frames, 160x90", frame_files(&root.join("examples/frames")), "image/png"),
+        ("Y4M", vec![root.join("examples/clip.y4m")], "video/x-yuv4mpeg"),
+        ("GIF, 16 frames", vec![root.join("examples/clip.gif")], "image/gif"),
+    ];
+    for (what, files, content_type) in cases {
+        let ours = guest_input(&files, content_type);
+        let theirs = training_input(&files);
+        assert_eq!(ours.len(), 8 * 112 * 112, "{what}");
+        assert_eq!(theirs.len(), ours.len(), "{what}");
+        let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let spread = ours.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        println!("{what:24} largest difference {worst:.2e} (values up to {spread:.2})");
+        assert!(worst <= 0.02, "{what}: the training pipeline and the guest differ by {worst}");
+        // The clips are not blank: a difference of 0 would prove nothing.
+        assert!(spread > 0.5, "{what}: the input is nearly flat");
+    }
+}
