@@ -1,26 +1,25 @@
-"""Builds models/motion-resnet18/model.pt and model.toml: the default model of motion-host.
+"""The architecture of motion-host's default model, motion-resnet18.
 
 A ResNet-18 whose first convolution takes 8 channels (8 luma frames of 112x112, channel i is
 frame i in time order) and whose head gives 16 logits, one per camera motion. The labels are
 not part of the model: the guest names them.
 
-This script writes untrained weights drawn from a fixed seed, so that the serving plumbing has
-a real network of the contract's shape and cost to run; the weights are reproducible bit for
-bit with the same torch version. Training replaces them without changing the contract.
+The shipped weights (model.pt, model.toml) are trained by train/ (see train/README.md). Run as
+a script, this file writes the same network with untrained weights drawn from a fixed seed
+(reproducible bit for bit with the same torch version) to the path given: a network of the
+contract's shape and cost but no skill, for plumbing and load experiments.
 
-    python make_model.py            # writes model.pt and model.toml beside this file
+    python make_model.py untrained.pt
 """
 
 import hashlib
 import pathlib
+import sys
 import time
 
 import torch
 from torch import nn
 
-HERE = pathlib.Path(__file__).resolve().parent
-NAME = "motion-resnet18"
-VERSION = "0.1.0"
 SEED = 20261121
 FRAMES, SIZE, CLASSES = 8, 112, 16
 
@@ -73,13 +72,14 @@ class MotionResNet18(nn.Module):
 
 
 def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: python make_model.py OUT.pt   (the shipped model.pt comes from train/run)")
     torch.manual_seed(SEED)
     model = MotionResNet18().eval()
-    scripted = torch.jit.script(model)
-    path = HERE / "model.pt"
-    scripted.save(str(path))
+    path = pathlib.Path(sys.argv[1])
+    torch.jit.script(model).save(str(path))
 
-    # Check what was written against the contract before describing it.
+    # Check what was written against the contract.
     loaded = torch.jit.load(str(path)).eval()
     with torch.inference_mode():
         for batch in (1, 4):
@@ -90,37 +90,6 @@ def main() -> None:
         forward_ms = (time.perf_counter() - start) * 1000
     params = sum(p.numel() for p in model.parameters())
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-
-    (HERE / "model.toml").write_text(
-        f'''# The default model of motion-host; written by make_model.py.
-name = "{NAME}"
-version = "{VERSION}"
-format = "torchscript"
-file = "model.pt"
-sha256 = "{digest}"
-description = "ResNet-18 camera-motion classifier: 8 luma frames of 112x112 in, 16 motion logits out"
-
-[[inputs]]
-name = "input"
-shape = [-1, {FRAMES}, {SIZE}, {SIZE}]
-dtype = "FP32"
-
-[[outputs]]
-name = "logits"
-shape = [-1, {CLASSES}]
-dtype = "FP32"
-
-[provenance]
-made_by = "models/motion-resnet18/make_model.py"
-torch = "{torch.__version__.split('+')[0]}"
-seed = {SEED}
-parameters = {params}
-weights = "untrained: drawn from the fixed seed; the network has the contract's shape and cost, not its skill"
-
-[evaluation]
-status = "not evaluated: untrained weights give chance-level accuracy (1/16)"
-'''
-    )
     print(f"wrote {path} ({path.stat().st_size} bytes, {params} parameters, sha256 {digest}, forward {forward_ms:.1f} ms)")
 
 
