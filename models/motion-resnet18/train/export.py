@@ -10,7 +10,7 @@ import pathlib
 import torch
 
 import scenes
-from train import CACHE, HELDOUT_SEED, LABELS, MODEL_DIR, Config, generator_digest
+from train import CACHE, HELDOUT_SEED, LABELS, MODEL_DIR, Config, generator_digest, phases
 
 NAME = "motion-resnet18"
 VERSION = "1.0.0"
@@ -75,11 +75,13 @@ training_clips = {cfg.train_clips}
 training_seeds = "0..{cfg.train_clips - 1}, label = seed mod 16"
 training_photos = {_toml_value(scenes.TRAIN_PHOTOS)}
 symmetries = "time reversal, left-right and up-down mirrors, x/y transpose, each with its label map (16 per clip)"
-steps = {cfg.steps}
+steps = {_toml_value([steps for steps, _ in phases(cfg)])}
+peak_learning_rates = {_toml_value([lr for _, lr in phases(cfg)])}
 batch = {cfg.batch}
-optimiser = "AdamW, one-cycle learning rate peaking at {cfg.lr}, weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}"
+optimiser = "AdamW, one-cycle learning rate per cycle (the second cycle starts from the first's weights), weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}"
 seed = {cfg.seed}
 training_minutes = {report['training_minutes']:.1f}
+cycle_minutes = {_toml_value([round(m, 1) for m in report['cycle_minutes']])}
 machine = "2 CPU cores (x86-64), torch CPU"
 generator_digest = "{generator_digest()}"
 

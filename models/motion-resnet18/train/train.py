@@ -55,6 +55,8 @@ class Config:
     lr: float = 2e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.05
+    polish_steps: int = 1_500
+    polish_lr: float = 5e-4
     seed: int = 20261122
     threads: int = 2
 
@@ -167,9 +169,15 @@ def symmetrise(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[
     return x, y
 
 
-def checkpoint_path(cfg: Config) -> pathlib.Path:
+def checkpoint_path(cfg: Config, phase: int) -> pathlib.Path:
     key = hashlib.sha256(f"{generator_digest()} {cfg}".encode()).hexdigest()[:12]
-    return CACHE / f"checkpoint-{key}.pt"
+    return CACHE / f"checkpoint-{key}-{phase}.pt"
+
+
+def phases(cfg: Config) -> list[tuple[int, float]]:
+    """(steps, peak learning rate) of each learning-rate cycle: the main one, then a shorter,
+    gentler one from its weights, which settles the last parallax confusions."""
+    return [(cfg.steps, cfg.lr)] + ([(cfg.polish_steps, cfg.polish_lr)] if cfg.polish_steps else [])
 
 
 def fit(cfg: Config) -> None:
@@ -177,18 +185,30 @@ def fit(cfg: Config) -> None:
     torch.manual_seed(cfg.seed)
     x_train, y_train = load("train", cfg.train_clips)
     x_held, y_held = load("heldout", cfg.heldout_clips)
-    print(f"fit: {len(y_train)} training clips, {len(y_held)} held out, {cfg.steps} steps of {cfg.batch}", flush=True)
-
+    plan = " then ".join(f"{steps} steps (peak lr {lr})" for steps, lr in phases(cfg))
+    print(f"fit: {len(y_train)} training clips, {len(y_held)} held out, batches of {cfg.batch}: {plan}", flush=True)
     model = MotionResNet18().to(memory_format=torch.channels_last)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    minutes = []
+    for phase, (steps, lr) in enumerate(phases(cfg)):
+        minutes.append(_cycle(cfg, phase, steps, lr, model, (x_train, y_train), (x_held, y_held)) / 60)
+    final = {"model": model.state_dict(), "config": dataclasses.asdict(cfg), "minutes": minutes}
+    torch.save(final, CACHE / "final.tmp")
+    os.replace(CACHE / "final.tmp", CACHE / "final.pt")
+
+
+def _cycle(cfg: Config, phase: int, steps: int, lr: float, model: torch.nn.Module, train: tuple, held: tuple) -> float:
+    """One learning-rate cycle from the model's current weights (resuming from its checkpoint
+    if it was stopped); returns the seconds it trained."""
+    (x_train, y_train), (x_held, y_held) = train, held
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
     optimiser = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
     )
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(cfg.seed + phase)
     step, elapsed = 0, 0.0
-    path = checkpoint_path(cfg)
+    path = checkpoint_path(cfg, phase)
     if path.exists():
         state = torch.load(path, weights_only=False)
         model.load_state_dict(state["model"])
@@ -196,9 +216,9 @@ def fit(cfg: Config) -> None:
         schedule.load_state_dict(state["schedule"])
         gen.set_state(state["generator"])
         step, elapsed = state["step"], state["elapsed"]
-        print(f"fit: resumed at step {step} from {path}", flush=True)
-    if step >= cfg.steps:
-        return
+        print(f"fit: cycle {phase + 1} resumed at step {step} from {path}", flush=True)
+    if step >= steps:
+        return elapsed
 
     def save() -> None:
         tmp = path.with_suffix(".tmp")
@@ -219,7 +239,7 @@ def fit(cfg: Config) -> None:
     model.train()
     seen_loss, seen_right, seen = 0.0, 0, 0
     mark = time.time()
-    while step < cfg.steps:
+    while step < steps:
         picks = torch.randint(len(y_train), (cfg.batch,), generator=gen)
         x, y = symmetrise(x_train[picks].float(), y_train[picks], gen)
         logits = model(x.contiguous(memory_format=torch.channels_last))
@@ -232,12 +252,15 @@ def fit(cfg: Config) -> None:
         seen_loss += loss.item() * len(y)
         seen_right += (logits.argmax(1) == y).sum().item()
         seen += len(y)
-        if step % 50 == 0 or step == cfg.steps:
+        if step % 50 == 0 or step == steps:
             now = time.time()
             elapsed += now - mark
             mark = now
-            line = f"fit: step {step}/{cfg.steps} loss {seen_loss / seen:.3f} train-acc {seen_right / seen:.3f} lr {schedule.get_last_lr()[0]:.2e} {elapsed / 60:.1f} min"
-            if step % 500 == 0 or step == cfg.steps:
+            line = (
+                f"fit: cycle {phase + 1} step {step}/{steps} loss {seen_loss / seen:.3f} "
+                f"train-acc {seen_right / seen:.3f} lr {schedule.get_last_lr()[0]:.2e} {elapsed / 60:.1f} min"
+            )
+            if step % 500 == 0 or step == steps:
                 accuracy = (predict(model, x_held[:400]) == y_held[:400]).float().mean().item()
                 model.train()
                 line += f" held-out(400) {accuracy:.3f}"
@@ -245,7 +268,7 @@ def fit(cfg: Config) -> None:
             print(line, flush=True)
             seen_loss, seen_right, seen = 0.0, 0, 0
             save()
-    torch.save({"model": model.state_dict(), "elapsed": elapsed, "config": dataclasses.asdict(cfg)}, CACHE / "final.pt")
+    return elapsed
 
 
 @torch.inference_mode()
@@ -278,7 +301,8 @@ def evaluate(cfg: Config) -> dict:
         "per_class": per_class,
         "confusion": confusion.tolist(),
         "clips": len(y),
-        "training_minutes": state["elapsed"] / 60,
+        "training_minutes": sum(state["minutes"]),
+        "cycle_minutes": state["minutes"],
     }
     (CACHE / "evaluation.json").write_text(json.dumps(report, indent=1))
     plot_confusion(confusion, report["top1"], MODEL_DIR / "confusion.png")
