@@ -106,7 +106,13 @@ fn clips_the_model_never_saw_are_classified_as_the_motion_they_show() {
         }
     }
     assert!(lost.is_empty(), "true label outside the top 3:\n{}", lost.join("\n"));
-    assert!(wrong.len() <= 1, "{} of {} clips misclassified:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
+    assert!(
+        wrong.len() <= 1,
+        "{} of {} clips misclassified:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
 }
 
 /// The Python that runs the training pipeline's preprocessing: scripts/test installs numpy and
