@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import pathlib
