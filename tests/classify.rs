@@ -2,7 +2,7 @@
 //! distribution over all 16 labels, every error case, and a guest fault that leaves the host
 //! serving.
 
-use motion_host_tests::{Server, ServerBuilder, assert_error, clips, json};
+use motion_host_tests::{Server, ServerBuilder, assert_error, clips, default_model_version, json};
 use reqwest::blocking::multipart::{Form, Part};
 
 /// The 16 labels of the model contract, in index order.
@@ -84,7 +84,10 @@ fn assert_classification(
     assert_eq!(body["guest"]["version"], "0.1.0");
     let digest = body["guest"]["digest"].as_str().unwrap();
     assert!(digest.starts_with("sha256:") && digest.len() == 7 + 64, "{digest}");
-    assert_eq!(body["model"], serde_json::json!({"name": "motion-resnet18", "version": "0.1.0"}));
+    assert_eq!(
+        body["model"],
+        serde_json::json!({"name": "motion-resnet18", "version": default_model_version()})
+    );
     let t = &body["timings_ms"];
     for stage in ["preprocess", "queue", "inference", "postprocess", "total"] {
         assert!(t[stage].as_f64().is_some_and(|v| v >= 0.0), "{stage}: {t}");

@@ -48,6 +48,15 @@ pub fn test_guest(name: &str) -> PathBuf {
 /// The admin token the harness configures with [`ServerBuilder::admin_token`].
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// The version the default model's manifest declares, which the server reports with every
+/// classification.
+pub fn default_model_version() -> String {
+    let path = repo_root().join("models/motion-resnet18/model.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let manifest: toml::Table = text.parse().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    manifest["version"].as_str().expect("model.toml has a version").to_owned()
+}
+
 /// A port that was free a moment ago (for tests that must choose the port, like `PORT`).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
