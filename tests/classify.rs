@@ -2,28 +2,8 @@
 //! distribution over all 16 labels, every error case, and a guest fault that leaves the host
 //! serving.
 
-use motion_host_tests::{Server, ServerBuilder, assert_error, clips, default_model_version, json};
+use motion_host_tests::{LABELS, Server, ServerBuilder, assert_error, clips, default_model_version, json};
 use reqwest::blocking::multipart::{Form, Part};
-
-/// The 16 labels of the model contract, in index order.
-const LABELS: [&str; 16] = [
-    "static",
-    "pan_left",
-    "pan_right",
-    "tilt_up",
-    "tilt_down",
-    "zoom_in",
-    "zoom_out",
-    "roll_clockwise",
-    "roll_counterclockwise",
-    "truck_left",
-    "truck_right",
-    "pedestal_up",
-    "pedestal_down",
-    "dolly_in",
-    "dolly_out",
-    "shake",
-];
 
 /// An HTTPS server with the default model and guest and an 8 MB body limit.
 fn server() -> Server {

@@ -15,28 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use motion_guest::decode::{Limits, Media};
-use motion_host_tests::{Server, ServerBuilder, json, repo_root};
+use motion_host_tests::{LABELS, Server, ServerBuilder, json, repo_root};
 use reqwest::blocking::multipart::{Form, Part};
-
-/// The 16 labels of the model contract, in index order.
-const LABELS: [&str; 16] = [
-    "static",
-    "pan_left",
-    "pan_right",
-    "tilt_up",
-    "tilt_down",
-    "zoom_in",
-    "zoom_out",
-    "roll_clockwise",
-    "roll_counterclockwise",
-    "truck_left",
-    "truck_right",
-    "pedestal_up",
-    "pedestal_down",
-    "dolly_in",
-    "dolly_out",
-    "shake",
-];
 
 fn clips_dir() -> PathBuf {
     repo_root().join("tests/clips")

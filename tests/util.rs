@@ -45,6 +45,27 @@ pub fn test_guest(name: &str) -> PathBuf {
     path
 }
 
+/// The 16 labels of the model contract, in index order: written out here, not taken from the
+/// guest, so that the tests check the guest against the contract.
+pub const LABELS: [&str; 16] = [
+    "static",
+    "pan_left",
+    "pan_right",
+    "tilt_up",
+    "tilt_down",
+    "zoom_in",
+    "zoom_out",
+    "roll_clockwise",
+    "roll_counterclockwise",
+    "truck_left",
+    "truck_right",
+    "pedestal_up",
+    "pedestal_down",
+    "dolly_in",
+    "dolly_out",
+    "shake",
+];
+
 /// The admin token the harness configures with [`ServerBuilder::admin_token`].
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
