@@ -64,7 +64,7 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let key = args.tls_key.clone().map(|p| (p, source_of(matches, "tls_key", "--tls-key", "TLS_KEYFILE")));
     let plan = tls::resolve(cert, key, &args.tls_dir)?;
     let tls_config = match &plan {
-        TlsPlan::Files { cert, key, .. } => Some(tls::load(cert, key)?),
+        TlsPlan::Files { cert, key, .. } => Some(RustlsConfig::from_config(tls::load(cert, key)?)),
         TlsPlan::Plain => None,
     };
     // With --guest-dir, the built-in default --guest gives way to the directory.
@@ -129,8 +129,8 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         let header_timeout = args.header_timeout;
         match &tls_config {
             Some(config) => {
-                let mut server =
-                    axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(Arc::clone(config)));
+                // One configuration for all listeners, so a reloaded certificate reaches each.
+                let mut server = axum_server::from_tcp_rustls(listener, config.clone());
                 bound_header_reads(server.http_builder(), header_timeout);
                 servers.spawn(async move { server.handle(handle).serve(service).await });
             }
@@ -173,6 +173,18 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let cert_path = match &plan {
         TlsPlan::Files { cert, .. } => Some(cert.clone()),
         TlsPlan::Plain => None,
+    };
+    let _tls_watcher = match (&plan, &tls_config) {
+        (TlsPlan::Files { cert, key, .. }, Some(config)) => {
+            match tls::watch(config.clone(), cert.clone(), key.clone()) {
+                Ok(watcher) => Some(watcher),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the TLS files: a new certificate needs a restart");
+                    None
+                }
+            }
+        }
+        _ => None,
     };
     let state = ServeState::new(scheme, bound.clone(), cert_path);
     if let Err(e) = state.write(&args.state_file) {

@@ -4,10 +4,18 @@
 //! `tls.key` in the well-known directory (`--tls-dir`, `TLS_DIR`); else plain HTTP with a
 //! warning. A certificate that is present but unusable stops start-up with a message naming
 //! the file: there is never a silent fall-back to HTTP.
+//!
+//! While serving, the files are watched ([`watch`]): when the pair changes — rewritten in place,
+//! renamed over, or flipped by the `..data` symlink swap of a Kubernetes secret volume — new
+//! handshakes use the new pair; connections already open keep theirs. A new pair that does not
+//! load is logged and the last good one stays.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum_server::tls_rustls::RustlsConfig;
+use notify::{RecursiveMode, Watcher};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -103,6 +111,100 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Events within this window are one change: a secret update writes several files and flips
+/// a symlink.
+const SETTLE: Duration = Duration::from_millis(250);
+/// The files are also re-read this often, in case a change produced no event (some network
+/// and overlay filesystems send none).
+const POLL: Duration = Duration::from_secs(30);
+
+/// The bytes of the pair, hashed: a change of either file changes it.
+fn pair_digest(cert: &Path, key: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(std::fs::read(cert)?);
+    hasher.update([0u8]);
+    hasher.update(std::fs::read(key)?);
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Watches the certificate and key for as long as the returned watcher lives, and loads each
+/// new pair into `config`, which every listener shares. The directories holding the files are
+/// watched, not the files: a symlink flip replaces what the path points to without touching
+/// the path itself.
+pub fn watch(
+    config: RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    })?;
+    let mut dirs: Vec<PathBuf> =
+        [&cert, &key].iter().map(|p| p.parent().unwrap_or(Path::new(".")).to_path_buf()).collect();
+    dirs.dedup();
+    for dir in &dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
+    let mut last = pair_digest(&cert, &key).ok();
+    tokio::spawn(async move {
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
+        loop {
+            tokio::select! {
+                event = rx.recv() => {
+                    if event.is_none() {
+                        return;
+                    }
+                    tokio::time::sleep(SETTLE).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = poll.tick() => {}
+            }
+            reload(&config, &cert, &key, &mut last);
+        }
+    });
+    Ok(watcher)
+}
+
+/// Loads the pair into `config` if its bytes differ from `last`, the pair last loaded (or
+/// last refused: a broken pair is reported once, not at every event).
+fn reload(config: &RustlsConfig, cert: &Path, key: &Path, last: &mut Option<String>) {
+    let digest = match pair_digest(cert, key) {
+        Ok(digest) => digest,
+        Err(e) => {
+            tracing::warn!(cert = %cert.display(), key = %key.display(), error = %e, "TLS files unreadable; still serving the previous certificate");
+            return;
+        }
+    };
+    if last.as_deref() == Some(digest.as_str()) {
+        return;
+    }
+    *last = Some(digest);
+    match load(cert, key) {
+        Ok(new) => {
+            let fingerprint = leaf_fingerprint(cert).unwrap_or_default();
+            config.reload_from_config(new);
+            tracing::info!(cert = %cert.display(), sha256 = %fingerprint, "TLS certificate reloaded: new connections use it");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "new TLS certificate or key refused; still serving the previous certificate");
+        }
+    }
+}
+
+/// The sha256 of the leaf certificate's DER, as `openssl x509 -fingerprint -sha256` shows it
+/// (without the colons).
+pub fn leaf_fingerprint(cert: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let leaf = CertificateDer::pem_file_iter(cert).ok()?.next()?.ok()?;
+    Some(hex::encode(Sha256::digest(leaf.as_ref())))
 }
 
 fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
