@@ -14,9 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus::Histogram;
 use tch::{CModule, Device, Kind, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::METRICS;
 use crate::models::{Manifest, TensorSpec};
 
 /// Most rows one caller may send in one call.
@@ -223,6 +225,7 @@ impl Model {
         let file = file.to_path_buf();
         let device = device.device;
         let input_spec = manifest.input().clone();
+        let name = manifest.name.clone();
         std::thread::Builder::new()
             .name(format!("infer-{}", manifest.name))
             .spawn(move || {
@@ -234,7 +237,8 @@ impl Model {
                 match loaded {
                     Ok((module, staging)) => {
                         let _ = ready_tx.send(Ok(()));
-                        serve(module, device, staging, queue, &waiting_for, tuning);
+                        let batches = METRICS.batch_histogram(&name);
+                        serve(module, device, staging, queue, &waiting_for, tuning, &batches);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -386,13 +390,14 @@ fn serve(
     mut queue: mpsc::Receiver<Job>,
     expected: &AtomicUsize,
     tuning: Tuning,
+    batches: &Histogram,
 ) {
     // Waiting for a batch to fill needs a timer; this thread has no other use for a runtime.
     let timer = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
         Ok(timer) => timer,
         Err(e) => {
             tracing::error!(error = %e, "the inference thread cannot make a timer; batching waits for nothing");
-            return serve_unbatched(&module, device, &mut staging, queue);
+            return serve_unbatched(&module, device, &mut staging, queue, batches);
         }
     };
     let mut carried: Option<Job> = None;
@@ -424,24 +429,39 @@ fn serve(
             rows += n;
             batch.push(job);
         }
-        run_batch(&module, device, &mut staging, batch, rows);
+        run_batch(&module, device, &mut staging, batch, rows, batches);
     }
 }
 
 /// Runs each call alone.
-fn serve_unbatched(module: &CModule, device: Device, staging: &mut Staging, mut queue: mpsc::Receiver<Job>) {
+fn serve_unbatched(
+    module: &CModule,
+    device: Device,
+    staging: &mut Staging,
+    mut queue: mpsc::Receiver<Job>,
+    batches: &Histogram,
+) {
     while let Some(job) = queue.blocking_recv() {
         let rows = job.input.dims[0] as usize;
-        run_batch(module, device, staging, vec![job], rows);
+        run_batch(module, device, staging, vec![job], rows, batches);
     }
 }
 
-fn run_batch(module: &CModule, device: Device, staging: &mut Staging, batch: Vec<Job>, rows: usize) {
+/// Runs one forward pass over `batch` and answers each call; `batches` records its rows.
+fn run_batch(
+    module: &CModule,
+    device: Device,
+    staging: &mut Staging,
+    batch: Vec<Job>,
+    rows: usize,
+    batches: &Histogram,
+) {
     let started = Instant::now();
     let result = forward(module, device, staging, &batch, rows);
     let inference = started.elapsed();
     match result {
         Ok((out_dims, data)) => {
+            batches.observe(rows as f64);
             let row_bytes = data.len() / rows.max(1);
             let mut offset = 0;
             for job in batch {
@@ -463,7 +483,7 @@ fn run_batch(module: &CModule, device: Device, staging: &mut Staging, batch: Vec
             // Only the call at fault may fail: run each alone.
             for job in batch {
                 let rows = job.input.dims[0] as usize;
-                run_batch(module, device, staging, vec![job], rows);
+                run_batch(module, device, staging, vec![job], rows, batches);
             }
         }
         Err(e) => {

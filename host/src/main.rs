@@ -8,6 +8,7 @@ mod guest_dir;
 mod healthcheck;
 mod http;
 mod logging;
+mod metrics;
 mod models;
 mod nn;
 mod platform;

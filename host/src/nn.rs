@@ -59,9 +59,10 @@ impl State {
         self.nn.calls += 1;
         if self.nn.calls > self.nn_calls {
             let limit = self.nn_calls;
-            return Err(LimitExceeded(format!(
-                "it made more than {limit} wasi:nn calls (--guest-max-nn-calls)"
-            ))
+            return Err(LimitExceeded(
+                "nn_calls",
+                format!("it made more than {limit} wasi:nn calls (--guest-max-nn-calls)"),
+            )
             .into());
         }
         Ok(())
@@ -197,9 +198,10 @@ impl tensor::HostTensor for State {
         self.nn.tensor_bytes = self.nn.tensor_bytes.saturating_add(data.len());
         if self.nn.tensor_bytes > self.nn_bytes {
             let limit = self.nn_bytes;
-            return Err(LimitExceeded(format!(
-                "it handed more than {limit} bytes of tensors to wasi:nn (--guest-max-nn-bytes)"
-            ))
+            return Err(LimitExceeded(
+                "nn_bytes",
+                format!("it handed more than {limit} bytes of tensors to wasi:nn (--guest-max-nn-bytes)"),
+            )
             .into());
         }
         Ok(self.table.push(TensorResource { dims: dimensions, ty, data })?)

@@ -161,6 +161,7 @@ impl IntoResponse for ApiError {
         if self.www_authenticate {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        response.extensions_mut().insert(super::access::ErrorCode(self.code));
         response
     }
 }

@@ -3,6 +3,7 @@
 //! Architecture invariant: only this module knows axum; it turns requests into calls on the
 //! [`Runtime`](crate::runtime::Runtime) and its answers into the documented JSON.
 
+mod access;
 mod admin;
 mod error;
 
@@ -179,9 +180,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/guests", get(admin::list))
         .route("/admin/guests/{name}", axum::routing::put(admin::put).delete(admin::remove))
         .route("/admin/guests/{name}/rollback", post(admin::rollback))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Last, so that it wraps every route and both fallbacks.
+        .layer(axum::middleware::from_fn(access::track))
         .with_state(state)
+}
+
+/// `GET /metrics`: the Prometheus exposition.
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    let body = crate::metrics::METRICS.render(app.runtime.get().map(Arc::as_ref));
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -428,7 +438,14 @@ async fn classify(
         }
         e
     })?;
-    Ok(Json(ClassifyResponse::new(guest, &classified, received.elapsed())).into_response())
+    let mut response = Json(ClassifyResponse::new(guest, &classified, received.elapsed())).into_response();
+    response.extensions_mut().insert(access::AccessInfo {
+        model: guest.model.name().to_string(),
+        guest: Some((guest.name.clone(), guest.info.version.clone())),
+        batch_size: classified.batch_size,
+        timings: classified.timings.clone(),
+    });
+    Ok(response)
 }
 
 /// `top_k` from the query: an integer in 1..=labels, default 3.

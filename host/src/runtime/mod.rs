@@ -38,6 +38,7 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::backend::{Expected, Model};
+use crate::metrics::METRICS;
 use crate::models::ModelRegistry;
 use crate::nn::NnActivity;
 use bindings::motion::guest::types as wit;
@@ -222,16 +223,17 @@ pub enum GuestError {
     #[error("guest '{guest}' returned an invalid result: {message}")]
     InvalidOutput { guest: String, message: String },
     #[error("guest '{guest}' exceeded a limit: {message}")]
-    Limit { guest: String, message: String },
+    Limit { guest: String, limit: &'static str, message: String },
     #[error("the model is busy: {0}; retry shortly")]
     Busy(String),
 }
 
-/// A host call refused because the guest went past one of its [`Limits`]; it traps the guest,
-/// and the message names the limit and its flag.
+/// A host call refused because the guest went past one of its [`Limits`]; it traps the guest.
+/// The first field is the limit's short name (a metrics label), the second a message naming
+/// the limit and its flag.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct LimitExceeded(pub String);
+#[error("{1}")]
+pub struct LimitExceeded(pub &'static str, pub String);
 
 /// The epoch callback's verdict when a request's deadline has passed.
 #[derive(Debug, thiserror::Error)]
@@ -409,6 +411,10 @@ impl Runtime {
         self.guests.load_full()
     }
 
+    pub fn models(&self) -> &ModelRegistry {
+        &self.models
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -428,16 +434,21 @@ impl Runtime {
     /// Makes `guest` live under its name; returns whether it replaced a version. The first
     /// guest installed becomes the default.
     pub fn install(&self, guest: Arc<LoadedGuest>) -> bool {
-        self.change(|set| Ok(set.with_installed(guest))).unwrap_or(false)
+        let name = guest.name.clone();
+        let replaced = self.change(|set| Ok(set.with_installed(guest))).unwrap_or(false);
+        METRICS.guest_swapped(&name);
+        replaced
     }
 
     /// Puts `name` back on its previous version and returns it.
     pub fn rollback(&self, name: &str) -> Result<Arc<LoadedGuest>, SetError> {
-        self.change(|set| {
+        let live = self.change(|set| {
             let next = set.with_rollback(name)?;
             let live = Arc::clone(next.get(name).ok_or_else(|| SetError::Unknown(name.into()))?);
             Ok((next, live))
-        })
+        })?;
+        METRICS.guest_swapped(name);
+        Ok(live)
     }
 
     /// Removes the non-default guest `name`.
@@ -461,6 +472,14 @@ impl Runtime {
     /// Compiles a component (on a blocking thread, off the request path), links it against our
     /// world, and checks its `info()` against the model it names. Every failure is a reason.
     pub async fn load(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<LoadedGuest>, GuestError> {
+        let loaded = self.validate(name, bytes).await;
+        if loaded.is_err() {
+            METRICS.guest_rejected(name);
+        }
+        loaded
+    }
+
+    async fn validate(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<LoadedGuest>, GuestError> {
         let started = Instant::now();
         let rejected = |reasons: Vec<String>| GuestError::Rejected { name: name.to_string(), reasons };
         let digest_hex = sha256_hex(&bytes);
@@ -513,8 +532,7 @@ impl Runtime {
         }
         let media = vec![Media { content_type: "image/png".into(), data: sample::png() }];
         let labels = guest.info.labels.len() as u32;
-        let answer =
-            self.classify(guest, media, labels).await.map_err(|e| format!("self-test failed: {e}"))?;
+        let answer = self.run(guest, media, labels).await.map_err(|e| format!("self-test failed: {e}"))?;
         let sum: f32 = answer.top_k.iter().map(|(_, s)| s).sum();
         if (sum - 1.0).abs() > 1e-3 {
             return Err(format!("self-test: scores over all {labels} labels sum to {sum}, not 1"));
@@ -604,8 +622,23 @@ impl Runtime {
         store
     }
 
-    /// Runs `guest` on one clip in a fresh store.
+    /// Runs `guest` on one clip in a fresh store; a trap, timeout or limit hit is counted
+    /// against the guest in the metrics.
     pub async fn classify(
+        &self,
+        guest: &LoadedGuest,
+        media: Vec<Media>,
+        top_k: u32,
+    ) -> Result<Classified, GuestError> {
+        let result = self.run(guest, media, top_k).await;
+        if let Err(e) = &result {
+            METRICS.guest_failed(&guest.name, e);
+        }
+        result
+    }
+
+    /// Runs `guest` on one clip in a fresh store.
+    async fn run(
         &self,
         guest: &LoadedGuest,
         media: Vec<Media>,
@@ -641,8 +674,8 @@ impl Runtime {
             Err(_) => return Err(timeout()),
             Ok(Err(e)) if e.downcast_ref::<DeadlineExceeded>().is_some() => return Err(timeout()),
             Ok(Err(e)) => {
-                if let Some(message) = self.limit_hit(&store, &e) {
-                    return Err(GuestError::Limit { guest: guest.name.clone(), message });
+                if let Some((limit, message)) = self.limit_hit(&store, &e) {
+                    return Err(GuestError::Limit { guest: guest.name.clone(), limit, message });
                 }
                 let message = self.describe_trap(&store, &e);
                 tracing::warn!(guest = %guest.name, digest = %guest.digest, error = %format!("{e:?}"), "guest trapped");
@@ -675,50 +708,65 @@ impl Runtime {
                 "its result is {size} bytes; the limit is {} (--guest-max-result-bytes)",
                 self.limits.result_bytes
             );
-            return Err(GuestError::Limit { guest: guest.name.clone(), message });
+            return Err(GuestError::Limit { guest: guest.name.clone(), limit: "result", message });
         }
         check_answer(guest, answer, top_k, timings, batch_size)
             .map_err(|message| GuestError::InvalidOutput { guest: guest.name.clone(), message })
     }
 
-    /// Names the limit that stopped a guest, if one did.
-    fn limit_hit(&self, store: &Store<State>, error: &wasmtime::Error) -> Option<String> {
+    /// Names the limit that stopped a guest, if one did: its short name and a message.
+    fn limit_hit(&self, store: &Store<State>, error: &wasmtime::Error) -> Option<(&'static str, String)> {
         let limits = &self.limits;
         if let Some(asked) = store.data().limiter.memory_refused {
-            return Some(format!(
-                "its memory limit is {} MiB and it asked for {} MiB (--guest-memory-bytes)",
-                limits.memory_bytes >> 20,
-                asked.div_ceil(1 << 20)
+            return Some((
+                "memory",
+                format!(
+                    "its memory limit is {} MiB and it asked for {} MiB (--guest-memory-bytes)",
+                    limits.memory_bytes >> 20,
+                    asked.div_ceil(1 << 20)
+                ),
             ));
         }
         if let Some(asked) = store.data().limiter.table_refused {
-            return Some(format!(
-                "its table limit is {} elements and it asked for {asked} (--guest-max-table-elements)",
-                limits.table_elements
+            return Some((
+                "table_elements",
+                format!(
+                    "its table limit is {} elements and it asked for {asked} (--guest-max-table-elements)",
+                    limits.table_elements
+                ),
             ));
         }
         if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
-            return Some(limit.0.clone());
+            return Some((limit.0, limit.1.clone()));
         }
         let text = format!("{error:#}");
         if text.contains("hostcalls has been exhausted") {
-            return Some(format!(
-                "it passed more than {} bytes to the host in one call (--guest-max-transfer-bytes)",
-                limits.transfer_bytes
+            return Some((
+                "transfer",
+                format!(
+                    "it passed more than {} bytes to the host in one call (--guest-max-transfer-bytes)",
+                    limits.transfer_bytes
+                ),
             ));
         }
         if text.contains("resource limit exceeded") && text.contains("instance") {
-            return Some(format!("it has more than {} instances (--guest-max-instances)", limits.instances));
+            return Some((
+                "instances",
+                format!("it has more than {} instances (--guest-max-instances)", limits.instances),
+            ));
         }
         if text.contains("resource limit exceeded") && text.contains("table") {
-            return Some(format!("it has more than {} tables (--guest-max-tables)", limits.tables));
+            return Some((
+                "tables",
+                format!("it has more than {} tables (--guest-max-tables)", limits.tables),
+            ));
         }
         None
     }
 
     /// Names what stopped a guest: a limit, a trap code, or the error itself.
     fn describe_trap(&self, store: &Store<State>, error: &wasmtime::Error) -> String {
-        if let Some(limit) = self.limit_hit(store, error) {
+        if let Some((_, limit)) = self.limit_hit(store, error) {
             return format!("it exceeded a limit: {limit}");
         }
         if error.downcast_ref::<DeadlineExceeded>().is_some() {

@@ -1,0 +1,128 @@
+//! What every request passes through: its id (taken from `X-Request-Id` when usable, else
+//! generated, and echoed back), a tracing span carrying that id (so the guest's output and any
+//! trap logged while serving it are tagged with it), the in-flight gauge, the request counter
+//! and latency histogram, and one access log line when the response is ready.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+use super::ms;
+use crate::metrics::METRICS;
+use crate::runtime::StageTimings;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What a handler tells the access line about the inference it ran (a response extension).
+#[derive(Debug, Clone)]
+pub struct AccessInfo {
+    pub model: String,
+    /// The guest's name and version; `None` for the raw model.
+    pub guest: Option<(String, String)>,
+    pub batch_size: usize,
+    pub timings: StageTimings,
+}
+
+/// The error code of a failed request (a response extension set by `ApiError`).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// A client's request id if it is 1–128 characters of `[A-Za-z0-9._:/+=-]` (no room for log
+/// injection), else a new UUID.
+fn request_id(offered: Option<&HeaderValue>) -> HeaderValue {
+    let usable = |v: &&HeaderValue| {
+        let b = v.as_bytes();
+        (1..=128).contains(&b.len()) && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._:/+=-".contains(c))
+    };
+    match offered.filter(usable) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a header value"),
+    }
+}
+
+/// The method as a bounded label: clients may send any token.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// Decrements the in-flight gauge however the request ends (a dropped connection included).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        METRICS.http_in_flight.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        METRICS.http_in_flight.dec();
+    }
+}
+
+pub async fn track(request: Request, next: Next) -> Response {
+    let received = Instant::now();
+    let _in_flight = InFlight::enter();
+    let id = request_id(request.headers().get(&REQUEST_ID));
+    let id_text = id.to_str().unwrap_or_default().to_string();
+    // The route template, never the raw path: the label stays bounded.
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let method = method_label(request.method());
+    let path: String = request.uri().path().chars().take(256).collect();
+
+    let span = tracing::info_span!("request", request_id = %id_text);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let total = received.elapsed();
+    response.headers_mut().insert(REQUEST_ID, id);
+
+    let status = response.status().as_u16();
+    METRICS.http_requests.with_label_values(&[route.as_str(), method, &status.to_string()]).inc();
+    METRICS.http_duration.with_label_values(&[route.as_str()]).observe(total.as_secs_f64());
+    let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
+    let _entered = span.enter();
+    match response.extensions().get::<AccessInfo>() {
+        Some(info) => {
+            let (guest, guest_version) = info.guest.clone().unzip();
+            METRICS.observe_stages(&info.model, guest.as_deref().unwrap_or(""), &info.timings, total);
+            let t = &info.timings;
+            tracing::info!(
+                target: "access",
+                method,
+                route,
+                path,
+                status,
+                code,
+                model = %info.model,
+                guest,
+                guest_version,
+                batch_size = info.batch_size,
+                queue_ms = ms(t.queue),
+                preprocess_ms = ms(t.preprocess),
+                inference_ms = ms(t.inference),
+                postprocess_ms = ms(t.postprocess),
+                total_ms = ms(total),
+                "{method} {path} {status}"
+            );
+        }
+        None => access_line(method, &route, &path, status, code, total),
+    }
+    response
+}
+
+fn access_line(method: &str, route: &str, path: &str, status: u16, code: Option<&str>, total: Duration) {
+    tracing::info!(target: "access", method, route, path, status, code, total_ms = ms(total), "{method} {path} {status}");
+}

@@ -1,0 +1,213 @@
+//! Prometheus metrics, served at `/metrics` in the text exposition format (0.0.4).
+//!
+//! Names follow Prometheus conventions: the `motion_host_` prefix, base units (`_seconds`),
+//! `_total` on counters. Label values are bounded: routes are the router's templates (never
+//! the raw path), methods outside the standard set are `other`, guests are the installed names.
+//! The info gauges are rebuilt from the live model and guest set at every scrape, so a swapped
+//! guest's old version disappears from them.
+
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::runtime::{GuestError, Runtime, StageTimings};
+
+/// The media type of the exposition format served.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Latency buckets, in seconds: 0.5 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// Rows in a forward pass: powers of two up to the most one call may carry.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub http_in_flight: IntGauge,
+    stage_duration: HistogramVec,
+    batch_size: HistogramVec,
+    guest_swaps: IntCounterVec,
+    guest_validation_failures: IntCounterVec,
+    guest_traps: IntCounterVec,
+    guest_timeouts: IntCounterVec,
+    guest_limit_hits: IntCounterVec,
+    model_info: IntGaugeVec,
+    guest_info: IntGaugeVec,
+    /// One scrape at a time: each rebuilds the info gauges.
+    scrape: Mutex<()>,
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid counter");
+    registry.register(Box::new(c.clone())).expect("a unique metric name");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+        .expect("a valid histogram");
+    registry.register(Box::new(h.clone())).expect("a unique metric name");
+    h
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid gauge");
+    registry.register(Box::new(g.clone())).expect("a unique metric name");
+    g
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("motion_host".into()), None).expect("a valid prefix");
+        let r = &registry;
+        let http_in_flight = IntGauge::new("http_requests_in_flight", "HTTP requests being served now.")
+            .expect("a valid gauge");
+        registry.register(Box::new(http_in_flight.clone())).expect("a unique metric name");
+        let build = gauge(r, "build_info", "The server's version; always 1.", &["version"]);
+        build.with_label_values(&[crate::http::VERSION]).set(1);
+        Metrics {
+            http_requests: counter(
+                r,
+                "http_requests_total",
+                "HTTP requests answered, by route template, method and status code.",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram(
+                r,
+                "http_request_duration_seconds",
+                "Time from a request's arrival to its response headers, by route template.",
+                LATENCY_BUCKETS,
+                &["route"],
+            ),
+            http_in_flight,
+            stage_duration: histogram(
+                r,
+                "stage_duration_seconds",
+                "Time an inference request spent in each stage (queue, preprocess, inference, \
+                 postprocess, total), by model and guest (empty for the raw model).",
+                LATENCY_BUCKETS,
+                &["stage", "model", "guest"],
+            ),
+            batch_size: histogram(
+                r,
+                "inference_batch_size",
+                "Rows in each forward pass, by model.",
+                BATCH_BUCKETS,
+                &["model"],
+            ),
+            guest_swaps: counter(
+                r,
+                "guest_swaps_total",
+                "Guest versions made live (installs, replacements and rollbacks), by guest.",
+                &["guest"],
+            ),
+            guest_validation_failures: counter(
+                r,
+                "guest_validation_failures_total",
+                "Guests refused before going live (compile, link, info() or self-test), by guest.",
+                &["guest"],
+            ),
+            guest_traps: counter(r, "guest_traps_total", "Guest calls that trapped, by guest.", &["guest"]),
+            guest_timeouts: counter(
+                r,
+                "guest_timeouts_total",
+                "Guest calls stopped at their deadline, by guest.",
+                &["guest"],
+            ),
+            guest_limit_hits: counter(
+                r,
+                "guest_limit_hits_total",
+                "Guest calls stopped by a resource limit, by guest and limit.",
+                &["guest", "limit"],
+            ),
+            model_info: gauge(
+                r,
+                "model_info",
+                "Each loaded model's version, file digest and device; always 1.",
+                &["model", "version", "sha256", "device"],
+            ),
+            guest_info: gauge(
+                r,
+                "guest_info",
+                "Each live guest's version, digest, model and whether it is the default; always 1.",
+                &["guest", "version", "digest", "model", "default"],
+            ),
+            registry,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// A forward pass of `rows` rows on `model`.
+    pub fn batch_histogram(&self, model: &str) -> Histogram {
+        self.batch_size.with_label_values(&[model])
+    }
+
+    /// Where an inference request's time went.
+    pub fn observe_stages(&self, model: &str, guest: &str, t: &StageTimings, total: Duration) {
+        for (stage, d) in [
+            ("queue", t.queue),
+            ("preprocess", t.preprocess),
+            ("inference", t.inference),
+            ("postprocess", t.postprocess),
+            ("total", total),
+        ] {
+            self.stage_duration.with_label_values(&[stage, model, guest]).observe(d.as_secs_f64());
+        }
+    }
+
+    pub fn guest_swapped(&self, guest: &str) {
+        self.guest_swaps.with_label_values(&[guest]).inc();
+    }
+
+    pub fn guest_rejected(&self, guest: &str) {
+        self.guest_validation_failures.with_label_values(&[guest]).inc();
+    }
+
+    /// Counts a failed guest call by what stopped it; other failures (bad input, a busy model)
+    /// are the request's, not the guest's, and are counted by status in `http_requests_total`.
+    pub fn guest_failed(&self, guest: &str, error: &GuestError) {
+        match error {
+            GuestError::Trap { .. } => self.guest_traps.with_label_values(&[guest]).inc(),
+            GuestError::Timeout { .. } => self.guest_timeouts.with_label_values(&[guest]).inc(),
+            GuestError::Limit { limit, .. } => self.guest_limit_hits.with_label_values(&[guest, limit]).inc(),
+            _ => {}
+        }
+    }
+
+    /// The exposition text, with the info gauges rebuilt from `runtime` (none while starting).
+    pub fn render(&self, runtime: Option<&Runtime>) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.model_info.reset();
+        self.guest_info.reset();
+        if let Some(runtime) = runtime {
+            for model in runtime.models().iter() {
+                let device = format!("{:?}", model.device).to_ascii_lowercase();
+                self.model_info
+                    .with_label_values(&[model.name(), &model.manifest.version, &model.sha256, &device])
+                    .set(1);
+            }
+            let set = runtime.guests();
+            for (name, slot) in &set.slots {
+                let g = &slot.live;
+                let default = if set.default.as_deref() == Some(name.as_str()) { "true" } else { "false" };
+                self.guest_info
+                    .with_label_values(&[name.as_str(), &g.info.version, &g.digest, g.model.name(), default])
+                    .set(1);
+            }
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode the metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
