@@ -6,6 +6,8 @@
 mod access;
 mod admin;
 mod error;
+mod oip;
+mod oip_codec;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -181,6 +183,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/guests/{name}", axum::routing::put(admin::put).delete(admin::remove))
         .route("/admin/guests/{name}/rollback", post(admin::rollback))
         .route("/metrics", get(metrics))
+        .merge(oip::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Last, so that it wraps every route and both fallbacks.
@@ -194,8 +197,19 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
-async fn not_found() -> ApiError {
-    route_not_found()
+/// Under `/v2` errors take the protocol's shape, `{"error": "…"}`.
+fn is_v2(uri: &axum::http::Uri) -> bool {
+    uri.path() == "/v2" || uri.path().starts_with("/v2/")
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if is_v2(&uri) {
+        let e = ApiError::not_found(
+            "no such route; see GET /v2, /v2/health/ready, /v2/models/{model}, POST /v2/models/{model}/infer",
+        );
+        return oip::V2Error(e).into_response();
+    }
+    route_not_found().into_response()
 }
 
 fn route_not_found() -> ApiError {
@@ -204,12 +218,13 @@ fn route_not_found() -> ApiError {
     )
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
+async fn method_not_allowed(uri: axum::http::Uri) -> Response {
+    let e = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this route does not take that method",
-    )
+    );
+    if is_v2(&uri) { oip::V2Error(e).into_response() } else { e.into_response() }
 }
 
 #[derive(Serialize)]

@@ -1,0 +1,439 @@
+//! The Open Inference Protocol (KServe v2) over REST, as Triton and KServe serve it, so their
+//! clients, probes and dashboards work unchanged.
+//!
+//! Two models are visible. Each model in the registry is served raw (`motion-resnet18`: FP32
+//! `[-1,8,112,112]` in, FP32 logits out), through the same batcher as the guests' calls. The
+//! guest pipeline is `motion-classifier`: a BYTES input `media` of encoded clips or frames in,
+//! the best `label` (BYTES) and every label's `scores` (FP32, in the guest's label order) out,
+//! run by the default guest. JSON tensors and the binary tensor data extension are both
+//! spoken; errors are `{"error": "…"}`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde_json::json;
+
+use super::access::{AccessInfo, ErrorCode};
+use super::oip_codec::{self as wire, OutputData, WireError};
+use super::{ApiError, AppState, VERSION};
+use crate::backend::{BackendError, Input, Model};
+use crate::runtime::{LoadedGuest, Media, Runtime, StageTimings};
+
+/// The guest pipeline's model name.
+pub const PIPELINE: &str = "motion-classifier";
+/// Its input and outputs.
+const MEDIA: &str = "media";
+const LABEL: &str = "label";
+const SCORES: &str = "scores";
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{model}", get(metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}", get(metadata_at))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_at))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_at))
+}
+
+/// An error in the protocol's shape: `{"error": "…"}`. The protocol has no 415 or 422: media
+/// the model cannot read is a bad request.
+#[derive(Debug)]
+pub struct V2Error(pub ApiError);
+
+impl From<ApiError> for V2Error {
+    fn from(e: ApiError) -> Self {
+        V2Error(e)
+    }
+}
+
+impl From<WireError> for V2Error {
+    fn from(e: WireError) -> Self {
+        V2Error(ApiError::bad_request(e.0))
+    }
+}
+
+impl IntoResponse for V2Error {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = match e.status {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+            other => other,
+        };
+        let mut response = (status, axum::Json(json!({ "error": e.message }))).into_response();
+        if let Some(secs) = e.retry_after_secs {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response.extensions_mut().insert(ErrorCode(e.code));
+        response
+    }
+}
+
+async fn server_metadata() -> Response {
+    axum::Json(json!({"name": "motion-host", "version": VERSION, "extensions": ["binary_tensor_data"]}))
+        .into_response()
+}
+
+async fn live() -> Response {
+    axum::Json(json!({"live": true})).into_response()
+}
+
+async fn ready(State(app): State<Arc<AppState>>) -> Result<Response, V2Error> {
+    if app.phase() != super::Phase::Healthy {
+        app.ready_runtime()?;
+        return Err(ApiError::not_ready("the server is shutting down").into());
+    }
+    Ok(axum::Json(json!({"ready": true})).into_response())
+}
+
+/// What a model name resolves to.
+enum Target {
+    Raw(Arc<Model>),
+    Pipeline(Arc<LoadedGuest>),
+}
+
+impl Target {
+    fn version(&self) -> &str {
+        match self {
+            Target::Raw(model) => &model.manifest.version,
+            Target::Pipeline(guest) => &guest.info.version,
+        }
+    }
+}
+
+/// Finds `name` (at `version`, when given) among the served models.
+fn resolve(runtime: &Runtime, name: &str, version: Option<&str>) -> Result<Target, V2Error> {
+    let target = if name == PIPELINE {
+        let guests = runtime.guests();
+        let guest =
+            guests.default_guest().ok_or_else(|| ApiError::not_ready("no default guest is loaded"))?;
+        Target::Pipeline(Arc::clone(guest))
+    } else if let Some(model) = runtime.models().get(name) {
+        Target::Raw(Arc::clone(model))
+    } else {
+        let mut served: Vec<&str> = runtime.models().names();
+        served.push(PIPELINE);
+        return Err(ApiError::not_found(format!(
+            "Request for unknown model: '{name:.64}' is not found (served: {})",
+            served.join(", ")
+        ))
+        .into());
+    };
+    match version {
+        Some(v) if v != target.version() => Err(ApiError::not_found(format!(
+            "model '{name}' has no version '{v:.64}' (serving version '{}')",
+            target.version()
+        ))
+        .into()),
+        _ => Ok(target),
+    }
+}
+
+fn model_metadata(name: &str, target: &Target) -> serde_json::Value {
+    let tensor = |name: &str, datatype: &str, shape: &[i64]| json!({"name": name, "datatype": datatype, "shape": shape});
+    match target {
+        Target::Raw(model) => {
+            let m = &model.manifest;
+            json!({
+                "name": name,
+                "versions": [m.version],
+                "platform": "pytorch_torchscript",
+                "inputs": m.inputs.iter().map(|t| tensor(&t.name, &t.dtype, &t.shape)).collect::<Vec<_>>(),
+                "outputs": m.outputs.iter().map(|t| tensor(&t.name, &t.dtype, &t.shape)).collect::<Vec<_>>(),
+            })
+        }
+        Target::Pipeline(guest) => json!({
+            "name": name,
+            "versions": [guest.info.version],
+            "platform": "wasm_component",
+            "inputs": [tensor(MEDIA, "BYTES", &[-1])],
+            "outputs": [
+                tensor(LABEL, "BYTES", &[1]),
+                tensor(SCORES, "FP32", &[1, guest.info.labels.len() as i64]),
+            ],
+            "parameters": {"labels": guest.info.labels.join(","), "guest": guest.name},
+        }),
+    }
+}
+
+async fn metadata(State(app): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Response, V2Error> {
+    let target = resolve(app.ready_runtime()?, &model, None)?;
+    Ok(axum::Json(model_metadata(&model, &target)).into_response())
+}
+
+async fn metadata_at(
+    State(app): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, V2Error> {
+    let target = resolve(app.ready_runtime()?, &model, Some(&version))?;
+    Ok(axum::Json(model_metadata(&model, &target)).into_response())
+}
+
+async fn model_ready(
+    State(app): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Response, V2Error> {
+    resolve(app.ready_runtime()?, &model, None)?;
+    Ok(axum::Json(json!({"name": model, "ready": true})).into_response())
+}
+
+async fn model_ready_at(
+    State(app): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, V2Error> {
+    resolve(app.ready_runtime()?, &model, Some(&version))?;
+    Ok(axum::Json(json!({"name": model, "ready": true})).into_response())
+}
+
+async fn infer(
+    State(app): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, V2Error> {
+    serve_infer(&app, &model, None, headers, body).await
+}
+
+async fn infer_at(
+    State(app): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, V2Error> {
+    serve_infer(&app, &model, Some(&version), headers, body).await
+}
+
+/// Takes an in-flight slot, reads the body and runs the request, all within its deadline, as
+/// `/v1/classify` does. The Content-Type is not read: Triton's clients send none.
+async fn serve_infer(
+    app: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, V2Error> {
+    let received = Instant::now();
+    let deadline = app.deadline(received);
+    let (_slot, body) = app.admit(body).await?;
+    let bytes = app.read_body(&headers, body, deadline).await?;
+    let run = async {
+        let runtime = app.ready_runtime()?;
+        let target = resolve(runtime, model, version)?;
+        let header_length = match headers.get(wire::HEADER_LENGTH) {
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| WireError("Inference-Header-Content-Length is not a number".into()))?,
+            ),
+            None => None,
+        };
+        let request = wire::parse_request(&bytes, header_length)?;
+        drop(bytes);
+        let (outputs, info) = match &target {
+            Target::Raw(m) => run_model(m, &request).await?,
+            Target::Pipeline(guest) => run_pipeline(runtime, guest, &request).await?,
+        };
+        let encode_started = Instant::now();
+        let selected = wire::select(outputs, &request)?;
+        let encoded = wire::encode_response(model, target.version(), request.id.as_deref(), &selected);
+        let mut response = match encoded.header_length {
+            Some(n) => (
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                    (header::HeaderName::from_static(wire::HEADER_LENGTH), HeaderValue::from(n)),
+                ],
+                encoded.body,
+            )
+                .into_response(),
+            None => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], encoded.body)
+                .into_response(),
+        };
+        let mut info = info;
+        info.timings.postprocess += encode_started.elapsed();
+        response.extensions_mut().insert(info);
+        Ok::<_, V2Error>(response)
+    };
+    match tokio::time::timeout_at(deadline, run).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::request_timeout(app.settings.request_timeout).into()),
+    }
+}
+
+fn backend_error(e: BackendError) -> V2Error {
+    V2Error(match e {
+        BackendError::InvalidInput(m) => ApiError::bad_request(m),
+        BackendError::Busy(_) => ApiError::overloaded(e.to_string()),
+        other => {
+            tracing::error!(error = %other, "inference failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "inference_failed",
+                "inference failed; see the server log",
+            )
+        }
+    })
+}
+
+/// Runs the raw network on the request's one input tensor.
+async fn run_model(
+    model: &Model,
+    request: &wire::Request,
+) -> Result<(Vec<wire::Output>, AccessInfo), V2Error> {
+    let started = Instant::now();
+    let spec = model.manifest.input();
+    request.only_inputs(&[spec.name.as_str()])?;
+    let input = request.input(&spec.name)?;
+    let data = input.fp32_bytes()?;
+    let dims: Vec<u32> =
+        input.shape.iter().map(|&d| u32::try_from(d)).collect::<Result<_, _>>().map_err(|_| {
+            WireError(format!("input '{}' has a dimension too large: {:?}", input.name, input.shape))
+        })?;
+    model.check_input(&dims, true, data.len()).map_err(backend_error)?;
+    let mut expected = model.expect_call();
+    let decoded = started.elapsed();
+    let output = model.infer(Input { dims, data }, &mut expected).await.map_err(backend_error)?;
+    let floats = output.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let out_spec = model.manifest.output();
+    let outputs = vec![wire::Output {
+        name: out_spec.name.clone(),
+        shape: output.dims.iter().map(|&d| u64::from(d)).collect(),
+        data: OutputData::Fp32(floats),
+    }];
+    let info = AccessInfo {
+        model: model.name().to_string(),
+        guest: None,
+        batch_size: output.batch_rows,
+        timings: StageTimings {
+            instantiate: Duration::ZERO,
+            preprocess: decoded,
+            queue: output.queue,
+            inference: output.inference,
+            postprocess: Duration::ZERO,
+        },
+    };
+    Ok((outputs, info))
+}
+
+/// The media type of an encoded file, from its first bytes.
+fn sniff(data: &[u8]) -> Option<&'static str> {
+    const KINDS: &[(&[u8], &str)] = &[
+        (b"GIF87a", "image/gif"),
+        (b"GIF89a", "image/gif"),
+        (b"\x89PNG\r\n\x1a\n", "image/png"),
+        (b"\xff\xd8\xff", "image/jpeg"),
+        (b"YUV4MPEG2 ", "video/x-yuv4mpeg"),
+    ];
+    KINDS.iter().find(|(magic, _)| data.starts_with(magic)).map(|(_, kind)| *kind)
+}
+
+/// Runs the default guest on the request's media: one element is a whole clip (or a single
+/// frame), several are frames in time order.
+async fn run_pipeline(
+    runtime: &Runtime,
+    guest: &LoadedGuest,
+    request: &wire::Request,
+) -> Result<(Vec<wire::Output>, AccessInfo), V2Error> {
+    request.only_inputs(&[MEDIA])?;
+    let input = request.input(MEDIA)?;
+    let mut elements = input.bytes_elements()?;
+    if elements.is_empty() {
+        return Err(WireError(format!("input '{MEDIA}' has no elements: send one clip, or frames")).into());
+    }
+    if matches!(input.elements, wire::Elements::Strings(_)) {
+        // JSON strings cannot carry binary files: in JSON, media elements are base64.
+        for (i, e) in elements.iter_mut().enumerate() {
+            *e = base64::engine::general_purpose::STANDARD.decode(&e[..]).map_err(|err| {
+                WireError(format!(
+                    "input '{MEDIA}' element {i} is not base64 ({err}); in JSON, media are base64 \
+                     strings (or send them raw with the binary tensor extension)"
+                ))
+            })?;
+        }
+    }
+    let declared = match request.parameters.get("content_type") {
+        None => None,
+        Some(wire::Parameter::Text(t)) => Some(t.clone()),
+        Some(other) => {
+            return Err(WireError(format!("parameter 'content_type' must be a string, got {other:?}")).into());
+        }
+    };
+    let media = elements
+        .into_iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let content_type = match &declared {
+                Some(t) => t.clone(),
+                None => sniff(&data).map(str::to_string).ok_or_else(|| {
+                    WireError(format!(
+                        "input '{MEDIA}' element {i} is not GIF, PNG, JPEG or Y4M by its first bytes; \
+                         name its type in the request parameter 'content_type'"
+                    ))
+                })?,
+            };
+            if !guest.accepts(&content_type) {
+                return Err(WireError(format!(
+                    "input '{MEDIA}' element {i} is '{content_type:.64}', which guest '{}' does not read; it reads: {}",
+                    guest.name,
+                    guest.info.accepts.join(", ")
+                )));
+            }
+            Ok(Media { content_type, data: data.into() })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let labels = &guest.info.labels;
+    let classified = runtime.classify(guest, media, labels.len() as u32).await.map_err(|e| {
+        let e = ApiError::from(e);
+        if e.status.is_server_error() {
+            tracing::warn!(guest = %guest.name, code = e.code, error = %e.message, "classification failed");
+        }
+        V2Error(e)
+    })?;
+    let scores = labels
+        .iter()
+        .map(|label| classified.top_k.iter().find(|(l, _)| l == label).map_or(0.0, |(_, s)| *s))
+        .collect();
+    let outputs = vec![
+        wire::Output {
+            name: LABEL.into(),
+            shape: vec![1],
+            data: OutputData::Bytes(vec![classified.label.clone().into_bytes()]),
+        },
+        wire::Output {
+            name: SCORES.into(),
+            shape: vec![1, labels.len() as u64],
+            data: OutputData::Fp32(scores),
+        },
+    ];
+    let info = AccessInfo {
+        model: guest.model.name().to_string(),
+        guest: Some((guest.name.clone(), guest.info.version.clone())),
+        batch_size: classified.batch_size,
+        timings: classified.timings.clone(),
+    };
+    Ok((outputs, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_are_sniffed_from_their_first_bytes() {
+        assert_eq!(sniff(b"GIF89a\x01\x00"), Some("image/gif"));
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n...."), Some("image/png"));
+        assert_eq!(sniff(b"\xff\xd8\xff\xe0"), Some("image/jpeg"));
+        assert_eq!(sniff(b"YUV4MPEG2 W8 H8"), Some("video/x-yuv4mpeg"));
+        assert_eq!(sniff(b"RIFF....WEBP"), None);
+        assert_eq!(sniff(b""), None);
+    }
+}
