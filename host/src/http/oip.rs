@@ -386,7 +386,7 @@ async fn run_pipeline(
                     guest.info.accepts.join(", ")
                 )));
             }
-            Ok(Media { content_type, data: data.into() })
+            Ok(Media { content_type, data })
         })
         .collect::<Result<Vec<_>, _>>()?;
 
