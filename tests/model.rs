@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use motion_guest::decode::{Limits, Media};
-use motion_host_tests::{LABELS, Server, ServerBuilder, json, repo_root};
+use motion_host_tests::{LABELS, Server, ServerBuilder, json, repo_root, test_python};
 use reqwest::blocking::multipart::{Form, Part};
 
 fn clips_dir() -> PathBuf {
@@ -95,22 +95,10 @@ fn clips_the_model_never_saw_are_classified_as_the_motion_they_show() {
     );
 }
 
-/// The Python that runs the training pipeline's preprocessing: scripts/test installs numpy and
-/// Pillow into a cached virtual environment and names it in MOTION_HOST_TEST_PYTHON.
-fn python() -> PathBuf {
-    match std::env::var_os("MOTION_HOST_TEST_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => panic!(
-            "MOTION_HOST_TEST_PYTHON is not set: run the suite with scripts/test, which installs \
-             numpy and Pillow and sets it, or point it at a python3 that has both"
-        ),
-    }
-}
-
 /// The model input the training pipeline makes of `files`.
 fn training_input(files: &[PathBuf]) -> Vec<f32> {
     let out = tempfile::NamedTempFile::new().unwrap();
-    let status = Command::new(python())
+    let status = Command::new(test_python())
         .arg(repo_root().join("models/motion-resnet18/train/preprocess.py"))
         .arg(out.path())
         .args(files)

@@ -78,6 +78,18 @@ pub fn default_model_version() -> String {
     manifest["version"].as_str().expect("model.toml has a version").to_owned()
 }
 
+/// The Python with the tests' packages (`tests/requirements.txt`): scripts/test installs them
+/// into a cached virtual environment and names its interpreter in `MOTION_HOST_TEST_PYTHON`.
+pub fn test_python() -> PathBuf {
+    match std::env::var_os("MOTION_HOST_TEST_PYTHON") {
+        Some(path) => PathBuf::from(path),
+        None => panic!(
+            "MOTION_HOST_TEST_PYTHON is not set: run the suite with scripts/test, which installs \
+             tests/requirements.txt and sets it, or point it at a python3 that has those packages"
+        ),
+    }
+}
+
 /// A port that was free a moment ago (for tests that must choose the port, like `PORT`).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
