@@ -8,6 +8,7 @@ mod admin;
 mod error;
 mod oip;
 mod oip_codec;
+mod openapi;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -183,6 +184,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/guests/{name}", axum::routing::put(admin::put).delete(admin::remove))
         .route("/admin/guests/{name}/rollback", post(admin::rollback))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve))
         .merge(oip::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
