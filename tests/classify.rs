@@ -244,7 +244,7 @@ fn bad_requests_get_their_status_and_code() {
             "not_found",
             vec!["'nope'", "motion"],
         ),
-        ("/v2/nothing-here", Some("image/png"), png.clone(), 404, "not_found", vec!["no such route"]),
+        ("/v3/nothing-here", Some("image/png"), png.clone(), 404, "not_found", vec!["no such route"]),
     ];
     for (path, content_type, body, status, code, words) in cases {
         let mut request = server.client().post(server.url(path)).body(body);
@@ -259,6 +259,15 @@ fn bad_requests_get_their_status_and_code() {
     }
     let r = server.client().get(server.url("/v1/classify")).send().unwrap();
     assert_error(r, 405, "method_not_allowed", &[]);
+    // Under /v2 the Open Inference Protocol's error shape holds, for unknown routes too.
+    for (method, path, status) in
+        [("POST", "/v2/nothing-here", 404), ("GET", "/v2/models/motion-resnet18/infer", 405)]
+    {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let (got, body) = json(server.client().request(method, server.url(path)).send().unwrap());
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
     // After all of that the server is still healthy and classifying.
     assert_eq!(json(server.get("/health")).0, 200);
     assert_classification(post(server, "/v1/classify", "image/png", png), 3, 1, 1);
