@@ -283,14 +283,11 @@ fn ring_digest(bytes: &[u8]) -> Vec<u8> {
 
 /// Polls `/health` until guest `name` reports `version`.
 fn wait_for_version(server: &Server, name: &str, version: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if json(server.get("/health")).1["guests"][name]["version"] == version {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("guest '{name}' never reached version {version}:\n{}", server.log());
+    server.wait_for(
+        &format!("guest '{name}' did not reach version {version}"),
+        Duration::from_secs(60),
+        || json(server.get("/health")).1["guests"][name]["version"] == version,
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use motion_host_tests::{Cert, Server, ServerBuilder, client_trusting};
 
@@ -28,17 +28,6 @@ fn flip(tls: &Path, stamp: &str, cert: &[u8], key: &[u8]) {
 fn handshake_trusting(server: &Server, der: &[u8]) -> bool {
     // A new client per attempt: a pooled connection would keep the pair it was opened with.
     client_trusting(Some(der)).get(server.url("/health")).send().is_ok_and(|r| r.status() == 200)
-}
-
-fn wait_for(what: &str, server: &Server, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + ROTATION_TIMEOUT;
-    while Instant::now() < deadline {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} within {ROTATION_TIMEOUT:?}; log:\n{}", server.log());
 }
 
 #[test]
@@ -66,7 +55,9 @@ fn a_secret_volume_flip_rotates_the_certificate_and_a_broken_pair_keeps_the_last
 
     flip(&tls, "..2026_11_22_10_05_00.2", &read(&second.cert), &read(&second.key));
     std::fs::remove_dir_all(tls.join("..2026_11_22_10_00_00.1")).unwrap();
-    wait_for("the second certificate was not served", &server, || handshake_trusting(&server, &second.der));
+    server.wait_for("the second certificate was not served", ROTATION_TIMEOUT, || {
+        handshake_trusting(&server, &second.der)
+    });
     assert!(!handshake_trusting(&server, &first.der), "new handshakes no longer get the first certificate");
     assert_eq!(
         before.get(server.url("/health")).send().unwrap().status(),
@@ -77,7 +68,7 @@ fn a_secret_volume_flip_rotates_the_certificate_and_a_broken_pair_keeps_the_last
 
     // A pair whose key belongs to another certificate: refused, logged, the second one stays.
     flip(&tls, "..2026_11_22_10_10_00.3", &read(&first.cert), &read(&second.key));
-    wait_for("the broken pair was not reported", &server, || {
+    server.wait_for("the broken pair was not reported", ROTATION_TIMEOUT, || {
         server.log().contains("new TLS certificate or key refused")
     });
     let line =
@@ -109,7 +100,7 @@ fn a_certificate_rewritten_in_place_is_picked_up() {
     let second = Cert::localhost(scratch.path(), "second");
     std::fs::copy(&second.key, &key).unwrap();
     std::fs::copy(&second.cert, &cert).unwrap();
-    wait_for("the rewritten certificate was not served", &server, || {
+    server.wait_for("the rewritten certificate was not served", ROTATION_TIMEOUT, || {
         handshake_trusting(&server, &second.der)
     });
 }

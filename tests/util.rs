@@ -346,6 +346,19 @@ impl Server {
         panic!("server did not become healthy:\n{}", self.log());
     }
 
+    /// Polls `done` every 50 ms until it holds; past `timeout`, fails saying `what` did not
+    /// happen, with the server's log.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{what} within {timeout:?}; log:\n{}", self.log());
+    }
+
     pub fn state_file(&self) -> PathBuf {
         self.dir.path().join("serve.json")
     }
