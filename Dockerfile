@@ -1,0 +1,73 @@
+# motion-host: the server, its default model and guest, and the libtorch libraries it links.
+#
+#   docker build -t motion-host .                                  # CPU image (the default)
+#   docker build --target runtime-cuda -t motion-host:cuda .       # NVIDIA GPUs
+#   docker run -p 8443:30751 -v "$PWD/tls:/etc/motion-host/tls:ro" motion-host --bind=[::]:30751
+#
+# The entrypoint is exec-form `motion-host serve`: whatever arguments the platform adds reach
+# the server unchanged. The server writes only under /tmp (its state file, which the
+# HEALTHCHECK's `motion-host healthcheck` reads to learn the bound address and scheme, and its
+# compiled-guest cache), so the root filesystem may be mounted read-only.
+
+# Base images, overridable with --build-arg. The builder's glibc must not be newer than the
+# runtime's: both are Debian bookworm.
+ARG RUST_IMAGE=docker.io/library/rust:1.95-slim-bookworm
+ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
+ARG CUDA_IMAGE=nvcr.io/nvidia/cuda:13.0.2-runtime-ubuntu24.04
+
+FROM ${RUST_IMAGE} AS builder
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ python3 python3-pip ca-certificates binutils \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+# Changes when the sources do, so a cached layer is never reused for other sources.
+ARG SOURCE_STAMP=none
+# scripts/env.sh fetches libtorch from PyPI (as the README's commands do) and adds the wasm
+# target; the build's products are staged in /out for the runtime stages.
+RUN bash -euo pipefail -c '\
+    source scripts/env.sh; \
+    cargo build --release --locked -p motion-guest --target wasm32-wasip2; \
+    cargo build --release --locked -p motion-host; \
+    mkdir -p /out/bin /out/lib /out/guests /out/models /out/licenses; \
+    objcopy --strip-debug target/release/motion-host /out/bin/motion-host; \
+    cp target/wasm32-wasip2/release/motion_guest.wasm /out/guests/motion.wasm; \
+    for so in libtorch_cpu.so libc10.so libgomp.so.1 libcudart.so.13 libcupti.so.13; do \
+        cp "$LIBTORCH/lib/$so" /out/lib/; \
+    done; \
+    cp -r models/motion-resnet18 /out/models/; \
+    rm -rf /out/models/motion-resnet18/train /out/models/motion-resnet18/*.py /out/models/motion-resnet18/*.png; \
+    cp LICENSE /out/licenses/LICENSE; \
+    cp "$LIBTORCH/LICENSE.libtorch" /out/licenses/LICENSE.libtorch; \
+    cp wit/deps/wasi-nn/README.md /out/licenses/LICENSE.wasi-nn-wit; \
+    '
+
+# The CPU image: a slim Debian with only what runs.
+FROM ${RUNTIME_IMAGE} AS runtime
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="motion-host" \
+      org.opencontainers.image.description="WebAssembly-plugin model host serving a camera-motion classifier" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="https://github.com/motion-host/motion-host" \
+      org.opencontainers.image.licenses="Apache-2.0 AND BSD-3-Clause"
+RUN groupadd --system --gid 10001 motion \
+    && useradd --system --uid 10001 --gid motion --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin motion
+# Least often changed first: libraries, model, licences, guest, binary.
+COPY --from=builder /out/lib/ /opt/motion-host/lib/
+RUN echo /opt/motion-host/lib > /etc/ld.so.conf.d/motion-host.conf && ldconfig
+COPY --from=builder /out/models/ /opt/motion-host/models/
+COPY --from=builder /out/licenses/ /usr/share/doc/motion-host/
+COPY --from=builder /out/guests/ /opt/motion-host/guests/
+COPY --from=builder /out/bin/motion-host /usr/local/bin/motion-host
+ENV LIBTORCH=/opt/motion-host \
+    MOTION_HOST_MODEL_DIR=/opt/motion-host/models \
+    MOTION_HOST_GUEST=motion=/opt/motion-host/guests/motion.wasm
+WORKDIR /opt/motion-host
+USER 10001:10001
+VOLUME ["/tmp"]
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["motion-host", "healthcheck"]
+ENTRYPOINT ["motion-host", "serve"]
