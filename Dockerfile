@@ -42,7 +42,50 @@ RUN bash -euo pipefail -c '\
     cp wit/deps/wasi-nn/README.md /out/licenses/LICENSE.wasi-nn-wit; \
     '
 
-# The CPU image: a slim Debian with only what runs.
+# The CUDA libraries: libtorch's own (from the torch wheel) and the NVIDIA wheels torch pins
+# (CUDA 13.0, cuDNN 9, NCCL, cuSPARSELt, NVSHMEM), as pip resolves them for this torch.
+FROM builder AS cuda-libs
+RUN bash -euo pipefail -c '\
+    source scripts/env.sh; \
+    python3 -m pip download --quiet --dest /tmp/wheels "torch==$TORCH_VERSION"; \
+    python3 scripts/extract-libs.py /tmp/wheels /out/cuda-lib; \
+    rm -rf /tmp/wheels; \
+    '
+
+# The GPU image: the same binary on NVIDIA's CUDA runtime base (the host needs a driver for
+# CUDA 13.0 and the NVIDIA container toolkit). With --device auto the server loads
+# libtorch_cuda.so from $LIBTORCH/lib and runs on the GPU when one is visible.
+FROM ${CUDA_IMAGE} AS runtime-cuda
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="motion-host" \
+      org.opencontainers.image.description="WebAssembly-plugin model host serving a camera-motion classifier (CUDA)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="https://github.com/motion-host/motion-host" \
+      org.opencontainers.image.licenses="Apache-2.0 AND BSD-3-Clause AND LicenseRef-NVIDIA-CUDA"
+RUN groupadd --system --gid 10001 motion \
+    && useradd --system --uid 10001 --gid motion --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin motion
+COPY --from=cuda-libs /out/cuda-lib/ /opt/motion-host/lib/
+RUN echo /opt/motion-host/lib > /etc/ld.so.conf.d/motion-host.conf && ldconfig
+COPY --from=builder /out/models/ /opt/motion-host/models/
+COPY --from=builder /out/licenses/ /usr/share/doc/motion-host/
+COPY --from=builder /out/guests/ /opt/motion-host/guests/
+COPY --from=builder /out/bin/motion-host /usr/local/bin/motion-host
+ENV LIBTORCH=/opt/motion-host \
+    MOTION_HOST_MODEL_DIR=/opt/motion-host/models \
+    MOTION_HOST_GUEST=motion=/opt/motion-host/guests/motion.wasm \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+WORKDIR /opt/motion-host
+USER 10001:10001
+VOLUME ["/tmp"]
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["motion-host", "healthcheck"]
+ENTRYPOINT ["motion-host", "serve"]
+
+# The CPU image, the default target (last): a slim Debian with only what runs.
 FROM ${RUNTIME_IMAGE} AS runtime
 ARG VERSION=0.1.0
 ARG REVISION=unknown
