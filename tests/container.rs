@@ -90,7 +90,9 @@ impl Container {
     }
 
     fn inspect(&self, format: &str) -> String {
-        String::from_utf8_lossy(&podman(&["inspect", &self.name, "--format", format]).stdout).trim().to_string()
+        String::from_utf8_lossy(&podman(&["inspect", &self.name, "--format", format]).stdout)
+            .trim()
+            .to_string()
     }
 
     /// Polls `url` with `client` until it answers 200; returns how long that took.
@@ -145,10 +147,15 @@ fn host_ipv6() -> Vec<IpAddr> {
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             let (hex, scope, device) = (f.first()?, f.get(3)?, f.get(5)?);
-            if *scope != "00" || device.starts_with("podman") || device.starts_with("veth") || device.starts_with("cni") {
+            if *scope != "00"
+                || device.starts_with("podman")
+                || device.starts_with("veth")
+                || device.starts_with("cni")
+            {
                 return None;
             }
-            let bytes: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+            let bytes: Vec<u8> =
+                (0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
             Some(IpAddr::from(<[u8; 16]>::try_from(bytes).unwrap()))
         })
         .collect()
@@ -179,11 +186,23 @@ fn the_image_is_lean_non_root_and_exec_form() {
         assert!(!value.is_empty(), "OCI label {label} missing: {labels}");
     }
     let healthcheck = &image["Healthcheck"];
-    assert_eq!(healthcheck["Test"], serde_json::json!(["CMD", "motion-host", "healthcheck"]), "{healthcheck}");
+    assert_eq!(
+        healthcheck["Test"],
+        serde_json::json!(["CMD", "motion-host", "healthcheck"]),
+        "{healthcheck}"
+    );
 
     // Every library the binary needs is in the image; no libtorch headers came along.
-    let out = podman(&["run", "--rm", "--pull=never", "--entrypoint", "sh", &self::image(), "-c",
-        "ldd /usr/local/bin/motion-host; echo headers: $(find / -xdev -name '*.h' -path '*torch*' | wc -l); ls /usr/share/doc/motion-host"]);
+    let out = podman(&[
+        "run",
+        "--rm",
+        "--pull=never",
+        "--entrypoint",
+        "sh",
+        &self::image(),
+        "-c",
+        "ldd /usr/local/bin/motion-host; echo headers: $(find / -xdev -name '*.h' -path '*torch*' | wc -l); ls /usr/share/doc/motion-host",
+    ]);
     let listing = text(&out);
     assert!(out.status.success(), "{listing}");
     assert!(!listing.contains("not found"), "{listing}");
@@ -202,13 +221,20 @@ fn tls_on_the_platform_port_over_ipv4_and_ipv6_and_healthy_by_the_engine() {
     let c = run("tls", &["-v".into(), mount], &[&format!("--bind=[::]:{PORT}")]);
     let v4 = SocketAddr::from(([127, 0, 0, 1], c.host_port));
     let ready = c.wait_healthy(&client_for(&cert, v4), &format!("https://localhost:{}/health", c.host_port));
-    eprintln!("container start to healthy: {:.2} s (run to first 200: {:.2} s)", started.elapsed().as_secs_f64(), ready.as_secs_f64());
+    eprintln!(
+        "container start to healthy: {:.2} s (run to first 200: {:.2} s)",
+        started.elapsed().as_secs_f64(),
+        ready.as_secs_f64()
+    );
     let logs = c.logs();
     assert!(logs.contains("TLS on") && logs.contains("well-known path /etc/motion-host/tls"), "{logs}");
     assert!(logs.contains(&format!("https://[::]:{PORT}")), "{logs}");
 
     // IPv6: to the published port on this machine's global addresses, and to the container.
-    let container_v6: IpAddr = c.inspect(&format!("{{{{(index .NetworkSettings.Networks \"{NETWORK}\").GlobalIPv6Address}}}}")).parse().unwrap();
+    let container_v6: IpAddr = c
+        .inspect(&format!("{{{{(index .NetworkSettings.Networks \"{NETWORK}\").GlobalIPv6Address}}}}"))
+        .parse()
+        .unwrap();
     let mut v6 = vec![SocketAddr::new(container_v6, PORT)];
     v6.extend(host_ipv6().into_iter().map(|ip| SocketAddr::new(ip, c.host_port)));
     for addr in v6 {
@@ -250,7 +276,11 @@ fn podman_stop_drains_in_flight_requests_and_exits_zero() {
     let c = run(
         "stop",
         &["-v".into(), mount],
-        &[&format!("--bind=[::]:{PORT}"), "--guest=motion=/opt/motion-host/guests/motion.wasm", "--guest=hostile=/guests/hostile.wasm"],
+        &[
+            &format!("--bind=[::]:{PORT}"),
+            "--guest=motion=/opt/motion-host/guests/motion.wasm",
+            "--guest=hostile=/guests/hostile.wasm",
+        ],
     );
     let url = format!("http://127.0.0.1:{}", c.host_port);
     let client = Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
@@ -259,7 +289,14 @@ fn podman_stop_drains_in_flight_requests_and_exits_zero() {
     let slow = std::thread::spawn({
         let client = client.clone();
         let url = format!("{url}/v1/guests/hostile/classify");
-        move || client.post(url).header("content-type", "text/plain").body("sleep 3000").send().map(|r| r.status().as_u16())
+        move || {
+            client
+                .post(url)
+                .header("content-type", "text/plain")
+                .body("sleep 3000")
+                .send()
+                .map(|r| r.status().as_u16())
+        }
     });
     std::thread::sleep(Duration::from_millis(500));
     let stopping = Instant::now();
@@ -299,7 +336,12 @@ fn a_guest_swap_through_the_admin_api_with_a_mounted_token() {
     let guest = std::fs::read(test_guest("motion-reversed")).unwrap();
     let r = client.put(format!("{base}/admin/guests/motion")).body(guest.clone()).send().unwrap();
     assert_eq!(r.status(), 401, "no token, no swap");
-    let r = client.put(format!("{base}/admin/guests/motion")).bearer_auth(ADMIN_TOKEN).body(guest).send().unwrap();
+    let r = client
+        .put(format!("{base}/admin/guests/motion"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(guest)
+        .send()
+        .unwrap();
     let (status, body) = json(r);
     assert_eq!(status, 200, "{body}");
     let (_, guests) = json(client.get(format!("{base}/v1/guests")).send().unwrap());
