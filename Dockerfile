@@ -36,7 +36,7 @@ RUN bash -euo pipefail -c '\
         cp "$LIBTORCH/lib/$so" /out/lib/; \
     done; \
     cp -r models/motion-resnet18 /out/models/; \
-    rm -rf /out/models/motion-resnet18/train /out/models/motion-resnet18/*.py /out/models/motion-resnet18/*.png; \
+    rm -rf /out/models/motion-resnet18/train /out/models/motion-resnet18/*.py /out/models/motion-resnet18/*.png /out/models/motion-resnet18/*.txt; \
     cp LICENSE /out/licenses/LICENSE; \
     cp "$LIBTORCH/LICENSE.libtorch" /out/licenses/LICENSE.libtorch; \
     cp wit/deps/wasi-nn/README.md /out/licenses/LICENSE.wasi-nn-wit; \
