@@ -15,15 +15,7 @@ import numpy as np
 import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
-
-def fail(message):
-    print(f"oip_client: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def check(condition, message):
-    if not condition:
-        fail(message)
+from checks import check, fail
 
 
 def expect_error(call, status, words):

@@ -13,13 +13,10 @@ import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from checks import fail
+
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-
-
-def fail(message):
-    print(f"parse_metrics: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 def main():

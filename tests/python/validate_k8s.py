@@ -19,18 +19,10 @@ import sys
 import kubernetes_validate
 import yaml
 
+from checks import check, fail
+
 VERSIONS = ["1.30.0", "1.37.0"]
 SHUTDOWN_TIMEOUT_S = 25  # motion-host serve's default --shutdown-timeout
-
-
-def fail(message):
-    print(f"validate_k8s: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def check(condition, message):
-    if not condition:
-        fail(message)
 
 
 def validate_core(obj, where):
