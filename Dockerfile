@@ -2,7 +2,7 @@
 #
 #   docker build -t motion-host .                                  # CPU image (the default)
 #   docker build --target runtime-cuda -t motion-host:cuda .       # NVIDIA GPUs
-#   docker run -p 8443:30751 -v "$PWD/tls:/etc/motion-host/tls:ro" motion-host --bind=[::]:30751
+#   docker run -p 8443:30751 -v "$PWD/tls:/etc/motion-host/tls:ro" motion-host '--bind=[::]:30751'
 #
 # The entrypoint is exec-form `motion-host serve`: whatever arguments the platform adds reach
 # the server unchanged. The server writes only under /tmp (its state file, which the
