@@ -236,7 +236,9 @@ async fn serve_infer(
             ),
             None => None,
         };
+        let parse_started = Instant::now();
         let request = wire::parse_request(&bytes, header_length)?;
+        let parsing = parse_started.elapsed();
         drop(bytes);
         let (outputs, info) = match &target {
             Target::Raw(m) => run_model(m, &request).await?,
@@ -257,7 +259,9 @@ async fn serve_infer(
             None => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], encoded.body)
                 .into_response(),
         };
+        // Parsing the request is preprocessing too, and encoding the answer postprocessing.
         let mut info = info;
+        info.timings.preprocess += parsing;
         info.timings.postprocess += encode_started.elapsed();
         response.extensions_mut().insert(info);
         Ok::<_, V2Error>(response)
