@@ -8,16 +8,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use notify::{RecursiveMode, Watcher};
 
 use crate::runtime::{self, Runtime};
-
-/// Events within this window are handled as one change (a copy, a rename and a chmod, or a
-/// symlink flip, arrive as several events).
-const SETTLE: Duration = Duration::from_millis(250);
 
 /// The guests in `dir`: name → file, for every `NAME.wasm` whose stem is a valid guest name.
 pub fn scan(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
@@ -81,20 +75,10 @@ pub async fn sync(runtime: &Runtime, dir: &Path) -> anyhow::Result<()> {
 /// Watches `dir` for as long as the returned watcher lives, syncing after each burst of
 /// changes.
 pub fn watch(runtime: Arc<Runtime>, dir: PathBuf) -> anyhow::Result<notify::RecommendedWatcher> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.send(());
-        }
-    })
-    .context("cannot start watching --guest-dir")?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
+    let (watcher, mut changes) = crate::watch::dirs(std::slice::from_ref(&dir))
         .with_context(|| format!("cannot watch --guest-dir '{}'", dir.display()))?;
     tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            tokio::time::sleep(SETTLE).await;
-            while rx.try_recv().is_ok() {}
+        while changes.settled().await.is_some() {
             if let Err(e) = sync(&runtime, &dir).await {
                 tracing::warn!(dir = %dir.display(), error = %e, "--guest-dir change not fully applied");
             }

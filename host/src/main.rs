@@ -14,6 +14,7 @@ mod nn;
 mod platform;
 mod runtime;
 mod serve;
+mod watch;
 
 use std::process::ExitCode;
 

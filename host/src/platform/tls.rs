@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
-use notify::{RecursiveMode, Watcher};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -113,9 +112,6 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// Events within this window are one change: a secret update writes several files and flips
-/// a symlink.
-const SETTLE: Duration = Duration::from_millis(250);
 /// The files are also re-read this often, in case a change produced no event (some network
 /// and overlay filesystems send none).
 const POLL: Duration = Duration::from_secs(30);
@@ -139,18 +135,10 @@ pub fn watch(
     cert: PathBuf,
     key: PathBuf,
 ) -> notify::Result<notify::RecommendedWatcher> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.send(());
-        }
-    })?;
     let mut dirs: Vec<PathBuf> =
         [&cert, &key].iter().map(|p| p.parent().unwrap_or(Path::new(".")).to_path_buf()).collect();
     dirs.dedup();
-    for dir in &dirs {
-        watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    }
+    let (watcher, mut changes) = crate::watch::dirs(&dirs)?;
     let mut last = pair_digest(&cert, &key).ok();
     tokio::spawn(async move {
         let mut poll = tokio::time::interval(POLL);
@@ -158,12 +146,10 @@ pub fn watch(
         poll.tick().await;
         loop {
             tokio::select! {
-                event = rx.recv() => {
-                    if event.is_none() {
+                changed = changes.settled() => {
+                    if changed.is_none() {
                         return;
                     }
-                    tokio::time::sleep(SETTLE).await;
-                    while rx.try_recv().is_ok() {}
                 }
                 _ = poll.tick() => {}
             }
