@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::ms;
 use crate::metrics::METRICS;
-use crate::runtime::StageTimings;
+use crate::runtime::{Classified, LoadedGuest, StageTimings};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -25,6 +25,18 @@ pub struct AccessInfo {
     pub guest: Option<(String, String)>,
     pub batch_size: usize,
     pub timings: StageTimings,
+}
+
+impl AccessInfo {
+    /// A guest's classification.
+    pub fn guest(guest: &LoadedGuest, classified: &Classified) -> AccessInfo {
+        AccessInfo {
+            model: guest.model.name().to_string(),
+            guest: Some((guest.name.clone(), guest.info.version.clone())),
+            batch_size: classified.batch_size,
+            timings: classified.timings.clone(),
+        }
+    }
 }
 
 /// The error code of a failed request (a response extension set by `ApiError`).

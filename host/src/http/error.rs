@@ -154,7 +154,15 @@ impl IntoResponse for ApiError {
                 accepted: &self.accepted,
             },
         };
-        let mut response = (self.status, Json(body)).into_response();
+        let response = (self.status, Json(body)).into_response();
+        self.finish(response)
+    }
+}
+
+impl ApiError {
+    /// Adds what every error response carries, whatever the shape of its body: `Retry-After`,
+    /// `WWW-Authenticate`, and the code for the access line.
+    pub(super) fn finish(&self, mut response: Response) -> Response {
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -150,15 +150,16 @@ impl AppState {
             .unwrap_or_else(|_| Err(ApiError::body_timeout(self.settings.request_timeout)))
     }
 
-    /// Runs the rest of a request within its deadline: past it, 504.
-    async fn within_deadline(
+    /// Runs the rest of a request within its deadline: past it, 504 (in the error shape `E` of
+    /// the route's protocol).
+    async fn within_deadline<E: From<ApiError>>(
         &self,
         deadline: tokio::time::Instant,
-        handler: impl Future<Output = Result<Response, ApiError>>,
-    ) -> Result<Response, ApiError> {
+        handler: impl Future<Output = Result<Response, E>>,
+    ) -> Result<Response, E> {
         tokio::time::timeout_at(deadline, handler)
             .await
-            .unwrap_or_else(|_| Err(ApiError::request_timeout(self.settings.request_timeout)))
+            .unwrap_or_else(|_| Err(ApiError::request_timeout(self.settings.request_timeout).into()))
     }
 
     fn ready_runtime(&self) -> Result<&Arc<Runtime>, ApiError> {
@@ -448,21 +449,27 @@ async fn classify(
         .map(|part| Media { content_type: part.content_type, data: part.data.into() })
         .collect();
 
-    let classified = runtime.classify(guest, media, top_k).await.map_err(|e| {
+    let classified = run_guest(runtime, guest, media, top_k).await?;
+    let mut response = Json(ClassifyResponse::new(guest, &classified, received.elapsed())).into_response();
+    response.extensions_mut().insert(access::AccessInfo::guest(guest, &classified));
+    Ok(response)
+}
+
+/// Runs `guest` on `media` (for `/v1` and `/v2` alike); a failure that is the server's or the
+/// guest's, not the client's, is logged.
+async fn run_guest(
+    runtime: &Runtime,
+    guest: &LoadedGuest,
+    media: Vec<Media>,
+    top_k: u32,
+) -> Result<Classified, ApiError> {
+    runtime.classify(guest, media, top_k).await.map_err(|e| {
         let e = ApiError::from(e);
         if e.status.is_server_error() {
             tracing::warn!(guest = %guest.name, code = e.code, error = %e.message, "classification failed");
         }
         e
-    })?;
-    let mut response = Json(ClassifyResponse::new(guest, &classified, received.elapsed())).into_response();
-    response.extensions_mut().insert(access::AccessInfo {
-        model: guest.model.name().to_string(),
-        guest: Some((guest.name.clone(), guest.info.version.clone())),
-        batch_size: classified.batch_size,
-        timings: classified.timings.clone(),
-    });
-    Ok(response)
+    })
 }
 
 /// `top_k` from the query: an integer in 1..=labels, default 3.

@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use serde_json::json;
 
-use super::access::{AccessInfo, ErrorCode};
+use super::access::AccessInfo;
 use super::oip_codec::{self as wire, OutputData, WireError};
 use super::{ApiError, AppState, VERSION};
 use crate::backend::{BackendError, Input, Model};
@@ -70,12 +70,8 @@ impl IntoResponse for V2Error {
             StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
             other => other,
         };
-        let mut response = (status, axum::Json(json!({ "error": e.message }))).into_response();
-        if let Some(secs) = e.retry_after_secs {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response.extensions_mut().insert(ErrorCode(e.code));
-        response
+        let response = (status, axum::Json(json!({ "error": e.message }))).into_response();
+        e.finish(response)
     }
 }
 
@@ -266,10 +262,7 @@ async fn serve_infer(
         response.extensions_mut().insert(info);
         Ok::<_, V2Error>(response)
     };
-    match tokio::time::timeout_at(deadline, run).await {
-        Ok(result) => result,
-        Err(_) => Err(ApiError::request_timeout(app.settings.request_timeout).into()),
-    }
+    app.within_deadline(deadline, run).await
 }
 
 fn backend_error(e: BackendError) -> V2Error {
@@ -395,13 +388,7 @@ async fn run_pipeline(
         .collect::<Result<Vec<_>, _>>()?;
 
     let labels = &guest.info.labels;
-    let classified = runtime.classify(guest, media, labels.len() as u32).await.map_err(|e| {
-        let e = ApiError::from(e);
-        if e.status.is_server_error() {
-            tracing::warn!(guest = %guest.name, code = e.code, error = %e.message, "classification failed");
-        }
-        V2Error(e)
-    })?;
+    let classified = super::run_guest(runtime, guest, media, labels.len() as u32).await?;
     let scores = labels
         .iter()
         .map(|label| classified.top_k.iter().find(|(l, _)| l == label).map_or(0.0, |(_, s)| *s))
@@ -418,13 +405,7 @@ async fn run_pipeline(
             data: OutputData::Fp32(scores),
         },
     ];
-    let info = AccessInfo {
-        model: guest.model.name().to_string(),
-        guest: Some((guest.name.clone(), guest.info.version.clone())),
-        batch_size: classified.batch_size,
-        timings: classified.timings.clone(),
-    };
-    Ok((outputs, info))
+    Ok((outputs, AccessInfo::guest(guest, &classified)))
 }
 
 #[cfg(test)]
