@@ -8,6 +8,19 @@
 # the server unchanged. The server writes only under /tmp (its state file, which the
 # HEALTHCHECK's `motion-host healthcheck` reads to learn the bound address and scheme, and its
 # compiled-guest cache), so the root filesystem may be mounted read-only.
+#
+# Behind a TLS-intercepting proxy, pass its CA bundle (a PEM file with every CA to trust, as
+# SSL_CERT_FILE names on the host) as the build secret `ca_bundle`:
+#
+#   docker build --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt -t motion-host .
+#
+# apt, pip and cargo trust it in every step that downloads (scripts/with-build-ca); a secret is
+# mounted only while a step runs, so no layer and no history entry of any image keeps it.
+#
+# A plain build downloads what it needs (apt packages, libtorch from PyPI, the wasm target, the
+# crates). scripts/test instead fetches the crates and libtorch on the host and builds with
+# OFFLINE=true, which makes the build use them (`cargo build --frozen`) and fail, naming the
+# step, rather than download.
 
 # Base images, overridable with --build-arg. The builder's glibc must not be newer than the
 # runtime's: both are Debian bookworm.
@@ -16,19 +29,29 @@ ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
 ARG CUDA_IMAGE=nvcr.io/nvidia/cuda:13.0.2-runtime-ubuntu24.04
 
 FROM ${RUST_IMAGE} AS builder
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends g++ python3 python3-pip ca-certificates binutils \
-    && rm -rf /var/lib/apt/lists/*
+COPY scripts/with-build-ca /usr/local/bin/with-build-ca
+RUN --mount=type=secret,id=ca_bundle with-build-ca sh -euc '\
+    apt-get update; \
+    apt-get install -y --no-install-recommends g++ python3 python3-pip ca-certificates binutils; \
+    rm -rf /var/lib/apt/lists/*; \
+    '
 WORKDIR /src
 COPY . .
 # Changes when the sources do, so a cached layer is never reused for other sources.
 ARG SOURCE_STAMP=none
+ARG OFFLINE=false
+ARG MOTION_HOST_CACHE
 # scripts/env.sh fetches libtorch from PyPI (as the README's commands do) and adds the wasm
-# target; the build's products are staged in /out for the runtime stages.
-RUN bash -euo pipefail -c '\
+# target, or with OFFLINE=true finds them prepared; the build's products are staged in /out for
+# the runtime stages.
+RUN --mount=type=secret,id=ca_bundle with-build-ca bash -eEuo pipefail -c '\
+    if [ "$OFFLINE" = true ]; then export MOTION_HOST_OFFLINE=1; lock=--frozen; else lock=--locked; fi; \
     source scripts/env.sh; \
-    cargo build --release --locked -p motion-guest --target wasm32-wasip2; \
-    cargo build --release --locked -p motion-host; \
+    step build "building the default guest ($lock)"; \
+    cargo build --release $lock -p motion-guest --target wasm32-wasip2; \
+    step build "building motion-host ($lock)"; \
+    cargo build --release $lock -p motion-host; \
+    step build "staging the image contents in /out"; \
     mkdir -p /out/bin /out/lib /out/guests /out/models /out/licenses; \
     objcopy --strip-debug target/release/motion-host /out/bin/motion-host; \
     cp target/wasm32-wasip2/release/motion_guest.wasm /out/guests/motion.wasm; \
@@ -45,8 +68,9 @@ RUN bash -euo pipefail -c '\
 # The CUDA libraries: libtorch's own (from the torch wheel) and the NVIDIA wheels torch pins
 # (CUDA 13.0, cuDNN 9, NCCL, cuSPARSELt, NVSHMEM), as pip resolves them for this torch.
 FROM builder AS cuda-libs
-RUN bash -euo pipefail -c '\
+RUN --mount=type=secret,id=ca_bundle with-build-ca bash -eEuo pipefail -c '\
     source scripts/env.sh; \
+    step download "fetching the CUDA wheels torch $TORCH_VERSION pins"; \
     python3 -m pip download --quiet --dest /tmp/wheels "torch==$TORCH_VERSION"; \
     python3 scripts/extract-libs.py /tmp/wheels /out/cuda-lib; \
     rm -rf /tmp/wheels; \

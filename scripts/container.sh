@@ -4,14 +4,20 @@
 #
 # No image registry is reachable from where the tests run, so the base images the Dockerfile
 # names are made here: debian:bookworm-slim from debootstrap (cached as a tarball), and a
-# rust:*-slim-bookworm on top of it whose toolchain is this machine's own, lent to the build
-# through volumes along with the cargo cache, libtorch and target/. The Dockerfile's own
-# `cargo build` then finds its work done and finishes in seconds.
+# builder base on top of it whose toolchain is this machine's own, lent to the build through
+# volumes along with the cargo home, libtorch and target/. The crates are fetched on this
+# machine first (with its own trust store) and the image's build runs offline (`cargo build
+# --frozen`, MOTION_HOST_OFFLINE=1): it downloads nothing, and its `cargo build` finds its work
+# done and finishes in seconds.
+#
+# The CA bundle this machine trusts (MOTION_HOST_CA_BUNDLE, else SSL_CERT_FILE or
+# CURL_CA_BUNDLE, else Debian's bundle) is passed to the build as the secret `ca_bundle`, the
+# Dockerfile's one way in for a proxy's CA, and named in MOTION_HOST_BUILD_CA for the test that
+# checks it reached no layer of the image.
 
 CONTAINER_PACKAGES=(podman runc netavark aardvark-dns catatonit iptables debootstrap)
 RUST_VERSION="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)"
 DEBIAN_TAG=docker.io/library/debian:bookworm-slim
-RUST_TAG="docker.io/library/rust:$RUST_VERSION-slim-bookworm"
 export MOTION_HOST_TEST_IMAGE=localhost/motion-host:test
 
 # Installs podman and runc from Debian's packages when they are missing, and points podman at a
@@ -25,8 +31,10 @@ container_engine() {
             say "the container tests need ${missing[*]}: apt-get install ${CONTAINER_PACKAGES[*]}"
             return 1
         fi
-        say "installing ${CONTAINER_PACKAGES[*]} (Debian packages)"
+        step download "installing ${CONTAINER_PACKAGES[*]} (Debian packages)"
         export DEBIAN_FRONTEND=noninteractive
+        # Finishes an install an earlier run was killed in the middle of.
+        dpkg --configure -a
         apt-get install -y -qq --no-install-recommends "${CONTAINER_PACKAGES[@]}" >/dev/null \
             || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${CONTAINER_PACKAGES[@]}" >/dev/null; }
     fi
@@ -38,12 +46,16 @@ container_engine() {
     export MOTION_HOST_ULIMITS="nofile=$nofile:$nofile nproc=$nproc:$nproc"
     export CONTAINERS_CONF="$MOTION_HOST_CACHE/containers.conf"
     mkdir -p "$MOTION_HOST_CACHE"
+    # scripts/cold-check keeps podman's run-time state away from the machine's own podman.
+    local tmp_dir=""
+    [ -n "${MOTION_HOST_PODMAN_TMPDIR:-}" ] && tmp_dir="tmp_dir = \"$MOTION_HOST_PODMAN_TMPDIR\""
     cat > "$CONTAINERS_CONF" <<CONF
 [containers]
 log_driver = "k8s-file"
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 
 [engine]
+$tmp_dir
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
@@ -58,7 +70,7 @@ base_images() {
     if ! podman image exists "$DEBIAN_TAG"; then
         local tarball="$MOTION_HOST_CACHE/base/debian-bookworm-minbase.tar"
         if [ ! -f "$tarball" ]; then
-            say "making $DEBIAN_TAG with debootstrap"
+            step download "making $DEBIAN_TAG with debootstrap"
             local root="$MOTION_HOST_CACHE/base/root"
             rm -rf "$root"
             mkdir -p "$root"
@@ -73,29 +85,53 @@ SOURCES
             mv "$tarball.tmp" "$tarball"
             rm -rf "$root"
         fi
+        step image "importing $DEBIAN_TAG"
         podman import --quiet --change 'CMD ["bash"]' "$tarball" "$DEBIAN_TAG" >/dev/null
     fi
-    if ! podman image exists "$RUST_TAG"; then
-        say "making $RUST_TAG from this machine's toolchain"
-        local cargo_home="${CARGO_HOME:-$HOME/.cargo}" rustup_home
-        rustup_home="$(rustup show home)"
+    # The builder base: the toolchain's own bin/ on PATH (not the rustup proxies, which live in
+    # a cargo home), tagged by the paths it names so another toolchain or cargo home gets its own.
+    local cargo_home="${CARGO_HOME:-$HOME/.cargo}" rustup_home sysroot
+    rustup_home="$(rustup show home)"
+    sysroot="$(rustc --print sysroot)"
+    BUILDER_BASE="localhost/motion-host-builder-base:$(printf '%s\n' "$rustup_home" "$cargo_home" "$sysroot" | sha256sum | cut -c1-16)"
+    if ! podman image exists "$BUILDER_BASE"; then
+        step image "making the builder base $BUILDER_BASE from this machine's toolchain"
         printf 'FROM %s\nENV RUSTUP_HOME=%s CARGO_HOME=%s PATH=%s/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n' \
-            "$DEBIAN_TAG" "$rustup_home" "$cargo_home" "$cargo_home" \
-            | podman build --quiet --pull=never -t "$RUST_TAG" -f - . >/dev/null
+            "$DEBIAN_TAG" "$rustup_home" "$cargo_home" "$sysroot" \
+            | podman build --quiet --pull=never -t "$BUILDER_BASE" -f - . >/dev/null
     fi
 }
 
-# Builds the CPU image from the Dockerfile, lending the build this machine's toolchain, cargo
-# cache, libtorch and target/ (all at their own paths, so cargo's fingerprints match).
+# The CA bundle to pass to the image build, if this machine has one.
+build_ca_bundle() {
+    local ca
+    for ca in "${MOTION_HOST_CA_BUNDLE:-}" "${SSL_CERT_FILE:-}" "${CURL_CA_BUNDLE:-}" /etc/ssl/certs/ca-certificates.crt; do
+        if [ -n "$ca" ] && [ -s "$ca" ]; then
+            printf '%s\n' "$ca"
+            return 0
+        fi
+    done
+}
+
+# Builds the CPU image from the Dockerfile (or the stage named by $1), offline, lending the build
+# this machine's toolchain, cargo home, libtorch and target/ (all at their own paths, so cargo's
+# fingerprints match).
 build_image() {
+    local target="${1:-runtime}" tag="${2:-$MOTION_HOST_TEST_IMAGE}"
     container_engine
     base_images
-    local cargo_home="${CARGO_HOME:-$HOME/.cargo}" rustup_home stamp ulimits=()
+    fetch_crates
+    local cargo_home="${CARGO_HOME:-$HOME/.cargo}" rustup_home stamp ulimits=() secret=()
     rustup_home="$(rustup show home)"
     stamp="$(git ls-files -s | sha256sum | cut -c1-16)-$(git diff HEAD | sha256sum | cut -c1-16)"
     for u in $MOTION_HOST_ULIMITS; do ulimits+=(--ulimit "$u"); done
-    say "building the container image $MOTION_HOST_TEST_IMAGE"
-    podman build --quiet --format docker --pull=never --layers "${ulimits[@]}" \
+    MOTION_HOST_BUILD_CA="$(build_ca_bundle)"
+    export MOTION_HOST_BUILD_CA
+    [ -n "$MOTION_HOST_BUILD_CA" ] && secret=(--secret "id=ca_bundle,src=$MOTION_HOST_BUILD_CA")
+    step image "building the container image $tag (stage $target, offline${MOTION_HOST_BUILD_CA:+, trusting $MOTION_HOST_BUILD_CA})"
+    podman build --quiet --format docker --pull=never --layers "${ulimits[@]}" "${secret[@]}" \
+        --build-arg RUST_IMAGE="$BUILDER_BASE" \
+        --build-arg OFFLINE=true \
         --build-arg MOTION_HOST_CACHE="$MOTION_HOST_CACHE" \
         --build-arg SOURCE_STAMP="$stamp" \
         --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
@@ -103,5 +139,5 @@ build_image() {
         -v "$cargo_home:$cargo_home" \
         -v "$rustup_home:$rustup_home" \
         -v "$MOTION_HOST_CACHE:$MOTION_HOST_CACHE" \
-        --target runtime -t "$MOTION_HOST_TEST_IMAGE" . >/dev/null
+        --target "$target" -t "$tag" . >/dev/null
 }

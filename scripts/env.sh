@@ -8,8 +8,16 @@
 # PyPI's libtorch_cpu.so links; leaving libtorch_cuda.so out makes torch-sys link a CPU-only
 # build. The torch version is pinned to the one tch 0.24 wraps (2.11), which is also the
 # torch the GPU machines carry.
+#
+# Every step is announced with `step PHASE MESSAGE` (phases: download, image, build, test); a
+# failing command is reported with the step it failed in. MOTION_HOST_PHASE_LOG, when set, names
+# a file each step is appended to (its start time, phase and message), which scripts/cold-check
+# turns into per-phase times. MOTION_HOST_OFFLINE=1 (set inside the image build the scripts
+# prepare) forbids every download: a missing piece fails with the step that would have needed
+# the network. Each download lands in a temporary path and is moved into place only when
+# complete, so a run killed half-way leaves nothing a later run would trust.
 
-set -euo pipefail
+set -eEuo pipefail
 
 TORCH_VERSION=2.11.0
 CUDA_RUNTIME_VERSION=13.0.96 # pinned by torch 2.11's metadata (cuda-toolkit 13.0.2)
@@ -20,15 +28,43 @@ LIBTORCH_DIR="$MOTION_HOST_CACHE/libtorch-$TORCH_VERSION"
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
+MOTION_HOST_STEP="setting up"
+step() {
+    MOTION_HOST_STEP="$2"
+    say "$2"
+    if [ -n "${MOTION_HOST_PHASE_LOG:-}" ]; then
+        printf '%s\t%s\t%s\n' "$(date +%s)" "$1" "$2" >> "$MOTION_HOST_PHASE_LOG"
+    fi
+}
+on_error() {
+    local rc=$?
+    say "failed while ${MOTION_HOST_STEP}: \`$BASH_COMMAND\` exited with $rc"
+}
+trap on_error ERR
+
+# Fails the current step when downloads are forbidden: `needs_network WHAT`.
+needs_network() {
+    if [ "${MOTION_HOST_OFFLINE:-0}" = 1 ]; then
+        say "$1 needs the network, and MOTION_HOST_OFFLINE=1 forbids it (prepare it outside the build)"
+        return 1
+    fi
+}
+
 fetch_libtorch() {
     [ -f "$LIBTORCH_DIR/.complete" ] && return 0
-    local wheels="$MOTION_HOST_CACHE/wheels"
+    step download "fetching libtorch $TORCH_VERSION from PyPI into $MOTION_HOST_CACHE"
+    needs_network "libtorch (not in $LIBTORCH_DIR)"
+    local wheels="$MOTION_HOST_CACHE/wheels" partial
     mkdir -p "$wheels"
-    say "fetching libtorch $TORCH_VERSION from PyPI into $MOTION_HOST_CACHE"
-    python3 -m pip download --quiet --no-deps --dest "$wheels" \
+    rm -rf "$MOTION_HOST_CACHE"/wheels.partial.* "$MOTION_HOST_CACHE"/staging.*
+    partial="$(mktemp -d "$MOTION_HOST_CACHE/wheels.partial.XXXXXX")"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --dest "$partial" \
+        --find-links "$wheels" \
         "torch==$TORCH_VERSION" \
         "nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION" \
         "nvidia-cuda-cupti==$CUDA_CUPTI_VERSION"
+    mv -f "$partial"/*.whl "$wheels"/
+    rmdir "$partial"
     local staging
     staging="$(mktemp -d "$MOTION_HOST_CACHE/staging.XXXXXX")"
     python3 - "$wheels" "$staging" "$TORCH_VERSION" "$CUDA_RUNTIME_VERSION" "$CUDA_CUPTI_VERSION" <<'PY'
@@ -72,23 +108,32 @@ PY
     say "libtorch ready in $LIBTORCH_DIR"
 }
 
+# Asks the toolchain itself (rustup may be absent, as in the image build the scripts prepare).
 add_wasm_target() {
-    if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-        say "adding the wasm32-wasip2 target"
-        rustup target add wasm32-wasip2
-    fi
+    [ -d "$(rustc --print sysroot)/lib/rustlib/wasm32-wasip2" ] && return 0
+    step download "adding the wasm32-wasip2 target"
+    needs_network "the wasm32-wasip2 target"
+    rustup target add wasm32-wasip2
 }
 
 add_rustfmt() {
-    if ! cargo fmt --version >/dev/null 2>&1; then
-        say "adding rustfmt"
-        rustup component add rustfmt
-    fi
+    cargo fmt --version >/dev/null 2>&1 && return 0
+    step download "adding rustfmt"
+    needs_network rustfmt
+    rustup component add rustfmt
+}
+
+# Every crate the workspace needs, for every target, into the cargo home (with this machine's
+# trust store), so the builds after it, the image's included, need no network.
+fetch_crates() {
+    [ -n "${CRATES_FETCHED:-}" ] && return 0
+    step download "fetching the crates (cargo fetch --locked)"
+    cargo fetch --locked --quiet
+    CRATES_FETCHED=1
 }
 
 fetch_libtorch
 add_wasm_target
-add_rustfmt
 
 export LIBTORCH="$LIBTORCH_DIR"
 export LD_LIBRARY_PATH="$LIBTORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -100,8 +145,8 @@ test_python() {
     local stamp="$venv/.requirements.sha256" wanted
     wanted="$(sha256sum tests/requirements.txt | cut -d' ' -f1)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-        say "installing the tests' Python requirements into $venv"
-        python3 -m venv "$venv"
+        step download "installing the tests' Python requirements into $venv"
+        python3 -m venv --clear "$venv"
         "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
         echo "$wanted" > "$stamp"
     fi
@@ -110,13 +155,13 @@ test_python() {
 
 # Builds the default guest component (the build output is where the server looks for it).
 build_guest() {
-    say "building the default guest (wasm32-wasip2)"
+    step build "building the default guest (wasm32-wasip2)"
     cargo build --quiet --release --locked -p motion-guest --target wasm32-wasip2
 }
 
 # Builds the guest variants the tests swap between, into target/test-guests/.
 build_test_guests() {
-    say "building the test guests"
+    step build "building the test guests"
     local out=target/test-guests wasm=target/wasm32-wasip2/release/motion_guest.wasm
     mkdir -p "$out"
     local feature

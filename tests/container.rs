@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use motion_host_tests::{ADMIN_TOKEN, Cert, free_port, json, test_guest};
+use motion_host_tests::{ADMIN_TOKEN, Cert, free_port, json, repo_root, test_guest, test_python};
 use reqwest::blocking::Client;
 
 /// The port the platform assigns inside the container.
@@ -211,6 +211,22 @@ fn the_image_is_lean_non_root_and_exec_form() {
     for licence in ["LICENSE", "LICENSE.libtorch", "LICENSE.wasi-nn-wit"] {
         assert!(listing.lines().any(|l| l == licence), "licence {licence} missing: {listing}");
     }
+}
+
+/// The CA bundle the image was built with reached no layer, no history entry and no setting of
+/// the image: it was a build secret, mounted only while the steps that download ran.
+#[test]
+fn the_build_ca_is_in_no_layer_and_not_in_the_history() {
+    let bundle = std::env::var("MOTION_HOST_BUILD_CA").unwrap_or_else(|_| {
+        panic!("MOTION_HOST_BUILD_CA is not set: scripts/test names the CA bundle it built the image with")
+    });
+    let out = Command::new(test_python())
+        .arg(repo_root().join("tests/python/image_secrets.py"))
+        .args([&image(), &bundle])
+        .output()
+        .expect("run tests/python/image_secrets.py");
+    assert!(out.status.success(), "{}", text(&out));
+    eprintln!("{}", text(&out));
 }
 
 #[test]
