@@ -170,6 +170,13 @@ fn invalid_guests_are_rejected_and_the_live_version_keeps_serving() {
     }
     let r = put_guest(&server, "bad%20name!", std::fs::read(test_guest("motion")).unwrap());
     assert_error(r, 400, "bad_request", &["guest name"]);
+    // A name that would read as a flag on a command line.
+    let r = put_guest(&server, "-rf", std::fs::read(test_guest("motion")).unwrap());
+    assert_error(r, 400, "bad_request", &["guest name '-rf'", "not starting with '.' or '-'"]);
+    // One byte over --max-body-bytes (64 MiB): the client reads the 413, not a reset.
+    let r = put_guest(&server, "motion", vec![0u8; 64 * 1024 * 1024 + 1]);
+    assert_error(r, 413, "payload_too_large", &["--max-body-bytes"]);
+    assert_eq!(json(server.get("/health")).1["guests"]["motion"]["digest"], live);
 }
 
 /// 16 clients classify continuously while the default guest is swapped 20 times between two

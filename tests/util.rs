@@ -411,6 +411,16 @@ impl Server {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// The server's certificate (DER), when it serves TLS set up by the builder.
+    pub fn ca_der(&self) -> Option<&[u8]> {
+        self.ca.as_deref()
+    }
+
+    /// Descriptors the server has open now.
+    pub fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
+    }
+
     /// The server's resident memory, in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();

@@ -174,6 +174,33 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", env = "MOTION_HOST_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Bytes all request bodies being read may hold at once (1 GiB), taken as they arrive;
+    /// past it an upload gets 503 with Retry-After. At least --max-body-bytes.
+    #[arg(long, value_name = "BYTES", env = "MOTION_HOST_MAX_UPLOAD_MEMORY", default_value_t = 1024 * 1024 * 1024)]
+    pub max_upload_memory: usize,
+
+    /// Slowest request body accepted, in bytes per second (1024): a body that sends less than
+    /// this times 5 in any 5 s gets 408 and its connection is closed. 0 turns the check off.
+    #[arg(long, value_name = "BYTES", env = "MOTION_HOST_MIN_UPLOAD_RATE", default_value_t = 1024)]
+    pub min_upload_rate: u64,
+
+    /// Most client connections open at once. Past it, 32 more are taken that serve only
+    /// /health (for the platform's probes); past those, connections are closed on accept.
+    /// Default: three quarters of the descriptor limit (raised to its hard limit at start) less
+    /// a reserve of 288.
+    #[arg(long, value_name = "N", env = "MOTION_HOST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Most connections open at once from one client address (256); past it, closed on
+    /// accept. 0 for no cap (behind a proxy that makes every client one address).
+    #[arg(long, value_name = "N", env = "MOTION_HOST_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// How long a connection may stay open with no request in progress (after its TLS
+    /// handshake, between HTTP/1.1 requests, on HTTP/2 with no stream) before it is closed.
+    #[arg(long, value_name = "DURATION", env = "MOTION_HOST_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
     /// Most classification requests served at once; more get 503 with Retry-After.
     #[arg(long, value_name = "N", env = "MOTION_HOST_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,

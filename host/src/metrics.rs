@@ -30,6 +30,10 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub http_in_flight: IntGauge,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounterVec,
+    pub connections_closed_idle: prometheus::IntCounter,
+    pub uploads_too_slow: prometheus::IntCounter,
     stage_duration: HistogramVec,
     batch_size: HistogramVec,
     guest_swaps: IntCounterVec,
@@ -72,6 +76,21 @@ impl Metrics {
         let http_in_flight = IntGauge::new("http_requests_in_flight", "HTTP requests being served now.")
             .expect("a valid gauge");
         registry.register(Box::new(http_in_flight.clone())).expect("a unique metric name");
+        let connections_open =
+            IntGauge::new("connections_open", "Client connections open now.").expect("a valid gauge");
+        registry.register(Box::new(connections_open.clone())).expect("a unique metric name");
+        let connections_closed_idle = prometheus::IntCounter::new(
+            "connections_closed_idle_total",
+            "Connections closed after --idle-timeout with no request in progress.",
+        )
+        .expect("a valid counter");
+        registry.register(Box::new(connections_closed_idle.clone())).expect("a unique metric name");
+        let uploads_too_slow = prometheus::IntCounter::new(
+            "uploads_too_slow_total",
+            "Request bodies refused for arriving slower than --min-upload-rate.",
+        )
+        .expect("a valid counter");
+        registry.register(Box::new(uploads_too_slow.clone())).expect("a unique metric name");
         let build = gauge(r, "build_info", "The server's version; always 1.", &["version"]);
         build.with_label_values(&[crate::http::VERSION]).set(1);
         Metrics {
@@ -89,6 +108,16 @@ impl Metrics {
                 &["route"],
             ),
             http_in_flight,
+            connections_open,
+            connections_refused: counter(
+                r,
+                "connections_refused_total",
+                "Connections closed as soon as they were accepted, by the cap they were over \
+                 (max_connections, max_connections_per_ip).",
+                &["reason"],
+            ),
+            connections_closed_idle,
+            uploads_too_slow,
             stage_duration: histogram(
                 r,
                 "stage_duration_seconds",

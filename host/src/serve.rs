@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use clap::ArgMatches;
 use clap::parser::ValueSource;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::backend::{DeviceChoice, Tuning};
 use crate::cli::ServeArgs;
+use crate::http::connections::{self, Admit, ConnectionLimits, Connections};
 use crate::http::{self, AppState};
 use crate::models::ModelRegistry;
 use crate::platform::state::ServeState;
@@ -112,8 +113,41 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     if args.shutdown_grace > args.shutdown_timeout {
         bail!("--shutdown-grace must not exceed --shutdown-timeout");
     }
+    if args.max_upload_memory < args.max_body_bytes {
+        bail!(
+            "--max-upload-memory ({}) must be at least --max-body-bytes ({})",
+            args.max_upload_memory,
+            args.max_body_bytes
+        );
+    }
+    if args.idle_timeout.is_zero() {
+        bail!("--idle-timeout must be more than 0");
+    }
+    let descriptors = connections::raise_descriptor_limit();
+    let max_connections = match args.max_connections {
+        Some(0) => bail!("--max-connections must be at least 1"),
+        Some(n) => n,
+        None => connections::default_max_connections(descriptors),
+    };
+    let connections = Connections::new(ConnectionLimits {
+        max: max_connections,
+        per_ip: args.max_connections_per_ip,
+        idle: args.idle_timeout,
+    });
+    tracing::info!(
+        max_connections,
+        max_connections_per_ip = args.max_connections_per_ip,
+        idle_timeout_s = args.idle_timeout.as_secs_f64(),
+        descriptor_limit = descriptors,
+        max_upload_memory = args.max_upload_memory,
+        min_upload_rate = args.min_upload_rate,
+        "connection limits"
+    );
+    tokio::spawn(Arc::clone(&connections).trim_after_bursts());
     let app = AppState::new(http::Settings {
         max_body_bytes: args.max_body_bytes,
+        max_upload_memory: args.max_upload_memory,
+        min_upload_rate: args.min_upload_rate,
         max_in_flight: args.max_in_flight,
         request_timeout: args.request_timeout,
         admin,
@@ -127,16 +161,18 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         let service = router.clone().into_make_service_with_connect_info::<SocketAddr>();
         let handle = handle.clone();
         let header_timeout = args.header_timeout;
+        let admit = Admit(Arc::clone(&connections));
         match &tls_config {
             Some(config) => {
                 // One configuration for all listeners, so a reloaded certificate reaches each.
-                let mut server = axum_server::from_tcp_rustls(listener, config.clone());
-                bound_header_reads(server.http_builder(), header_timeout);
+                let acceptor = RustlsAcceptor::new(config.clone()).acceptor(admit);
+                let mut server = axum_server::from_tcp(listener).acceptor(acceptor);
+                http_timeouts(server.http_builder(), header_timeout);
                 servers.spawn(async move { server.handle(handle).serve(service).await });
             }
             None => {
-                let mut server = axum_server::from_tcp(listener);
-                bound_header_reads(server.http_builder(), header_timeout);
+                let mut server = axum_server::from_tcp(listener).acceptor(admit);
+                http_timeouts(server.http_builder(), header_timeout);
                 servers.spawn(async move { server.handle(handle).serve(service).await });
             }
         }
@@ -243,14 +279,20 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// HTTP/2 keep-alive pings: a peer that stops answering them is disconnected.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+
 /// Closes connections whose request headers take longer than `timeout` to arrive (slow-loris
-/// clients); the request body is bounded by `--request-timeout` in the handlers.
-fn bound_header_reads(
-    builder: &mut hyper_util::server::conn::auto::Builder<TokioExecutor>,
-    timeout: Duration,
-) {
+/// clients) and HTTP/2 connections whose peer no longer answers pings; the request body is
+/// bounded by `--min-upload-rate` and `--request-timeout` in the handlers, an idle connection by
+/// `--idle-timeout` (`http::connections`).
+fn http_timeouts(builder: &mut hyper_util::server::conn::auto::Builder<TokioExecutor>, timeout: Duration) {
     builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_KEEP_ALIVE))
+        .keep_alive_timeout(H2_KEEP_ALIVE);
 }
 
 /// Loads the models (on their inference threads, warm-up included) and the guests, and runs

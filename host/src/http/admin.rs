@@ -166,12 +166,12 @@ pub async fn put(
     // other checks wait for the body, so that their refusal is not sent while the client is
     // still writing (see http::classify).
     authorize(&app, &headers)?;
-    let bytes = app.read_body(&headers, body, app.deadline(std::time::Instant::now())).await?;
+    let upload = app.read_body(&headers, body, app.deadline(std::time::Instant::now())).await?;
     let runtime = app.ready_runtime()?;
     if let Err(reason) = crate::runtime::check_name(&name) {
         return Err(ApiError::bad_request(reason));
     }
-    let guest = match runtime.load(&name, bytes.into()).await {
+    let guest = match runtime.load(&name, upload.bytes.into()).await {
         Ok(guest) => guest,
         Err(e) => {
             let outcome = e.to_string();

@@ -20,6 +20,8 @@ pub struct ApiError {
     pub retry_after_secs: Option<u32>,
     /// Asks for bearer credentials (on a 401).
     pub www_authenticate: bool,
+    /// Closes the connection after the answer (HTTP/1.1 `Connection: close`).
+    pub close_connection: bool,
 }
 
 #[derive(Serialize)]
@@ -47,6 +49,7 @@ impl ApiError {
             accepted: Vec::new(),
             retry_after_secs: None,
             www_authenticate: false,
+            close_connection: false,
         }
     }
 
@@ -79,6 +82,20 @@ impl ApiError {
             "request_timeout",
             format!("the request body did not arrive within {} s (--request-timeout)", limit.as_secs_f64()),
         )
+    }
+
+    /// 408 for an upload slower than `--min-upload-rate`; the connection is closed.
+    pub fn upload_too_slow(received: u64, window: std::time::Duration, min_rate: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "upload_too_slow",
+            format!(
+                "the request body arrived too slowly: {received} bytes in {} s, under the minimum of {min_rate} bytes/s (--min-upload-rate)",
+                window.as_secs()
+            ),
+        );
+        e.close_connection = true;
+        e
     }
 
     pub fn request_timeout(limit: std::time::Duration) -> Self {
@@ -165,6 +182,9 @@ impl ApiError {
     pub(super) fn finish(&self, mut response: Response) -> Response {
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.close_connection {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.www_authenticate {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

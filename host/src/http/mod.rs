@@ -5,6 +5,7 @@
 
 mod access;
 mod admin;
+pub mod connections;
 mod error;
 mod oip;
 mod oip_codec;
@@ -22,8 +23,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -50,6 +51,11 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct Settings {
     pub max_body_bytes: usize,
+    /// Bytes all request bodies being read may hold at once (`--max-upload-memory`).
+    pub max_upload_memory: usize,
+    /// The slowest upload taken, in bytes per second over each [`UPLOAD_RATE_WINDOW`]
+    /// (`--min-upload-rate`; 0 for none).
+    pub min_upload_rate: u64,
     /// Classification requests served at once (`--max-in-flight`).
     pub max_in_flight: usize,
     /// From a request's headers to its answer (`--request-timeout`).
@@ -68,6 +74,8 @@ pub struct AppState {
     models_loaded: AtomicU8,
     runtime: OnceLock<Arc<Runtime>>,
     in_flight: Arc<Semaphore>,
+    /// The upload memory budget, in KiB.
+    uploads: Arc<Semaphore>,
     settings: Settings,
 }
 
@@ -78,6 +86,7 @@ impl AppState {
             models_loaded: AtomicU8::new(0),
             runtime: OnceLock::new(),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            uploads: Arc::new(Semaphore::new(settings.max_upload_memory.div_ceil(1024))),
             settings,
         })
     }
@@ -116,20 +125,15 @@ impl AppState {
         self.settings.max_in_flight - self.in_flight.available_permits()
     }
 
-    /// Takes one of the `--max-in-flight` slots for a classification, or refuses with 503.
-    /// A refused upload is drained (not kept) first: a refusal sent while the client is still
-    /// writing reaches many clients as a broken pipe instead of the answer.
-    async fn admit(&self, body: Body) -> Result<(OwnedSemaphorePermit, Body), ApiError> {
-        match Arc::clone(&self.in_flight).try_acquire_owned() {
-            Ok(permit) => Ok((permit, body)),
-            Err(_) => {
-                drain(body, self.settings.max_body_bytes, DRAIN_TIMEOUT).await;
-                Err(ApiError::overloaded(format!(
-                    "{} requests are in flight, the limit (--max-in-flight)",
-                    self.settings.max_in_flight
-                )))
-            }
-        }
+    /// Takes one of the `--max-in-flight` slots for a classification whose body is in, or
+    /// refuses with 503. Only work holds a slot: an upload, however slow, never does.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| {
+            ApiError::overloaded(format!(
+                "{} requests are in flight, the limit (--max-in-flight)",
+                self.settings.max_in_flight
+            ))
+        })
     }
 
     /// When a request received at `received` runs out of `--request-timeout`.
@@ -137,17 +141,87 @@ impl AppState {
         tokio::time::Instant::from_std(received) + self.settings.request_timeout
     }
 
-    /// Reads a request's whole body within the limits: `--max-body-bytes` (413) and the
-    /// request's deadline (408).
+    /// Reads a request's whole body within the limits: `--max-body-bytes` (413), the upload
+    /// memory budget (503), `--min-upload-rate` (408, connection closed) and the request's
+    /// deadline (408). The budget is taken as bytes arrive, not as declared, so a slow upload
+    /// holds only what it has sent, and it is held until the returned [`Upload`] is dropped.
+    /// A body refused for its size or the budget is drained first (up to the limit again, for
+    /// [`DRAIN_TIMEOUT`]): a refusal sent while the client is still writing reaches many
+    /// clients as a reset instead of the answer.
     async fn read_body(
         &self,
         headers: &HeaderMap,
         body: Body,
         deadline: tokio::time::Instant,
-    ) -> Result<Bytes, ApiError> {
-        tokio::time::timeout_at(deadline, read_body(headers, body, self.settings.max_body_bytes))
-            .await
-            .unwrap_or_else(|_| Err(ApiError::body_timeout(self.settings.request_timeout)))
+    ) -> Result<Upload, ApiError> {
+        let limit = self.settings.max_body_bytes;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            drain(body, limit.saturating_mul(2), DRAIN_TIMEOUT).await;
+            return Err(ApiError::payload_too_large(limit));
+        }
+        let mut body = body;
+        let mut data = BytesMut::with_capacity(declared.map_or(0, |n| n.min(1 << 20) as usize));
+        let mut reserved: Option<OwnedSemaphorePermit> = None;
+        let min_rate = self.settings.min_upload_rate;
+        let mut window_end = tokio::time::Instant::now() + UPLOAD_RATE_WINDOW;
+        let mut window_start_len = 0usize;
+        loop {
+            let wake = if min_rate > 0 { window_end.min(deadline) } else { deadline };
+            let frame = match tokio::time::timeout_at(wake, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(ApiError::body_timeout(self.settings.request_timeout));
+                }
+                Err(_) => {
+                    let received = (data.len() - window_start_len) as u64;
+                    if received < min_rate * UPLOAD_RATE_WINDOW.as_secs() {
+                        crate::metrics::METRICS.uploads_too_slow.inc();
+                        return Err(ApiError::upload_too_slow(received, UPLOAD_RATE_WINDOW, min_rate));
+                    }
+                    window_end += UPLOAD_RATE_WINDOW;
+                    window_start_len = data.len();
+                    continue;
+                }
+            };
+            let chunk = match frame {
+                None => break,
+                Some(Err(e)) => {
+                    return Err(ApiError::bad_request(format!("could not read the request body: {e}")));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) => chunk,
+                    Err(_) => continue, // trailers
+                },
+            };
+            let total = data.len() + chunk.len();
+            if total > limit {
+                drain(body, limit, DRAIN_TIMEOUT).await;
+                return Err(ApiError::payload_too_large(limit));
+            }
+            let wanted = total.div_ceil(1024) - data.len().div_ceil(1024);
+            if wanted > 0 {
+                let more = u32::try_from(wanted)
+                    .ok()
+                    .and_then(|n| Arc::clone(&self.uploads).try_acquire_many_owned(n).ok());
+                let Some(more) = more else {
+                    drain(body, limit, DRAIN_TIMEOUT).await;
+                    return Err(ApiError::overloaded(format!(
+                        "request bodies being read hold {} bytes, the limit (--max-upload-memory)",
+                        self.settings.max_upload_memory
+                    )));
+                };
+                match &mut reserved {
+                    Some(held) => held.merge(more),
+                    None => reserved = Some(more),
+                }
+            }
+            data.extend_from_slice(&chunk);
+        }
+        Ok(Upload { bytes: data.freeze(), _reserved: reserved })
     }
 
     /// Runs the rest of a request within its deadline: past it, 504 (in the error shape `E` of
@@ -189,6 +263,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(oip::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(connections::health_only))
         // Last, so that it wraps every route and both fallbacks.
         .layer(axum::middleware::from_fn(access::track))
         .with_state(state)
@@ -288,6 +363,15 @@ async fn live() -> Response {
 
 /// How long a refused upload is drained before the refusal is sent anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The window `--min-upload-rate` is measured over: an upload that sends less than
+/// `rate × window` bytes in any one of them is refused with 408.
+pub const UPLOAD_RATE_WINDOW: Duration = Duration::from_secs(5);
+
+/// A request body read whole, with its share of the upload memory budget (returned on drop).
+pub(crate) struct Upload {
+    pub bytes: Bytes,
+    _reserved: Option<OwnedSemaphorePermit>,
+}
 
 /// Reads and discards a body, up to `limit` bytes or `timeout`.
 async fn drain(body: Body, limit: usize, timeout: Duration) {
@@ -392,8 +476,8 @@ async fn classify_named(
     classify_upload(&app, Some(&name), query, headers, body).await
 }
 
-/// Serves one classification with guest `name` (the default guest when `None`): takes an
-/// in-flight slot, reads the body, and classifies, all within the request's deadline.
+/// Serves one classification with guest `name` (the default guest when `None`): reads the
+/// body, then takes an in-flight slot and classifies, all within the request's deadline.
 async fn classify_upload(
     app: &AppState,
     name: Option<&str>,
@@ -403,8 +487,8 @@ async fn classify_upload(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let deadline = app.deadline(received);
-    let (_slot, body) = app.admit(body).await?;
-    let bytes = app.read_body(&headers, body, deadline).await?;
+    let upload = app.read_body(&headers, body, deadline).await?;
+    let _slot = app.admit()?;
     app.within_deadline(deadline, async {
         let runtime = app.ready_runtime()?;
         let guests = runtime.guests();
@@ -419,7 +503,7 @@ async fn classify_upload(
                 ))
             })?,
         };
-        classify(runtime, guest, query, &headers, bytes, received).await
+        classify(runtime, guest, query, &headers, upload.bytes, received).await
     })
     .await
 }
@@ -477,21 +561,6 @@ fn parse_top_k(query: TopKQuery, labels: u32) -> Result<u32, ApiError> {
     let Query(params) = query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
     motion_request::top_k(params.get("top_k").map(String::as_str), labels, DEFAULT_TOP_K)
         .map_err(|e| ApiError::bad_request(e.0))
-}
-
-/// Reads the whole body, refusing it with 413 as soon as it is known to exceed `limit`: at once
-/// from `Content-Length`, else while streaming, without buffering past the limit.
-pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::payload_too_large(limit));
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large(limit)),
-        Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
-    }
 }
 
 #[derive(Serialize)]

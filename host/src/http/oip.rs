@@ -209,7 +209,7 @@ async fn infer_at(
     serve_infer(&app, &model, Some(&version), headers, body).await
 }
 
-/// Takes an in-flight slot, reads the body and runs the request, all within its deadline, as
+/// Reads the body, takes an in-flight slot and runs the request, all within its deadline, as
 /// `/v1/classify` does. The Content-Type is not read: Triton's clients send none.
 async fn serve_infer(
     app: &AppState,
@@ -220,8 +220,9 @@ async fn serve_infer(
 ) -> Result<Response, V2Error> {
     let received = Instant::now();
     let deadline = app.deadline(received);
-    let (_slot, body) = app.admit(body).await?;
-    let bytes = app.read_body(&headers, body, deadline).await?;
+    let upload = app.read_body(&headers, body, deadline).await?;
+    let _slot = app.admit()?;
+    let bytes = upload.bytes;
     let run = async {
         let runtime = app.ready_runtime()?;
         let target = resolve(runtime, model, version)?;

@@ -55,6 +55,8 @@ mod tests {
         assert_eq!(doc["openapi"], "3.1.0");
         let app = AppState::new(Settings {
             max_body_bytes: 1024,
+            max_upload_memory: 4096,
+            min_upload_rate: 0,
             max_in_flight: 4,
             request_timeout: std::time::Duration::from_secs(5),
             admin: None,

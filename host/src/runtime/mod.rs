@@ -159,17 +159,17 @@ pub fn guest_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(bytes))
 }
 
-/// Checks a guest name: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'.
+/// Checks a guest name: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.' or '-' (a name beginning with '-' reads as a flag on command lines).
 pub fn check_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= 64
-        && !name.starts_with('.')
+        && !name.starts_with(['.', '-'])
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if valid {
         Ok(())
     } else {
         Err(format!(
-            "guest name '{name:.80}' must be 1-64 letters, digits, '-', '_' or '.', not starting with '.'"
+            "guest name '{name:.80}' must be 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-'"
         ))
     }
 }
