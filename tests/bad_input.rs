@@ -134,6 +134,25 @@ fn raw_exchange(server: &Server, head: &[u8]) -> (String, Duration) {
     (String::from_utf8_lossy(&answer).into_owned(), started.elapsed())
 }
 
+/// A client that waits for `100 Continue` before sending a body over the limit gets its 413 at
+/// once, and no invitation to send the body.
+#[test]
+fn an_oversized_body_announced_with_expect_gets_413_at_once() {
+    let server = &server();
+    let mut stream = TcpStream::connect(server.addresses()[0]).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000000\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("--max-body-bytes"), "{answer}");
+}
+
 #[test]
 fn slow_clients_are_cut_off() {
     let server = &server();

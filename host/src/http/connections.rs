@@ -3,7 +3,8 @@
 //!
 //! - A global cap (`--max-connections`). Past it, [`HEALTH_RESERVE`] more connections are taken
 //!   on which only the health routes are served (anything else gets 503 and the connection is
-//!   closed), so a platform's probes still answer while the server is full. Past that, a
+//!   closed), so a platform's probes (`/health*`, and KServe's `/v2/health/*`) still answer
+//!   while the server is full. Past that, a
 //!   connection is closed as soon as it is accepted.
 //! - A per-address cap (`--max-connections-per-ip`, 0 for none): past it, closed at once.
 //! - An idle timeout (`--idle-timeout`): a connection with no request in progress for that long
@@ -345,8 +346,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
-/// On a connection taken past `--max-connections`, serves the health routes only (anything
-/// else gets 503), and closes the connection after the answer.
+/// On a connection taken past `--max-connections`, serves the health routes only (`/health*`
+/// and `/v2/health/*`; anything else gets 503), and closes the connection after the answer.
 pub async fn health_only(request: Request<Body>, next: Next) -> Response {
     let Some(conn) = request.extensions().get::<ConnHandle>().map(|c| Arc::clone(&c.0)) else {
         return next.run(request).await;
@@ -355,7 +356,8 @@ pub async fn health_only(request: Request<Body>, next: Next) -> Response {
         return next.run(request).await;
     }
     let http1 = request.version() <= Version::HTTP_11;
-    let mut response = if request.uri().path().starts_with("/health") {
+    let path = request.uri().path();
+    let mut response = if path.starts_with("/health") || path.starts_with("/v2/health") {
         next.run(request).await
     } else {
         ApiError::overloaded(format!(

@@ -160,11 +160,19 @@ impl AppState {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
-            drain(body, limit.saturating_mul(2), DRAIN_TIMEOUT).await;
+            // A client waiting for `100 Continue` has not sent the body: it gets the 413 at
+            // once (reading the body would invite it to send it).
+            let waits_for_continue = headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            if !waits_for_continue {
+                drain(body, limit.saturating_mul(2), DRAIN_TIMEOUT).await;
+            }
             return Err(ApiError::payload_too_large(limit));
         }
         let mut body = body;
-        let mut data = BytesMut::with_capacity(declared.map_or(0, |n| n.min(1 << 20) as usize));
+        // Grown as bytes arrive: a declared length is a claim, not a reservation.
+        let mut data = BytesMut::with_capacity(declared.map_or(0, |n| n.min(64 * 1024) as usize));
         let mut reserved: Option<OwnedSemaphorePermit> = None;
         let min_rate = self.settings.min_upload_rate;
         let mut window_end = tokio::time::Instant::now() + UPLOAD_RATE_WINDOW;
