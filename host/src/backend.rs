@@ -46,6 +46,10 @@ pub enum BackendError {
     Torch(String),
     #[error("the inference thread has stopped")]
     Stopped,
+    /// The model's output does not fit its manifest: found at warm-up (the model is refused)
+    /// or in a batch (that batch's calls fail).
+    #[error("{0}")]
+    Output(String),
     #[error("{0}")]
     Device(String),
 }
@@ -225,6 +229,7 @@ impl Model {
         let file = file.to_path_buf();
         let device = device.device;
         let input_spec = manifest.input().clone();
+        let output_spec = manifest.output().clone();
         let name = manifest.name.clone();
         std::thread::Builder::new()
             .name(format!("infer-{}", manifest.name))
@@ -232,13 +237,14 @@ impl Model {
                 tch::set_num_threads(tuning.threads.max(1) as i32);
                 let _no_grad = tch::no_grad_guard();
                 let capacity = tuning.max_batch.max(MAX_ROWS_PER_CALL as usize);
-                let loaded = load_and_warm(&file, device, &input_spec, tuning.max_batch)
+                let loaded = load_and_warm(&file, device, &input_spec, &output_spec, tuning.max_batch)
                     .and_then(|module| Ok((module, Staging::new(&input_spec, capacity, device)?)));
                 match loaded {
                     Ok((module, staging)) => {
                         let _ = ready_tx.send(Ok(()));
                         let batches = METRICS.batch_histogram(&name);
-                        serve(module, device, staging, queue, &waiting_for, tuning, &batches);
+                        let pass = Pass { module, device, output: output_spec, batches };
+                        serve(&pass, staging, queue, &waiting_for, tuning);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -311,19 +317,40 @@ fn load_and_warm(
     file: &Path,
     device: Device,
     input: &TensorSpec,
+    output: &TensorSpec,
     max_batch: usize,
 ) -> Result<CModule, BackendError> {
     let mut module = CModule::load_on_device(file, device).map_err(torch_err)?;
     module.set_eval();
     // The first pass at a batch size pays for libtorch's kernel set-up: pay it now, for a
-    // lone call and for a full batch.
+    // lone call and for a full batch, and check the output against the manifest.
     for rows in [1, max_batch.max(1)] {
         let mut shape = input.shape.clone();
         shape[0] = rows as i64;
         let warm = Tensor::f_zeros(&shape, (Kind::Float, device)).map_err(torch_err)?;
-        let _warm_output = module.forward_ts(&[warm]).map_err(torch_err)?;
+        let warm_output = module.forward_ts(&[warm]).map_err(torch_err)?;
+        check_output(&warm_output.size(), rows, output)
+            .map_err(|e| BackendError::Output(format!("warm-up with {rows} row(s): {e}")))?;
     }
     Ok(module)
+}
+
+/// Checks that a forward pass over `rows` rows returned `[rows, ...]` as the manifest's output
+/// says.
+fn check_output(dims: &[i64], rows: usize, spec: &TensorSpec) -> Result<(), String> {
+    let fits = dims.len() == spec.shape.len()
+        && dims.first() == Some(&(rows as i64))
+        && dims[1..] == spec.shape[1..];
+    if fits {
+        Ok(())
+    } else {
+        let mut wanted = spec.shape.clone();
+        wanted[0] = rows as i64;
+        Err(format!(
+            "the model returned shape {dims:?} for {rows} row(s), but its manifest's output '{}' is {:?} (here {wanted:?})",
+            spec.name, spec.shape
+        ))
+    }
 }
 
 /// The host-side buffer a batch is assembled in, made once per inference thread: each caller's
@@ -381,23 +408,30 @@ impl Staging {
     }
 }
 
+/// What a forward pass needs: the module, its device, the output it must return and the
+/// histogram of batch sizes.
+struct Pass {
+    module: CModule,
+    device: Device,
+    output: TensorSpec,
+    batches: Histogram,
+}
+
 /// The inference thread's loop: gather a batch, run it, answer each caller. A batch waits for
 /// more calls only while some request has announced one (`expected`) and the delay lasts.
 fn serve(
-    module: CModule,
-    device: Device,
+    pass: &Pass,
     mut staging: Staging,
     mut queue: mpsc::Receiver<Job>,
     expected: &AtomicUsize,
     tuning: Tuning,
-    batches: &Histogram,
 ) {
     // Waiting for a batch to fill needs a timer; this thread has no other use for a runtime.
     let timer = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
         Ok(timer) => timer,
         Err(e) => {
             tracing::error!(error = %e, "the inference thread cannot make a timer; batching waits for nothing");
-            return serve_unbatched(&module, device, &mut staging, queue, batches);
+            return serve_unbatched(pass, &mut staging, queue);
         }
     };
     let mut carried: Option<Job> = None;
@@ -429,39 +463,36 @@ fn serve(
             rows += n;
             batch.push(job);
         }
-        run_batch(&module, device, &mut staging, batch, rows, batches);
+        run_batch(pass, &mut staging, batch, rows);
     }
 }
 
 /// Runs each call alone.
-fn serve_unbatched(
-    module: &CModule,
-    device: Device,
-    staging: &mut Staging,
-    mut queue: mpsc::Receiver<Job>,
-    batches: &Histogram,
-) {
+fn serve_unbatched(pass: &Pass, staging: &mut Staging, mut queue: mpsc::Receiver<Job>) {
     while let Some(job) = queue.blocking_recv() {
         let rows = job.input.dims[0] as usize;
-        run_batch(module, device, staging, vec![job], rows, batches);
+        run_batch(pass, staging, vec![job], rows);
     }
 }
 
-/// Runs one forward pass over `batch` and answers each call; `batches` records its rows.
-fn run_batch(
-    module: &CModule,
-    device: Device,
-    staging: &mut Staging,
-    batch: Vec<Job>,
-    rows: usize,
-    batches: &Histogram,
-) {
+/// Runs one forward pass over `batch` and answers each call; the histogram records its rows.
+/// A panic in the pass fails the batch like any error: the thread keeps serving.
+fn run_batch(pass: &Pass, staging: &mut Staging, batch: Vec<Job>, rows: usize) {
     let started = Instant::now();
-    let result = forward(module, device, staging, &batch, rows);
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| forward(pass, staging, &batch, rows)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                Err(BackendError::Torch(format!("the forward pass panicked: {what}")))
+            });
     let inference = started.elapsed();
     match result {
         Ok((out_dims, data)) => {
-            batches.observe(rows as f64);
+            pass.batches.observe(rows as f64);
             let row_bytes = data.len() / rows.max(1);
             let mut offset = 0;
             for job in batch {
@@ -483,7 +514,7 @@ fn run_batch(
             // Only the call at fault may fail: run each alone.
             for job in batch {
                 let rows = job.input.dims[0] as usize;
-                run_batch(module, device, staging, vec![job], rows, batches);
+                run_batch(pass, staging, vec![job], rows);
             }
         }
         Err(e) => {
@@ -494,14 +525,15 @@ fn run_batch(
     }
 }
 
-/// One forward pass over every job's rows, concatenated along the batch dimension.
+/// One forward pass over every job's rows, concatenated along the batch dimension; its output
+/// checked to be `[rows, ...]` as the manifest says before any row is handed out.
 fn forward(
-    module: &CModule,
-    device: Device,
+    pass: &Pass,
     staging: &mut Staging,
     batch: &[Job],
     rows: usize,
 ) -> Result<(Vec<u32>, Vec<u8>), BackendError> {
+    let device = pass.device;
     let input = staging.fill(batch, rows)?;
     // From page-locked memory the copy to the GPU runs asynchronously; the copy of the output
     // back below waits for it (same stream), so the buffer is free again when this returns.
@@ -510,7 +542,8 @@ fn forward(
     } else {
         input
     };
-    let output = module.forward_ts(&[input]).map_err(torch_err)?;
+    let output = pass.module.forward_ts(&[input]).map_err(torch_err)?;
+    check_output(&output.size(), rows, &pass.output).map_err(BackendError::Output)?;
     let output = output
         .f_to_device(Device::Cpu)
         .and_then(|t| t.f_to_kind(Kind::Float))
@@ -585,6 +618,105 @@ mod tests {
         }
         // Distinct inputs give distinct logits, so a mix-up could not pass unnoticed.
         assert!(alone.windows(2).all(|w| w[0] != w[1]));
+    }
+
+    /// A TorchScript model traced from `f` (input `[-1, 4, 2, 2]`, manifest output `[-1, 16]`),
+    /// saved and loaded as the server loads one.
+    fn traced(
+        name: &str,
+        mut f: impl FnMut(&Tensor) -> Tensor,
+        max_batch: usize,
+    ) -> Result<Arc<Model>, BackendError> {
+        let dir = tempfile::tempdir().unwrap();
+        let example = Tensor::zeros([2, 4, 2, 2], (Kind::Float, Device::Cpu));
+        let mut forward = |inputs: &[Tensor]| vec![f(&inputs[0])];
+        let class = name.replace('-', "_");
+        let module = CModule::create_by_tracing(&class, "forward", &[example], &mut forward).unwrap();
+        let file = dir.path().join("model.pt");
+        module.save(&file).unwrap();
+        let spec =
+            |name: &str, shape: Vec<i64>| TensorSpec { name: name.into(), shape, dtype: "FP32".into() };
+        let manifest = Manifest {
+            name: name.into(),
+            version: "1".into(),
+            format: "torchscript".into(),
+            file: "model.pt".into(),
+            sha256: None,
+            inputs: vec![spec("input", vec![-1, 4, 2, 2])],
+            outputs: vec![spec("logits", vec![-1, 16])],
+            description: None,
+            provenance: None,
+            evaluation: None,
+        };
+        let cpu = DeviceChoice { device: Device::Cpu, reason: "test".into() };
+        let tuning = Tuning { threads: 1, max_queue: 8, max_batch, batch_delay: Duration::from_millis(300) };
+        Model::load(manifest, &file, "test".into(), &cpu, tuning).map(Arc::new)
+    }
+
+    fn row(first: f32) -> Input {
+        let values: Vec<f32> = (0..16).map(|i| if i == 0 { first } else { i as f32 }).collect();
+        Input { dims: vec![1, 4, 2, 2], data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+
+    #[test]
+    fn a_model_whose_output_does_not_fit_its_manifest_is_refused_at_warm_up() {
+        let cases: [(&str, Box<dyn FnMut(&Tensor) -> Tensor>, &str); 3] = [
+            ("rank-zero", Box::new(|x| x.sum(Kind::Float)), "returned shape [] for 1 row(s)"),
+            (
+                "one-row",
+                Box::new(|x| x.flatten(1, -1).narrow(0, 0, 1)),
+                "returned shape [1, 16] for 4 row(s)",
+            ),
+            ("narrow", Box::new(|x| x.flatten(1, -1).narrow(1, 0, 8)), "returned shape [1, 8] for 1 row(s)"),
+        ];
+        for (name, f, words) in cases {
+            let err = traced(name, f, 4).expect_err(name).to_string();
+            assert!(err.contains("warm-up") && err.contains(words), "{name}: {err}");
+            assert!(err.contains("'logits' is [-1, 16]"), "{name}: {err}");
+        }
+        traced("identity", |x| x.flatten(1, -1), 4).expect("a model that fits loads");
+    }
+
+    /// A model that passes warm-up but drops the rows whose first value is 1000 or more: a call
+    /// with such a row fails, alone or in a batch, the others get their own rows, and the
+    /// inference thread keeps serving.
+    #[test]
+    fn a_wrong_shape_fails_only_the_call_at_fault_and_the_thread_keeps_serving() {
+        let drops_marked_rows = |x: &Tensor| {
+            let flat = x.flatten(1, -1);
+            let keep = flat.select(1, 0).lt(1000.0).nonzero().squeeze_dim(1);
+            flat.index_select(0, &keep)
+        };
+        let model = traced("drops-marked-rows", drops_marked_rows, 4).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let alone = runtime.block_on(model.infer(row(1.0), &mut Expected::default())).unwrap();
+        assert_eq!(alone.dims, vec![1, 16]);
+        let err = runtime.block_on(model.infer(row(5000.0), &mut Expected::default())).unwrap_err();
+        assert!(matches!(err, BackendError::Output(_)), "{err:?}");
+        assert!(err.to_string().contains("returned shape [0, 16] for 1 row(s)"), "{err}");
+
+        let answers = runtime.block_on(async {
+            let calls: Vec<_> = [2.0, 5000.0, 3.0]
+                .into_iter()
+                .map(|first| {
+                    let model = Arc::clone(&model);
+                    let mut expected = model.expect_call();
+                    tokio::spawn(async move { model.infer(row(first), &mut expected).await })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for call in calls {
+                answers.push(call.await.unwrap());
+            }
+            answers
+        });
+        assert!(matches!(answers[1], Err(BackendError::Output(_))), "{:?}", answers[1]);
+        for (i, first) in [(0, 2.0), (2, 3.0)] {
+            let output = answers[i].as_ref().unwrap();
+            assert_eq!(floats(&output.data)[0], first, "call {i} got another call's row");
+        }
+        let after = runtime.block_on(model.infer(row(7.0), &mut Expected::default())).unwrap();
+        assert_eq!(floats(&after.data)[0], 7.0, "the thread serves after a bad batch");
     }
 
     #[test]
