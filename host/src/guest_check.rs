@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::backend::{DeviceChoice, Tuning};
 use crate::cli::GuestCheckArgs;
-use crate::models::ModelRegistry;
 use crate::runtime::{self, GuestError, Runtime};
+use motion_model::ModelRegistry;
+use motion_model::{DeviceChoice, Tuning};
 
 pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
     let name = args
@@ -26,9 +26,11 @@ pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
     let model_dir = args.runtime.model_dir.clone();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let tuning = Tuning { threads, max_queue: 4, max_batch: 1, batch_delay: Duration::ZERO };
-    let models = tokio::task::spawn_blocking(move || ModelRegistry::load_dir(&model_dir, &device, tuning))
-        .await
-        .context("model loading did not finish")??;
+    let models = tokio::task::spawn_blocking(move || {
+        ModelRegistry::load_dir(&model_dir, &device, tuning, Arc::new(|_: &str, _| {}))
+    })
+    .await
+    .context("model loading did not finish")??;
     let limits = args.runtime.limits();
     let runtime = Runtime::new(Arc::new(models), limits, 1, None)?;
 

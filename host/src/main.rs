@@ -1,7 +1,6 @@
 //! motion-host: a WebAssembly-plugin model host. `serve` runs the server; `healthcheck` probes
 //! one (for container health checks with no curl in the image).
 
-mod backend;
 mod cli;
 mod guest_check;
 mod guest_dir;
@@ -9,7 +8,6 @@ mod healthcheck;
 mod http;
 mod logging;
 mod metrics;
-mod models;
 mod nn;
 mod platform;
 mod runtime;

@@ -10,8 +10,7 @@ use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::runtime::{GuestError, Runtime, StageTimings};
@@ -176,8 +175,8 @@ impl Metrics {
     }
 
     /// A forward pass of `rows` rows on `model`.
-    pub fn batch_histogram(&self, model: &str) -> Histogram {
-        self.batch_size.with_label_values(&[model])
+    pub fn observe_batch(&self, model: &str, rows: usize) {
+        self.batch_size.with_label_values(&[model]).observe(rows as f64);
     }
 
     /// Where an inference request's time went.

@@ -1,5 +1,5 @@
 //! The host's `wasi:nn` (0.2.0-rc-2024-10-28): graphs are the models of the
-//! [`ModelRegistry`](crate::models::ModelRegistry), found with `load-by-name`; `compute` checks
+//! [`ModelRegistry`](motion_model::ModelRegistry), found with `load-by-name`; `compute` checks
 //! the tensor against the model and awaits the model's inference thread without blocking a
 //! tokio worker. Each call records when it ran, which splits a request's time into
 //! preprocess, queue, inference and postprocess.
@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Resource;
 
-use crate::backend::{self, BackendError, Model};
 use crate::runtime::bindings::wasi::nn::{errors, graph, inference, tensor};
 use crate::runtime::{LimitExceeded, State};
+use motion_model::{BackendError, Model};
 
 use errors::ErrorCode;
 use tensor::TensorType;
@@ -148,7 +148,7 @@ impl inference::HostGraphExecutionContext for State {
             return self.nn_error(ErrorCode::InvalidArgument, e.to_string());
         }
 
-        let input = backend::Input { dims: tensor.dims, data: tensor.data };
+        let input = motion_model::Input { dims: tensor.dims, data: tensor.data };
         let result = model.infer(input, &mut self.expected).await;
         self.nn.last_compute_end = Some(Instant::now());
         self.nn.computes += 1;

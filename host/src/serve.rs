@@ -13,15 +13,15 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::backend::{DeviceChoice, Tuning};
 use crate::cli::ServeArgs;
 use crate::http::connections::{self, Admit, ConnectionLimits, Connections};
 use crate::http::{self, AppState};
-use crate::models::ModelRegistry;
 use crate::platform::state::ServeState;
 use crate::platform::tls::TlsPlan;
 use crate::platform::{Source, bind, tls};
 use crate::runtime::{self, Runtime};
+use motion_model::ModelRegistry;
+use motion_model::{DeviceChoice, Tuning};
 
 /// A guest to load at start: the name it is installed under and its file.
 #[derive(Debug, Clone, PartialEq)]
@@ -316,7 +316,11 @@ async fn load_everything(
     let model_dir = args.runtime.model_dir.clone();
     let models = tokio::task::spawn_blocking({
         let device = device.clone();
-        move || ModelRegistry::load_dir(&model_dir, &device, tuning)
+        move || {
+            let batches: motion_model::BatchObserver =
+                Arc::new(|model: &str, rows| crate::metrics::METRICS.observe_batch(model, rows));
+            ModelRegistry::load_dir(&model_dir, &device, tuning, batches)
+        }
     })
     .await
     .context("model loading did not finish")??;

@@ -12,8 +12,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use motion_guest::decode::{Limits, Media};
+use motion_model::BareModel;
 use serde::Serialize;
-use tch::{CModule, Device, Kind, Tensor};
 
 #[derive(Parser)]
 #[command(about = "Times the bare model and the native preprocessing")]
@@ -48,19 +48,16 @@ struct Floor {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tch::set_num_threads(args.threads);
-    let _no_grad = tch::no_grad_guard();
-    let mut module = CModule::load_on_device(&args.model, Device::Cpu)
+    let model = BareModel::load(&args.model, args.threads as usize)
         .with_context(|| format!("cannot load {}", args.model.display()))?;
-    module.set_eval();
 
     let mut forward_ms = BTreeMap::new();
     for (batch, runs) in [(1, args.iterations), (16, args.iterations.div_ceil(4))] {
-        let input = Tensor::f_rand([batch as i64, 8, 112, 112], (Kind::Float, Device::Cpu))?;
+        let input = BareModel::random_input(&[batch as i64, 8, 112, 112])?;
         for _ in 0..3 {
-            let _warm = module.forward_ts(&[&input])?;
+            model.forward(&input)?;
         }
-        let ms = median_ms(runs, || module.forward_ts(&[&input]).map(drop).map_err(anyhow::Error::from))?;
+        let ms = median_ms(runs, || model.forward(&input).map_err(anyhow::Error::from))?;
         forward_ms.insert(batch, ms);
     }
 

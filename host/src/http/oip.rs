@@ -23,8 +23,8 @@ use serde_json::json;
 use super::access::AccessInfo;
 use super::oip_codec::{self as wire, OutputData, WireError};
 use super::{ApiError, AppState, VERSION};
-use crate::backend::{BackendError, Input, Model};
 use crate::runtime::{LoadedGuest, Media, Runtime, StageTimings};
+use motion_model::{BackendError, Input, Model};
 
 /// The guest pipeline's model name.
 pub const PIPELINE: &str = "motion-classifier";

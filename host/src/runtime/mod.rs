@@ -37,12 +37,12 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::backend::{Expected, Model};
 use crate::metrics::METRICS;
-use crate::models::ModelRegistry;
 use crate::nn::NnActivity;
 use bindings::motion::guest::types as wit;
 use bindings::{MotionGuest, MotionGuestPre};
+use motion_model::ModelRegistry;
+use motion_model::{Expected, Model};
 use output::GuestOutput;
 
 /// How often the epoch ticks: the granularity of deadlines and of yielding to the scheduler.

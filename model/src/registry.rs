@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::backend::{BackendError, DeviceChoice, Model, Tuning};
+use crate::backend::{BackendError, BatchObserver, DeviceChoice, Model, Tuning};
 
 /// The manifest file in each model directory.
 pub const MANIFEST: &str = "model.toml";
@@ -123,8 +123,13 @@ pub struct ModelRegistry {
 
 impl ModelRegistry {
     /// Finds every `*/model.toml` under `dir`, checks it and its file, and loads each model
-    /// onto its inference thread (warm-up included).
-    pub fn load_dir(dir: &Path, device: &DeviceChoice, tuning: Tuning) -> Result<ModelRegistry, ModelError> {
+    /// onto its inference thread (warm-up included); `batches` hears of every forward pass.
+    pub fn load_dir(
+        dir: &Path,
+        device: &DeviceChoice,
+        tuning: Tuning,
+        batches: BatchObserver,
+    ) -> Result<ModelRegistry, ModelError> {
         let dir_err = |source| ModelError::Dir { path: dir.display().to_string(), source };
         let mut manifests: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(dir_err)?
@@ -158,9 +163,9 @@ impl ModelRegistry {
                 return Err(ModelError::Duplicate(manifest.name));
             }
             let name = manifest.name.clone();
-            let model = Model::load(manifest, &file, actual, device, tuning).map_err(|source| {
-                ModelError::Backend { name: name.clone(), path: file.display().to_string(), source }
-            })?;
+            let model = Model::load(manifest, &file, actual, device, tuning, Arc::clone(&batches)).map_err(
+                |source| ModelError::Backend { name: name.clone(), path: file.display().to_string(), source },
+            )?;
             registry.models.insert(name, Arc::new(model));
         }
         Ok(registry)

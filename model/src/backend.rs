@@ -7,19 +7,37 @@
 //! ([`Model::expect_call`]), so a lone request never waits for company that is not there. A batch is
 //! assembled in one buffer made at start (page-locked on CUDA): one copy of each caller's rows.
 //!
-//! Architecture invariant: only this module touches tch.
+//! Architecture invariant: only this crate touches tch, and no tch type leaves it.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use prometheus::Histogram;
 use tch::{CModule, Device, Kind, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::METRICS;
-use crate::models::{Manifest, TensorSpec};
+use crate::registry::{Manifest, TensorSpec};
+
+/// Hears of every forward pass: the model's name and the rows it ran (for a batch-size
+/// histogram, which the caller keeps).
+pub type BatchObserver = Arc<dyn Fn(&str, usize) + Send + Sync>;
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceKind {
+    fn tch(self) -> Device {
+        match self {
+            DeviceKind::Cpu => Device::Cpu,
+            DeviceKind::Cuda(n) => Device::Cuda(n),
+        }
+    }
+}
 
 /// Most rows one caller may send in one call.
 pub const MAX_ROWS_PER_CALL: u32 = 64;
@@ -57,7 +75,7 @@ pub enum BackendError {
 /// Where the models run, as `--device` asked and the machine allows.
 #[derive(Debug, Clone)]
 pub struct DeviceChoice {
-    pub device: Device,
+    pub device: DeviceKind,
     /// Why this device, for the start-up log.
     pub reason: String,
 }
@@ -69,7 +87,7 @@ impl DeviceChoice {
     pub fn resolve(spec: &str) -> Result<DeviceChoice, BackendError> {
         let spec = spec.trim().to_ascii_lowercase();
         let cuda_index = match spec.as_str() {
-            "cpu" => return Ok(DeviceChoice { device: Device::Cpu, reason: "--device cpu".into() }),
+            "cpu" => return Ok(DeviceChoice { device: DeviceKind::Cpu, reason: "--device cpu".into() }),
             "auto" => None,
             "cuda" => Some(0),
             other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
@@ -85,18 +103,18 @@ impl DeviceChoice {
         let devices = if cuda.is_ok() && tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
         match cuda_index {
             None if devices > 0 => Ok(DeviceChoice {
-                device: Device::Cuda(0),
+                device: DeviceKind::Cuda(0),
                 reason: format!("--device auto found {devices} CUDA device(s)"),
             }),
             None => Ok(DeviceChoice {
-                device: Device::Cpu,
+                device: DeviceKind::Cpu,
                 reason: match cuda {
                     Err(why) => format!("--device auto: no CUDA ({why})"),
                     Ok(()) => "--device auto: CUDA libraries loaded but no GPU is visible".into(),
                 },
             }),
             Some(n) if (n as i64) < devices => {
-                Ok(DeviceChoice { device: Device::Cuda(n), reason: format!("--device cuda:{n}") })
+                Ok(DeviceChoice { device: DeviceKind::Cuda(n), reason: format!("--device cuda:{n}") })
             }
             Some(n) => Err(BackendError::Device(match cuda {
                 Err(why) => format!("--device cuda:{n} asked for, but CUDA is unusable: {why}"),
@@ -179,7 +197,7 @@ pub struct Model {
     pub manifest: Manifest,
     /// Hex sha256 of the model file.
     pub sha256: String,
-    pub device: Device,
+    pub device: DeviceKind,
     jobs: mpsc::Sender<Job>,
     /// Requests expected to call this model that have not yet.
     expected: Arc<AtomicUsize>,
@@ -221,13 +239,15 @@ impl Model {
         sha256: String,
         device: &DeviceChoice,
         tuning: Tuning,
+        batches: BatchObserver,
     ) -> Result<Model, BackendError> {
         let (jobs, queue) = mpsc::channel(tuning.max_queue.max(1));
         let expected = Arc::new(AtomicUsize::new(0));
         let waiting_for = Arc::clone(&expected);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let file = file.to_path_buf();
-        let device = device.device;
+        let kind = device.device;
+        let device = kind.tch();
         let input_spec = manifest.input().clone();
         let output_spec = manifest.output().clone();
         let name = manifest.name.clone();
@@ -242,8 +262,7 @@ impl Model {
                 match loaded {
                     Ok((module, staging)) => {
                         let _ = ready_tx.send(Ok(()));
-                        let batches = METRICS.batch_histogram(&name);
-                        let pass = Pass { module, device, output: output_spec, batches };
+                        let pass = Pass { module, device, output: output_spec, name, batches };
                         serve(&pass, staging, queue, &waiting_for, tuning);
                     }
                     Err(e) => {
@@ -253,7 +272,7 @@ impl Model {
             })
             .map_err(|e| BackendError::Torch(format!("cannot start the inference thread: {e}")))?;
         ready_rx.recv().map_err(|_| BackendError::Stopped)??;
-        Ok(Model { manifest, sha256, device, jobs, expected })
+        Ok(Model { manifest, sha256, device: kind, jobs, expected })
     }
 
     pub fn name(&self) -> &str {
@@ -306,6 +325,39 @@ impl Model {
             mpsc::error::TrySendError::Closed(_) => BackendError::Stopped,
         })?;
         answer.await.map_err(|_| BackendError::Stopped)?
+    }
+}
+
+/// A TorchScript model run directly on the CPU, with no inference thread, queue or batching
+/// around it: the benchmark's floor.
+pub struct BareModel {
+    module: CModule,
+}
+
+/// Random FP32 input for a [`BareModel`].
+pub struct BareInput {
+    tensor: Tensor,
+}
+
+impl BareModel {
+    /// Loads `file` onto the CPU in eval mode, with `threads` intra-op threads.
+    pub fn load(file: &Path, threads: usize) -> Result<BareModel, BackendError> {
+        tch::set_num_threads(threads.max(1) as i32);
+        let mut module = CModule::load_on_device(file, Device::Cpu).map_err(torch_err)?;
+        module.set_eval();
+        Ok(BareModel { module })
+    }
+
+    /// An input of `shape` with values drawn uniformly from [0, 1).
+    pub fn random_input(shape: &[i64]) -> Result<BareInput, BackendError> {
+        let tensor = Tensor::f_rand(shape, (Kind::Float, Device::Cpu)).map_err(torch_err)?;
+        Ok(BareInput { tensor })
+    }
+
+    /// One forward pass, gradients off; the output is dropped.
+    pub fn forward(&self, input: &BareInput) -> Result<(), BackendError> {
+        let _no_grad = tch::no_grad_guard();
+        self.module.forward_ts(&[&input.tensor]).map(drop).map_err(torch_err)
     }
 }
 
@@ -408,13 +460,14 @@ impl Staging {
     }
 }
 
-/// What a forward pass needs: the module, its device, the output it must return and the
-/// histogram of batch sizes.
+/// What a forward pass needs: the module, its device, the output it must return, and whom to
+/// tell of each batch.
 struct Pass {
     module: CModule,
     device: Device,
     output: TensorSpec,
-    batches: Histogram,
+    name: String,
+    batches: BatchObserver,
 }
 
 /// The inference thread's loop: gather a batch, run it, answer each caller. A batch waits for
@@ -492,7 +545,7 @@ fn run_batch(pass: &Pass, staging: &mut Staging, batch: Vec<Job>, rows: usize) {
     let inference = started.elapsed();
     match result {
         Ok((out_dims, data)) => {
-            pass.batches.observe(rows as f64);
+            (pass.batches)(&pass.name, rows);
             let row_bytes = data.len() / rows.max(1);
             let mut offset = 0;
             for job in batch {
@@ -561,13 +614,17 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::models::ModelRegistry;
+    use crate::registry::ModelRegistry;
+
+    fn ignore_batches() -> BatchObserver {
+        Arc::new(|_, _| {})
+    }
 
     fn model(max_batch: usize, batch_delay: Duration) -> Arc<Model> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
-        let cpu = DeviceChoice { device: Device::Cpu, reason: "test".into() };
+        let cpu = DeviceChoice { device: DeviceKind::Cpu, reason: "test".into() };
         let tuning = Tuning { threads: 1, max_queue: 64, max_batch, batch_delay };
-        let registry = ModelRegistry::load_dir(&dir, &cpu, tuning).unwrap();
+        let registry = ModelRegistry::load_dir(&dir, &cpu, tuning, ignore_batches()).unwrap();
         Arc::clone(registry.get("motion-resnet18").unwrap())
     }
 
@@ -648,9 +705,9 @@ mod tests {
             provenance: None,
             evaluation: None,
         };
-        let cpu = DeviceChoice { device: Device::Cpu, reason: "test".into() };
+        let cpu = DeviceChoice { device: DeviceKind::Cpu, reason: "test".into() };
         let tuning = Tuning { threads: 1, max_queue: 8, max_batch, batch_delay: Duration::from_millis(300) };
-        Model::load(manifest, &file, "test".into(), &cpu, tuning).map(Arc::new)
+        Model::load(manifest, &file, "test".into(), &cpu, tuning, ignore_batches()).map(Arc::new)
     }
 
     fn row(first: f32) -> Input {

@@ -1,0 +1,15 @@
+//! The models motion-host serves: manifests (`models/<name>/model.toml`), the registry that
+//! `wasi:nn` looks names up in, and the libtorch backend (one inference thread per model,
+//! batching, the checks that a model's output fits its manifest).
+//!
+//! Architecture invariant: this is the only crate that depends on tch, and no tch type appears
+//! in its public API (`tests/layers.rs` holds both).
+
+mod backend;
+mod registry;
+
+pub use backend::{
+    BackendError, BareInput, BareModel, BatchObserver, DeviceChoice, DeviceKind, Expected, Input, Model,
+    Output, Tuning,
+};
+pub use registry::{Manifest, ModelError, ModelRegistry, TensorSpec};
