@@ -219,6 +219,14 @@ fn bad_settings_stop_start_up_with_the_reason() {
         (vec!["--device=tpu"], vec![], "--device 'tpu'"),
         (vec!["--guest=motion=/nonexistent/guest.wasm"], vec![], "/nonexistent/guest.wasm"),
         (vec!["--model-dir=/nonexistent/models"], vec![], "/nonexistent/models"),
+        (vec!["--max-in-flight=0"], vec![], "--max-in-flight and --max-queue must be at least 1"),
+        (
+            vec!["--max-upload-memory=1024"],
+            vec![],
+            "--max-upload-memory (1024) must be at least --max-body-bytes",
+        ),
+        (vec!["--max-connections=0"], vec![], "--max-connections must be at least 1"),
+        (vec!["--idle-timeout=0s"], vec![], "--idle-timeout must be more than 0"),
     ];
     for (args, env, words) in cases {
         let mut builder = ServerBuilder::new();
@@ -236,6 +244,10 @@ fn bad_settings_stop_start_up_with_the_reason() {
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(!out.status.success(), "{args:?}: started anyway:\n{text}");
         assert!(text.contains(words), "{args:?}: error lacks '{words}':\n{text}");
+        // Flags are checked before any socket opens (files are read while loading).
+        if !words.starts_with('/') {
+            assert!(!text.contains("listening on"), "{args:?}: it listened first:\n{text}");
+        }
     }
 }
 

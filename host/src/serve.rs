@@ -97,16 +97,6 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         batch_delay: args.max_batch_delay,
     };
 
-    let listeners = addrs.iter().map(|&a| bind::listen(a)).collect::<Result<Vec<_>, _>>()?;
-    let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
-    let scheme = if tls_config.is_some() { "https" } else { "http" };
-
-    let admin_exposed_in_plain_text = tls_config.is_none() && bound.iter().any(|a| !a.ip().is_loopback());
-    if admin.is_some() && admin_exposed_in_plain_text && !args.allow_insecure_admin {
-        tracing::warn!(
-            "admin API refused: plain HTTP on a non-loopback address (serve TLS, or pass --allow-insecure-admin)"
-        );
-    }
     if args.max_in_flight == 0 || args.max_queue == 0 {
         bail!("--max-in-flight and --max-queue must be at least 1");
     }
@@ -129,6 +119,18 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         Some(n) => n,
         None => connections::default_max_connections(descriptors),
     };
+    motion_model::DeviceChoice::check(&args.device)?;
+
+    let listeners = addrs.iter().map(|&a| bind::listen(a)).collect::<Result<Vec<_>, _>>()?;
+    let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+    let scheme = if tls_config.is_some() { "https" } else { "http" };
+
+    let admin_exposed_in_plain_text = tls_config.is_none() && bound.iter().any(|a| !a.ip().is_loopback());
+    if admin.is_some() && admin_exposed_in_plain_text && !args.allow_insecure_admin {
+        tracing::warn!(
+            "admin API refused: plain HTTP on a non-loopback address (serve TLS, or pass --allow-insecure-admin)"
+        );
+    }
     let connections = Connections::new(ConnectionLimits {
         max: max_connections,
         per_ip: args.max_connections_per_ip,

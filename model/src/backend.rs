@@ -81,23 +81,21 @@ pub struct DeviceChoice {
 }
 
 impl DeviceChoice {
+    /// Checks the syntax of `--device` without touching any device (before sockets open).
+    pub fn check(spec: &str) -> Result<(), BackendError> {
+        parse_device(spec).map(drop)
+    }
+
     /// Resolves `--device auto|cpu|cuda|cuda:N`. `auto` and `cuda` first try to load libtorch's
     /// CUDA library (the binary links only the CPU one), so the same binary uses a GPU where the
     /// platform gives one.
     pub fn resolve(spec: &str) -> Result<DeviceChoice, BackendError> {
-        let spec = spec.trim().to_ascii_lowercase();
-        let cuda_index = match spec.as_str() {
-            "cpu" => return Ok(DeviceChoice { device: DeviceKind::Cpu, reason: "--device cpu".into() }),
-            "auto" => None,
-            "cuda" => Some(0),
-            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(n)) => Some(n),
-                _ => {
-                    return Err(BackendError::Device(format!(
-                        "--device '{other}' is not auto, cpu, cuda or cuda:N"
-                    )));
-                }
-            },
+        let cuda_index = match parse_device(spec)? {
+            Wanted::Cpu => {
+                return Ok(DeviceChoice { device: DeviceKind::Cpu, reason: "--device cpu".into() });
+            }
+            Wanted::Auto => None,
+            Wanted::Cuda(n) => Some(n),
         };
         let cuda = cuda::load();
         let devices = if cuda.is_ok() && tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
@@ -121,6 +119,27 @@ impl DeviceChoice {
                 Ok(()) => format!("--device cuda:{n} asked for, but {devices} CUDA device(s) are visible"),
             })),
         }
+    }
+}
+
+/// What `--device` asks for.
+enum Wanted {
+    Cpu,
+    /// A GPU if there is one, else the CPU.
+    Auto,
+    Cuda(usize),
+}
+
+fn parse_device(spec: &str) -> Result<Wanted, BackendError> {
+    let spec = spec.trim().to_ascii_lowercase();
+    match spec.as_str() {
+        "cpu" => Ok(Wanted::Cpu),
+        "auto" => Ok(Wanted::Auto),
+        "cuda" => Ok(Wanted::Cuda(0)),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(Wanted::Cuda(n)),
+            _ => Err(BackendError::Device(format!("--device '{other}' is not auto, cpu, cuda or cuda:N"))),
+        },
     }
 }
 
