@@ -13,13 +13,7 @@ use motion_model::ModelRegistry;
 use motion_model::{DeviceChoice, Tuning};
 
 pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
-    let name = args
-        .file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .filter(|s| runtime::check_name(s).is_ok())
-        .unwrap_or("guest")
-        .to_string();
+    let name = runtime::name_from_file(&args.file).unwrap_or_else(|_| "guest".into());
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("cannot read '{}'", args.file.display()))?;
     let device = DeviceChoice::resolve("cpu")?;

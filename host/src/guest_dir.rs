@@ -23,10 +23,9 @@ pub fn scan(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
         if path.extension().and_then(|e| e.to_str()) != Some("wasm") || !path.is_file() {
             continue;
         }
-        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else { continue };
-        match runtime::check_name(name) {
-            Ok(()) => {
-                found.insert(name.to_string(), path);
+        match runtime::name_from_file(&path) {
+            Ok(name) => {
+                found.insert(name, path);
             }
             Err(reason) => tracing::warn!(path = %path.display(), "ignored in --guest-dir: {reason}"),
         }

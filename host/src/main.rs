@@ -2,6 +2,7 @@
 //! one (for container health checks with no curl in the image).
 
 mod cli;
+mod files;
 mod guest_check;
 mod guest_dir;
 mod healthcheck;

@@ -2,7 +2,7 @@
 //! `starting` while loading), loads the models and guests, then serves until SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,14 +34,10 @@ impl GuestSpec {
     /// `NAME=PATH`, or `PATH` named after its file stem.
     pub fn parse(spec: &str) -> anyhow::Result<GuestSpec> {
         let (name, path) = match spec.split_once('=') {
-            Some((name, path)) => (name.to_string(), PathBuf::from(path)),
-            None => {
-                let path = PathBuf::from(spec);
-                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-                (stem, path)
-            }
+            Some((name, path)) => (runtime::check_name(name).map(|()| name.to_string()), PathBuf::from(path)),
+            None => (runtime::name_from_file(Path::new(spec)), PathBuf::from(spec)),
         };
-        runtime::check_name(&name).map_err(|reason| anyhow::anyhow!("--guest '{spec}': {reason}"))?;
+        let name = name.map_err(|reason| anyhow::anyhow!("--guest '{spec}': {reason}"))?;
         Ok(GuestSpec { name, path })
     }
 }

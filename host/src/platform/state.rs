@@ -39,9 +39,7 @@ impl ServeState {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = path.with_extension(format!("tmp.{}", self.pid));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-        std::fs::rename(&tmp, path)
+        crate::files::write_atomically(path, &serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)
     }
 
     pub fn read(path: &Path) -> std::io::Result<Self> {

@@ -8,7 +8,7 @@
 //! Anything else is ignored and rebuilt.
 
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -79,15 +79,9 @@ impl CompileCache {
         let bytes = component.serialize().map_err(|e| std::io::Error::other(e.to_string()))?;
         std::fs::create_dir_all(&self.dir)?;
         let (artifact, record) = self.paths(digest_hex);
-        write_atomically(&artifact, &bytes)?;
-        write_atomically(&record, super::sha256_hex(&bytes).as_bytes())
+        crate::files::write_atomically(&artifact, &bytes)?;
+        crate::files::write_atomically(&record, super::sha256_hex(&bytes).as_bytes())
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Compiles `bytes` (whose sha256 is `digest_hex`), through the cache when there is one.

@@ -144,8 +144,8 @@ pub struct LoadedGuest {
 impl LoadedGuest {
     /// Whether the guest says it reads this media type (parameters ignored).
     pub fn accepts(&self, content_type: &str) -> bool {
-        let essence = content_type.split(';').next().unwrap_or("").trim();
-        self.info.accepts.iter().any(|a| a.eq_ignore_ascii_case(essence))
+        let essence = motion_request::essence(content_type);
+        self.info.accepts.iter().any(|a| a.eq_ignore_ascii_case(&essence))
     }
 }
 
@@ -172,6 +172,12 @@ pub fn check_name(name: &str) -> Result<(), String> {
             "guest name '{name:.80}' must be 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-'"
         ))
     }
+}
+
+/// The guest name a file gives: its stem, when that is a valid name.
+pub fn name_from_file(path: &Path) -> Result<String, String> {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    check_name(stem).map(|()| stem.to_string())
 }
 
 /// One piece of uploaded media, as the guest receives it.
