@@ -13,8 +13,6 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::runtime::{GuestError, Runtime, StageTimings};
-
 /// The media type of the exposition format served.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -44,6 +42,24 @@ pub struct Metrics {
     guest_info: IntGaugeVec,
     /// One scrape at a time: each rebuilds the info gauges.
     scrape: Mutex<()>,
+}
+
+/// A loaded model, as the `model_info` gauge labels it.
+pub struct ModelInfo<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub sha256: &'a str,
+    /// `cpu` or `cuda(N)`.
+    pub device: String,
+}
+
+/// A live guest, as the `guest_info` gauge labels it.
+pub struct GuestInfo<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub digest: &'a str,
+    pub model: &'a str,
+    pub default: bool,
 }
 
 /// The process's metrics.
@@ -91,7 +107,7 @@ impl Metrics {
         .expect("a valid counter");
         registry.register(Box::new(uploads_too_slow.clone())).expect("a unique metric name");
         let build = gauge(r, "build_info", "The server's version; always 1.", &["version"]);
-        build.with_label_values(&[crate::http::VERSION]).set(1);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Metrics {
             http_requests: counter(
                 r,
@@ -179,15 +195,9 @@ impl Metrics {
         self.batch_size.with_label_values(&[model]).observe(rows as f64);
     }
 
-    /// Where an inference request's time went.
-    pub fn observe_stages(&self, model: &str, guest: &str, t: &StageTimings, total: Duration) {
-        for (stage, d) in [
-            ("queue", t.queue),
-            ("preprocess", t.preprocess),
-            ("inference", t.inference),
-            ("postprocess", t.postprocess),
-            ("total", total),
-        ] {
+    /// Where an inference request's time went: each stage's name and duration.
+    pub fn observe_stages(&self, model: &str, guest: &str, stages: &[(&str, Duration)]) {
+        for (stage, d) in stages {
             self.stage_duration.with_label_values(&[stage, model, guest]).observe(d.as_secs_f64());
         }
     }
@@ -200,37 +210,34 @@ impl Metrics {
         self.guest_validation_failures.with_label_values(&[guest]).inc();
     }
 
-    /// Counts a failed guest call by what stopped it; other failures (bad input, a busy model)
-    /// are the request's, not the guest's, and are counted by status in `http_requests_total`.
-    pub fn guest_failed(&self, guest: &str, error: &GuestError) {
-        match error {
-            GuestError::Trap { .. } => self.guest_traps.with_label_values(&[guest]).inc(),
-            GuestError::Timeout { .. } => self.guest_timeouts.with_label_values(&[guest]).inc(),
-            GuestError::Limit { limit, .. } => self.guest_limit_hits.with_label_values(&[guest, limit]).inc(),
-            _ => {}
-        }
+    /// A guest call that trapped. Other failures (bad input, a busy model) are the request's,
+    /// not the guest's, and are counted by status in `http_requests_total`.
+    pub fn guest_trapped(&self, guest: &str) {
+        self.guest_traps.with_label_values(&[guest]).inc();
     }
 
-    /// The exposition text, with the info gauges rebuilt from `runtime` (none while starting).
-    pub fn render(&self, runtime: Option<&Runtime>) -> String {
+    /// A guest call that ran past its deadline.
+    pub fn guest_timed_out(&self, guest: &str) {
+        self.guest_timeouts.with_label_values(&[guest]).inc();
+    }
+
+    /// A guest call stopped by one of its limits (the flag's name without dashes).
+    pub fn guest_hit_limit(&self, guest: &str, limit: &str) {
+        self.guest_limit_hits.with_label_values(&[guest, limit]).inc();
+    }
+
+    /// The exposition text, with the info gauges rebuilt from what is live now (nothing while
+    /// starting), gathered by the caller.
+    pub fn render(&self, models: &[ModelInfo], guests: &[GuestInfo]) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.model_info.reset();
         self.guest_info.reset();
-        if let Some(runtime) = runtime {
-            for model in runtime.models().iter() {
-                let device = format!("{:?}", model.device).to_ascii_lowercase();
-                self.model_info
-                    .with_label_values(&[model.name(), &model.manifest.version, &model.sha256, &device])
-                    .set(1);
-            }
-            let set = runtime.guests();
-            for (name, slot) in &set.slots {
-                let g = &slot.live;
-                let default = if set.default.as_deref() == Some(name.as_str()) { "true" } else { "false" };
-                self.guest_info
-                    .with_label_values(&[name.as_str(), &g.info.version, &g.digest, g.model.name(), default])
-                    .set(1);
-            }
+        for m in models {
+            self.model_info.with_label_values(&[m.name, m.version, m.sha256, &m.device]).set(1);
+        }
+        for g in guests {
+            let default = if g.default { "true" } else { "false" };
+            self.guest_info.with_label_values(&[g.name, g.version, g.digest, g.model, default]).set(1);
         }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

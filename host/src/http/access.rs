@@ -109,8 +109,15 @@ pub async fn track(request: Request, next: Next) -> Response {
     match response.extensions().get::<AccessInfo>() {
         Some(info) => {
             let (guest, guest_version) = info.guest.clone().unzip();
-            METRICS.observe_stages(&info.model, guest.as_deref().unwrap_or(""), &info.timings, total);
             let t = &info.timings;
+            let stages = [
+                ("queue", t.queue),
+                ("preprocess", t.preprocess),
+                ("inference", t.inference),
+                ("postprocess", t.postprocess),
+                ("total", total),
+            ];
+            METRICS.observe_stages(&info.model, guest.as_deref().unwrap_or(""), &stages);
             tracing::info!(
                 target: "access",
                 method,

@@ -31,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub use admin::AdminToken;
 pub use error::ApiError;
 
+use crate::metrics::{GuestInfo, ModelInfo};
 use crate::runtime::{Classified, LoadedGuest, Media, Runtime};
 
 /// The server's version, reported by `/health` and `--version`.
@@ -279,7 +280,29 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// `GET /metrics`: the Prometheus exposition.
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let body = crate::metrics::METRICS.render(app.runtime.get().map(Arc::as_ref));
+    let (mut models, mut guests) = (Vec::new(), Vec::new());
+    let set = app.runtime.get().map(|runtime| (runtime, runtime.guests()));
+    if let Some((runtime, set)) = &set {
+        for model in runtime.models().iter() {
+            models.push(ModelInfo {
+                name: model.name(),
+                version: &model.manifest.version,
+                sha256: &model.sha256,
+                device: format!("{:?}", model.device).to_ascii_lowercase(),
+            });
+        }
+        for (name, slot) in &set.slots {
+            let g = &slot.live;
+            guests.push(GuestInfo {
+                name,
+                version: &g.info.version,
+                digest: &g.digest,
+                model: g.model.name(),
+                default: set.default.as_deref() == Some(name.as_str()),
+            });
+        }
+    }
+    let body = crate::metrics::METRICS.render(&models, &guests);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 

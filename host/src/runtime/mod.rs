@@ -637,8 +637,11 @@ impl Runtime {
         top_k: u32,
     ) -> Result<Classified, GuestError> {
         let result = self.run(guest, media, top_k).await;
-        if let Err(e) = &result {
-            METRICS.guest_failed(&guest.name, e);
+        match &result {
+            Err(GuestError::Trap { .. }) => METRICS.guest_trapped(&guest.name),
+            Err(GuestError::Timeout { .. }) => METRICS.guest_timed_out(&guest.name),
+            Err(GuestError::Limit { limit, .. }) => METRICS.guest_hit_limit(&guest.name, limit),
+            _ => {}
         }
         result
     }
