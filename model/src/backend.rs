@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use tch::{CModule, Device, Kind, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::registry::{Manifest, TensorSpec};
+use crate::error::BackendError;
+use crate::manifest::{Manifest, TensorSpec};
 
 /// Hears of every forward pass: the model's name and the rows it ran (for a batch-size
 /// histogram, which the caller keeps).
@@ -52,24 +53,6 @@ pub struct Tuning {
     pub max_batch: usize,
     /// How long the first call of a batch may wait for others; zero takes only what is queued.
     pub batch_delay: Duration,
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BackendError {
-    #[error("{0}")]
-    InvalidInput(String),
-    #[error("the model's queue is full ({0} calls waiting, --max-queue)")]
-    Busy(usize),
-    #[error("libtorch failed: {0}")]
-    Torch(String),
-    #[error("the inference thread has stopped")]
-    Stopped,
-    /// The model's output does not fit its manifest: found at warm-up (the model is refused)
-    /// or in a batch (that batch's calls fail).
-    #[error("{0}")]
-    Output(String),
-    #[error("{0}")]
-    Device(String),
 }
 
 /// Where the models run, as `--device` asked and the machine allows.
@@ -633,7 +616,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::registry::ModelRegistry;
+    use crate::ModelRegistry;
 
     fn ignore_batches() -> BatchObserver {
         Arc::new(|_, _| {})

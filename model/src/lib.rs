@@ -6,10 +6,13 @@
 //! in its public API (`tests/layers.rs` holds both).
 
 mod backend;
+mod error;
+mod manifest;
 mod registry;
 
 pub use backend::{
-    BackendError, BareInput, BareModel, BatchObserver, DeviceChoice, DeviceKind, Expected, Input, Model,
-    Output, Tuning,
+    BareInput, BareModel, BatchObserver, DeviceChoice, DeviceKind, Expected, Input, Model, Output, Tuning,
 };
-pub use registry::{Manifest, ModelError, ModelRegistry, TensorSpec};
+pub use error::{BackendError, ModelError};
+pub use manifest::{Manifest, TensorSpec};
+pub use registry::ModelRegistry;
