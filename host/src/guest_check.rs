@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::boot;
 use crate::cli::GuestCheckArgs;
-use crate::runtime::{self, GuestError, Runtime};
-use motion_model::ModelRegistry;
+use crate::runtime::{self, GuestError};
 use motion_model::{DeviceChoice, Tuning};
 
 pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
@@ -17,16 +17,11 @@ pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("cannot read '{}'", args.file.display()))?;
     let device = DeviceChoice::resolve("cpu")?;
-    let model_dir = args.runtime.model_dir.clone();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let tuning = Tuning { threads, max_queue: 4, max_batch: 1, batch_delay: Duration::ZERO };
-    let models = tokio::task::spawn_blocking(move || {
-        ModelRegistry::load_dir(&model_dir, &device, tuning, Arc::new(|_: &str, _| {}))
-    })
-    .await
-    .context("model loading did not finish")??;
-    let limits = args.runtime.limits();
-    let runtime = Runtime::new(Arc::new(models), limits, 1, None)?;
+    let models =
+        boot::models(args.runtime.model_dir.clone(), device, tuning, Arc::new(|_: &str, _| {})).await?;
+    let runtime = boot::runtime(models, args.runtime.limits(), 1, None)?;
 
     println!("guest check: {}", args.file.display());
     match runtime.load(&name, bytes).await {

@@ -1,7 +1,9 @@
 //! motion-host: a WebAssembly-plugin model host. `serve` runs the server; `healthcheck` probes
 //! one (for container health checks with no curl in the image).
 
+mod boot;
 mod cli;
+mod config;
 mod files;
 mod guest_check;
 mod guest_dir;

@@ -1,121 +1,35 @@
-//! `motion-host serve`: checks every setting, opens the listeners at once (so `/health` answers
-//! `starting` while loading), loads the models and guests, then serves until SIGTERM/SIGINT.
+//! `motion-host serve`, in three steps: every setting checked ([`ServeConfig`]), the listeners
+//! opened at once (so `/health` answers `starting` while loading), then the models and guests
+//! loaded; it serves until SIGTERM/SIGINT and drains.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use axum_server::Handle;
-use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use axum_server::tls_rustls::RustlsAcceptor;
 use clap::ArgMatches;
-use clap::parser::ValueSource;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::boot;
 use crate::cli::ServeArgs;
-use crate::http::connections::{self, Admit, ConnectionLimits, Connections};
+use crate::config::{GuestSpec, ServeConfig};
+use crate::http::connections::{self, Admit, Connections};
 use crate::http::{self, AppState};
 use crate::platform::state::ServeState;
 use crate::platform::tls::TlsPlan;
-use crate::platform::{Source, bind, tls};
-use crate::runtime::{self, Runtime};
-use motion_model::ModelRegistry;
+use crate::platform::{bind, tls};
+use crate::runtime::Runtime;
 use motion_model::{DeviceChoice, Tuning};
-
-/// A guest to load at start: the name it is installed under and its file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GuestSpec {
-    pub name: String,
-    pub path: PathBuf,
-}
-
-impl GuestSpec {
-    /// `NAME=PATH`, or `PATH` named after its file stem.
-    pub fn parse(spec: &str) -> anyhow::Result<GuestSpec> {
-        let (name, path) = match spec.split_once('=') {
-            Some((name, path)) => (runtime::check_name(name).map(|()| name.to_string()), PathBuf::from(path)),
-            None => (runtime::name_from_file(Path::new(spec)), PathBuf::from(spec)),
-        };
-        let name = name.map_err(|reason| anyhow::anyhow!("--guest '{spec}': {reason}"))?;
-        Ok(GuestSpec { name, path })
-    }
-}
-
-/// Where a flag's value came from, for the start-up log.
-fn source_of(matches: &ArgMatches, id: &str, flag: &'static str, env: &'static str) -> Source {
-    match matches.value_source(id) {
-        Some(ValueSource::CommandLine) => Source::Flag(flag),
-        Some(ValueSource::EnvVariable) => Source::Env(env),
-        _ => Source::Default,
-    }
-}
 
 pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     // Everything is checked before a socket opens.
-    let bind_source = source_of(matches, "bind", "--bind", "MOTION_HOST_BIND");
-    let port_env = std::env::var("PORT").ok();
-    let (addrs, bind_source) = bind::resolve(&args.bind, bind_source, port_env.as_deref())?;
-    let cert =
-        args.tls_cert.clone().map(|p| (p, source_of(matches, "tls_cert", "--tls-cert", "TLS_CERTFILE")));
-    let key = args.tls_key.clone().map(|p| (p, source_of(matches, "tls_key", "--tls-key", "TLS_KEYFILE")));
-    let plan = tls::resolve(cert, key, &args.tls_dir)?;
-    let tls_config = match &plan {
-        TlsPlan::Files { cert, key, .. } => Some(RustlsConfig::from_config(tls::load(cert, key)?)),
-        TlsPlan::Plain => None,
-    };
-    // With --guest-dir, the built-in default --guest gives way to the directory.
-    let default_guests = matches.value_source("guests") == Some(ValueSource::DefaultValue);
-    let guest_specs: Vec<GuestSpec> = if args.guest_dir.is_some() && default_guests {
-        Vec::new()
-    } else {
-        args.guests.iter().map(|s| GuestSpec::parse(s)).collect::<anyhow::Result<_>>()?
-    };
-    if guest_specs.is_empty() && args.guest_dir.is_none() {
-        bail!("no guest to serve: give --guest NAME=PATH or --guest-dir DIR");
-    }
-    let admin = match &args.admin_token_file {
-        Some(path) => Some(http::AdminToken::read(path)?),
-        None => None,
-    };
-    let threads = match args.inference_threads {
-        Some(0) => bail!("--inference-threads must be at least 1"),
-        Some(n) => n,
-        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-    };
-    if args.max_batch_size == 0 {
-        bail!("--max-batch-size must be at least 1");
-    }
-    let tuning = Tuning {
-        threads,
-        max_queue: args.max_queue,
-        max_batch: args.max_batch_size,
-        batch_delay: args.max_batch_delay,
-    };
-
-    if args.max_in_flight == 0 || args.max_queue == 0 {
-        bail!("--max-in-flight and --max-queue must be at least 1");
-    }
-    if args.shutdown_grace > args.shutdown_timeout {
-        bail!("--shutdown-grace must not exceed --shutdown-timeout");
-    }
-    if args.max_upload_memory < args.max_body_bytes {
-        bail!(
-            "--max-upload-memory ({}) must be at least --max-body-bytes ({})",
-            args.max_upload_memory,
-            args.max_body_bytes
-        );
-    }
-    if args.idle_timeout.is_zero() {
-        bail!("--idle-timeout must be more than 0");
-    }
     let descriptors = connections::raise_descriptor_limit();
-    let max_connections = match args.max_connections {
-        Some(0) => bail!("--max-connections must be at least 1"),
-        Some(n) => n,
-        None => connections::default_max_connections(descriptors),
-    };
-    motion_model::DeviceChoice::check(&args.device)?;
+    let config = ServeConfig::new(&args, matches, std::env::var("PORT").ok().as_deref(), descriptors)?;
+    let ServeConfig { addrs, bind_source, plan, tls_config, guest_specs, admin, tuning, connection_limits } =
+        config;
+    let max_connections = connection_limits.max;
 
     let listeners = addrs.iter().map(|&a| bind::listen(a)).collect::<Result<Vec<_>, _>>()?;
     let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
@@ -127,11 +41,7 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
             "admin API refused: plain HTTP on a non-loopback address (serve TLS, or pass --allow-insecure-admin)"
         );
     }
-    let connections = Connections::new(ConnectionLimits {
-        max: max_connections,
-        per_ip: args.max_connections_per_ip,
-        idle: args.idle_timeout,
-    });
+    let connections = Connections::new(connection_limits);
     tracing::info!(
         max_connections,
         max_connections_per_ip = args.max_connections_per_ip,
@@ -311,17 +221,9 @@ async fn load_everything(
         max_batch_delay_ms = tuning.batch_delay.as_secs_f64() * 1000.0,
         "device chosen"
     );
-    let model_dir = args.runtime.model_dir.clone();
-    let models = tokio::task::spawn_blocking({
-        let device = device.clone();
-        move || {
-            let batches: motion_model::BatchObserver =
-                Arc::new(|model: &str, rows| crate::metrics::METRICS.observe_batch(model, rows));
-            ModelRegistry::load_dir(&model_dir, &device, tuning, batches)
-        }
-    })
-    .await
-    .context("model loading did not finish")??;
+    let batches: motion_model::BatchObserver =
+        Arc::new(|model: &str, rows| crate::metrics::METRICS.observe_batch(model, rows));
+    let models = boot::models(args.runtime.model_dir.clone(), device.clone(), tuning, batches).await?;
     for model in models.iter() {
         tracing::info!(
             model = model.name(),
@@ -337,7 +239,7 @@ async fn load_everything(
     let limits = args.runtime.limits();
     let cache = Some(args.compile_cache.clone()).filter(|dir| dir.as_os_str() != "off");
     let concurrency = u32::try_from(args.max_in_flight).unwrap_or(u32::MAX);
-    let runtime = Arc::new(Runtime::new(Arc::new(models), limits, concurrency, cache)?);
+    let runtime = boot::runtime(models, limits, concurrency, cache)?;
     for spec in specs {
         let loaded = Instant::now();
         let guest = runtime
@@ -388,24 +290,5 @@ impl Signals {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guest_specs_parse() {
-        assert_eq!(
-            GuestSpec::parse("motion=a/b.wasm").unwrap(),
-            GuestSpec { name: "motion".into(), path: "a/b.wasm".into() }
-        );
-        assert_eq!(
-            GuestSpec::parse("/x/fast.wasm").unwrap(),
-            GuestSpec { name: "fast".into(), path: "/x/fast.wasm".into() }
-        );
-        assert!(GuestSpec::parse("bad name=x.wasm").is_err());
-        assert!(GuestSpec::parse("=x.wasm").is_err());
     }
 }
