@@ -6,7 +6,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use motion_host_tests::{
-    ADMIN_TOKEN, Server, ServerBuilder, default_model_version, json, repo_root, test_guest, test_python,
+    ADMIN_TOKEN, LABELS, Server, ServerBuilder, default_model_version, json, repo_root, test_guest,
+    test_python,
 };
 use serde_json::Value;
 
@@ -232,6 +233,12 @@ fn the_openapi_description_matches_the_running_server() {
         doc["components"]["parameters"]["Model"]["schema"]["enum"],
         serde_json::json!(["motion-resnet18", "motion-classifier"])
     );
+    // The labels come from the live default guest: the host's document names none.
+    let example = &doc["components"]["schemas"]["ClassifyResponse"]["examples"][0];
+    assert_eq!(example["label"], LABELS[0], "{example}");
+    let described = doc["paths"]["/v2/models/{model}"]["get"]["description"].as_str().unwrap();
+    let listed = LABELS.map(|l| format!("`{l}`")).join(", ");
+    assert!(described.contains(&listed), "{described}");
 
     // Every documented operation but the admin API (off here) is exercised with examples,
     // boundary values and fuzzed data; each answer must match its documented status, headers

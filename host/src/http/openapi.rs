@@ -1,9 +1,10 @@
 //! `GET /openapi.json`: the HTTP API described in OpenAPI 3.1. The document is written by hand
-//! (`openapi.json` beside this file); at serve time it gets the server's version and the names
-//! of the models it serves. `tests/openapi.rs` checks the running server against it with a
-//! schema-driven tester.
+//! (`openapi.json` beside this file) and names no label: at serve time it gets the server's
+//! version, the names of the models it serves, and the default guest's labels (in descriptions
+//! and examples), as the host knows labels only from the guest. `tests/observability.rs` checks
+//! the running server against it with a schema-driven tester.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::header;
@@ -14,9 +15,11 @@ use super::{AppState, VERSION, oip};
 
 const DOCUMENT: &str = include_str!("openapi.json");
 
-/// The document, with this server's version and, once loaded, its model names.
-fn document(models: Option<Vec<String>>) -> Value {
-    let mut doc: Value = serde_json::from_str(DOCUMENT).expect("openapi.json is valid JSON");
+/// The document, with this server's version and, once loaded, its model names and the default
+/// guest's labels.
+fn document(models: Option<Vec<String>>, labels: Option<&[String]>) -> Value {
+    let mut doc: Value =
+        serde_json::from_str(&with_labels(DOCUMENT, labels)).expect("openapi.json is valid JSON");
     doc["info"]["version"] = Value::from(VERSION);
     if let Some(models) = models {
         doc["components"]["parameters"]["Model"]["schema"]["enum"] = Value::from(models);
@@ -24,18 +27,54 @@ fn document(models: Option<Vec<String>>) -> Value {
     doc
 }
 
+/// Fills the document's label placeholders: `{labels}` (every label, in order) in descriptions
+/// and `{label0}`..`{label2}` in examples.
+fn with_labels(document: &str, labels: Option<&[String]>) -> String {
+    // Inside a JSON string: escaped as JSON, without the quotes.
+    let escape = |text: &str| {
+        let quoted = serde_json::to_string(text).expect("a string serialises");
+        quoted[1..quoted.len() - 1].to_string()
+    };
+    let (list, picks) = match labels.filter(|l| !l.is_empty()) {
+        Some(labels) => (
+            labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", "),
+            [0, 1, 2].map(|i| labels[i % labels.len()].clone()),
+        ),
+        None => (
+            "the default guest's labels, in its order (`GET /v1/guests` lists them)".to_string(),
+            ["<label 1>", "<label 2>", "<label 3>"].map(String::from),
+        ),
+    };
+    let mut filled = document.replace("{labels}", &escape(&list));
+    for (i, pick) in picks.iter().enumerate() {
+        filled = filled.replace(&format!("{{label{i}}}"), &escape(pick));
+    }
+    filled
+}
+
 pub async fn serve(State(app): State<Arc<AppState>>) -> Response {
-    static READY: OnceLock<String> = OnceLock::new();
+    /// The last document served, by the default guest's digest it was made for.
+    static SERVED: Mutex<Option<(String, String)>> = Mutex::new(None);
     let body = match app.runtime.get() {
-        Some(runtime) => READY
-            .get_or_init(|| {
-                let mut models: Vec<String> =
-                    runtime.models().names().into_iter().map(String::from).collect();
-                models.push(oip::PIPELINE.to_string());
-                document(Some(models)).to_string()
-            })
-            .clone(),
-        None => document(None).to_string(),
+        Some(runtime) => {
+            let set = runtime.guests();
+            let default = set.default_guest();
+            let digest = default.map(|g| g.digest.clone()).unwrap_or_default();
+            let mut served = SERVED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match served.as_ref().filter(|(made_for, _)| *made_for == digest) {
+                Some((_, body)) => body.clone(),
+                None => {
+                    let mut models: Vec<String> =
+                        runtime.models().names().into_iter().map(String::from).collect();
+                    models.push(oip::PIPELINE.to_string());
+                    let labels = default.map(|g| g.info.labels.as_slice());
+                    let body = document(Some(models), labels).to_string();
+                    *served = Some((digest, body.clone()));
+                    body
+                }
+            }
+        }
+        None => document(None, None).to_string(),
     };
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -51,7 +90,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_documented_operation_is_routed() {
-        let doc = document(None);
+        let doc = document(None, None);
         assert_eq!(doc["openapi"], "3.1.0");
         let app = AppState::new(Settings {
             max_body_bytes: 1024,
@@ -91,5 +130,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_document_names_no_label_until_a_guest_gives_them() {
+        assert!(!DOCUMENT.contains("pan_left"), "openapi.json names a label of the default guest");
+        let before = document(None, None).to_string();
+        assert!(!before.contains("{label") && before.contains("GET /v1/guests` lists them"));
+        let labels: Vec<String> = ["still", "swing \"left\""].map(String::from).to_vec();
+        let after = document(None, Some(&labels));
+        let text = after.to_string();
+        assert!(text.contains("`still`, `swing \\\"left\\\"`"), "{text}");
+        let example = &after["components"]["schemas"]["ClassifyResponse"]["examples"][0];
+        assert_eq!(example["label"], "still");
+        assert_eq!(example["top_k"][1]["label"], "swing \"left\"");
+        assert_eq!(example["top_k"][2]["label"], "still");
     }
 }
