@@ -16,7 +16,6 @@
 # checks it reached no layer of the image.
 
 CONTAINER_PACKAGES=(podman runc netavark aardvark-dns catatonit iptables debootstrap)
-RUST_VERSION="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)"
 DEBIAN_TAG=docker.io/library/debian:bookworm-slim
 export MOTION_HOST_TEST_IMAGE=localhost/motion-host:test
 
