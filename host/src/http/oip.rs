@@ -23,7 +23,7 @@ use serde_json::json;
 use super::access::AccessInfo;
 use super::oip_codec::{self as wire, OutputData, WireError};
 use super::{ApiError, AppState, VERSION};
-use crate::runtime::{LoadedGuest, Media, Runtime, StageTimings};
+use crate::runtime::{LoadedGuest, Media, Runtime, StageTimings, media};
 use motion_model::{BackendError, Input, Model};
 
 /// The guest pipeline's model name.
@@ -321,18 +321,6 @@ async fn run_model(
     Ok((outputs, info))
 }
 
-/// The media type of an encoded file, from its first bytes.
-fn sniff(data: &[u8]) -> Option<&'static str> {
-    const KINDS: &[(&[u8], &str)] = &[
-        (b"GIF87a", "image/gif"),
-        (b"GIF89a", "image/gif"),
-        (b"\x89PNG\r\n\x1a\n", "image/png"),
-        (b"\xff\xd8\xff", "image/jpeg"),
-        (b"YUV4MPEG2 ", "video/x-yuv4mpeg"),
-    ];
-    KINDS.iter().find(|(magic, _)| data.starts_with(magic)).map(|(_, kind)| *kind)
-}
-
 /// Runs the default guest on the request's media: one element is a whole clip (or a single
 /// frame), several are frames in time order.
 async fn run_pipeline(
@@ -370,10 +358,11 @@ async fn run_pipeline(
         .map(|(i, data)| {
             let content_type = match &declared {
                 Some(t) => t.clone(),
-                None => sniff(&data).map(str::to_string).ok_or_else(|| {
+                None => media::sniff(&data).map(str::to_string).ok_or_else(|| {
                     WireError(format!(
-                        "input '{MEDIA}' element {i} is not GIF, PNG, JPEG or Y4M by its first bytes; \
-                         name its type in the request parameter 'content_type'"
+                        "input '{MEDIA}' element {i} is not {} by its first bytes; \
+                         name its type in the request parameter 'content_type'",
+                        media::recognised()
                     ))
                 })?,
             };
@@ -407,19 +396,4 @@ async fn run_pipeline(
         },
     ];
     Ok((outputs, AccessInfo::guest(guest, &classified)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn media_types_are_sniffed_from_their_first_bytes() {
-        assert_eq!(sniff(b"GIF89a\x01\x00"), Some("image/gif"));
-        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n...."), Some("image/png"));
-        assert_eq!(sniff(b"\xff\xd8\xff\xe0"), Some("image/jpeg"));
-        assert_eq!(sniff(b"YUV4MPEG2 W8 H8"), Some("video/x-yuv4mpeg"));
-        assert_eq!(sniff(b"RIFF....WEBP"), None);
-        assert_eq!(sniff(b""), None);
-    }
 }

@@ -16,6 +16,7 @@
 pub mod bindings;
 mod cache;
 mod guests;
+pub mod media;
 mod output;
 mod sample;
 
