@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use motion_host_tests::{ServerBuilder, assert_error, json, repo_root};
+use motion_host_tests::{Server, ServerBuilder, assert_error, json, repo_root};
 use reqwest::blocking::Client;
 
 /// The well-behaved client's address: another loopback address than the attackers' 127.0.0.1.
@@ -29,6 +29,11 @@ fn bystander(ca: Option<&[u8]>) -> Client {
 
 fn clip() -> Vec<u8> {
     std::fs::read(repo_root().join("examples/clip.gif")).unwrap()
+}
+
+/// The bystander's request: `examples/clip.gif` to `/v1/classify`.
+fn classify(client: &Client, server: &Server) -> reqwest::Result<reqwest::blocking::Response> {
+    client.post(server.url("/v1/classify")).header("content-type", "image/gif").body(clip()).send()
 }
 
 /// Raises this process's descriptor limit, for tests that hold thousands of connections.
@@ -95,12 +100,10 @@ fn slow_uploads_hold_no_work_slot_and_are_cut_off() {
     std::thread::sleep(Duration::from_millis(500));
 
     let client = bystander(None);
-    let gif = clip();
     let started = Instant::now();
     let mut statuses = Vec::new();
     while started.elapsed() < Duration::from_secs(8) {
-        let r = client.post(server.url("/v1/classify")).header("content-type", "image/gif").body(gif.clone());
-        statuses.push(r.send().map(|r| r.status().as_u16()).unwrap_or(0));
+        statuses.push(classify(&client, &server).map(|r| r.status().as_u16()).unwrap_or(0));
     }
     let failed = statuses.iter().filter(|&&s| s != 200).count();
     assert_eq!(failed, 0, "the bystander failed {failed} of {} requests: {statuses:?}", statuses.len());
@@ -182,8 +185,7 @@ fn idle_tls_connections_are_capped_per_address_and_reaped() {
     );
 
     let client = bystander(Some(&ca));
-    let r = client.post(server.url("/v1/classify")).header("content-type", "image/gif").body(clip());
-    assert_eq!(json(r.send().unwrap()).0, 200, "a classification from another address");
+    assert_eq!(json(classify(&client, &server).unwrap()).0, 200, "a classification from another address");
 
     // Every idle connection is closed by the server within the idle timeout (and a little).
     for (mut tcp, _tls) in held {
@@ -239,12 +241,7 @@ fn past_the_connection_cap_health_still_answers_and_keep_alive_connections_are_r
     let health = client.get(server.url("/health")).send().unwrap();
     assert_eq!(health.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
     assert_eq!(json(health).0, 200, "/health past the cap");
-    let r = client
-        .post(server.url("/v1/classify"))
-        .header("content-type", "image/gif")
-        .body(clip())
-        .send()
-        .unwrap();
+    let r = classify(&client, &server).unwrap();
     assert_error(r, 503, "overloaded", &["8 connections are open", "--max-connections", "/health"]);
 
     // The health reserve (32) full too: the next connection is closed unanswered.
@@ -257,11 +254,6 @@ fn past_the_connection_cap_health_still_answers_and_keep_alive_connections_are_r
 
     drop((held, reserve));
     std::thread::sleep(Duration::from_millis(300));
-    let r = client
-        .post(server.url("/v1/classify"))
-        .header("content-type", "image/gif")
-        .body(clip())
-        .send()
-        .unwrap();
+    let r = classify(&client, &server).unwrap();
     assert_eq!(json(r).0, 200, "served again once the connections closed");
 }
