@@ -187,7 +187,7 @@ impl AppState {
                 }
                 Err(_) => {
                     let received = (data.len() - window_start_len) as u64;
-                    if received < min_rate * UPLOAD_RATE_WINDOW.as_secs() {
+                    if received < min_rate.saturating_mul(UPLOAD_RATE_WINDOW.as_secs()) {
                         crate::metrics::METRICS.uploads_too_slow.inc();
                         return Err(ApiError::upload_too_slow(received, UPLOAD_RATE_WINDOW, min_rate));
                     }
