@@ -630,6 +630,24 @@ mod tests {
         Arc::clone(registry.get("motion-resnet18").unwrap())
     }
 
+    /// Runs every input as its own request, all announced at once so they may share batches;
+    /// the answers in input order.
+    async fn concurrently(model: &Arc<Model>, inputs: Vec<Input>) -> Vec<Result<Output, BackendError>> {
+        let calls: Vec<_> = inputs
+            .into_iter()
+            .map(|input| {
+                let model = Arc::clone(model);
+                let mut expected = model.expect_call();
+                tokio::spawn(async move { model.infer(input, &mut expected).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.unwrap());
+        }
+        answers
+    }
+
     /// A distinct input per `seed`.
     fn input(seed: u32) -> Input {
         let data = (0..8 * 112 * 112u32)
@@ -652,20 +670,11 @@ mod tests {
             })
             .collect();
 
-        let together = runtime.block_on(async {
-            let calls: Vec<_> = (0..6)
-                .map(|seed| {
-                    let model = Arc::clone(&model);
-                    let mut expected = model.expect_call();
-                    tokio::spawn(async move { model.infer(input(seed), &mut expected).await })
-                })
-                .collect();
-            let mut outputs = Vec::new();
-            for call in calls {
-                outputs.push(call.await.unwrap().unwrap());
-            }
-            outputs
-        });
+        let together: Vec<Output> = runtime
+            .block_on(concurrently(&model, (0..6).map(input).collect()))
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
         let batches: Vec<usize> = together.iter().map(|o| o.batch_rows).collect();
         assert!(batches.iter().all(|&rows| rows <= 4), "a batch exceeded 4 rows: {batches:?}");
         assert_eq!(batches.iter().max(), Some(&4), "six calls within the delay fill a batch: {batches:?}");
@@ -754,21 +763,8 @@ mod tests {
         assert!(matches!(err, BackendError::Output(_)), "{err:?}");
         assert!(err.to_string().contains("returned shape [0, 16] for 1 row(s)"), "{err}");
 
-        let answers = runtime.block_on(async {
-            let calls: Vec<_> = [2.0, 5000.0, 3.0]
-                .into_iter()
-                .map(|first| {
-                    let model = Arc::clone(&model);
-                    let mut expected = model.expect_call();
-                    tokio::spawn(async move { model.infer(row(first), &mut expected).await })
-                })
-                .collect();
-            let mut answers = Vec::new();
-            for call in calls {
-                answers.push(call.await.unwrap());
-            }
-            answers
-        });
+        let answers =
+            runtime.block_on(concurrently(&model, [2.0, 5000.0, 3.0].into_iter().map(row).collect()));
         assert!(matches!(answers[1], Err(BackendError::Output(_))), "{:?}", answers[1]);
         for (i, first) in [(0, 2.0), (2, 3.0)] {
             let output = answers[i].as_ref().unwrap();
