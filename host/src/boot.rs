@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use motion_model::{BatchObserver, DeviceChoice, ModelRegistry, Tuning};
 
-use crate::runtime::{Limits, Runtime};
+use motion_runtime::{Limits, Runtime};
 
 /// Loads every model in `model_dir` on `device`; `batches` hears of every forward pass.
 pub async fn models(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::runtime::Limits;
+use motion_runtime::Limits;
 
 #[derive(Debug, Parser)]
 #[command(

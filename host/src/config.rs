@@ -18,7 +18,7 @@ use crate::http::connections::{self, ConnectionLimits};
 use crate::http::{self, AdminToken};
 use crate::platform::tls::{self, TlsPlan};
 use crate::platform::{Source, bind};
-use crate::runtime;
+use motion_runtime as runtime;
 
 /// What `serve` was asked to do, checked.
 pub struct ServeConfig {

@@ -9,8 +9,8 @@ use anyhow::Context;
 
 use crate::boot;
 use crate::cli::GuestCheckArgs;
-use crate::runtime::{self, GuestError};
 use motion_model::{DeviceChoice, Tuning};
+use motion_runtime::{self as runtime, GuestError};
 
 pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
     let name = runtime::name_from_file(&args.file).unwrap_or_else(|_| "guest".into());

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::runtime::{self, Runtime};
+use crate::service::{Origin, Service};
 
 /// The guests in `dir`: name → file, for every `NAME.wasm` whose stem is a valid guest name.
 pub fn scan(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
@@ -23,7 +23,7 @@ pub fn scan(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
         if path.extension().and_then(|e| e.to_str()) != Some("wasm") || !path.is_file() {
             continue;
         }
-        match runtime::name_from_file(&path) {
+        match motion_runtime::name_from_file(&path) {
             Ok(name) => {
                 found.insert(name, path);
             }
@@ -35,7 +35,7 @@ pub fn scan(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
 
 /// Loads every guest in the directory whose content differs from the live one; `Err` lists
 /// the files that failed (their running versions stay).
-pub async fn sync(runtime: &Runtime, dir: &Path) -> anyhow::Result<()> {
+pub async fn sync(service: &Service, dir: &Path) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for (name, path) in scan(dir)? {
         let bytes = match tokio::fs::read(&path).await {
@@ -45,27 +45,13 @@ pub async fn sync(runtime: &Runtime, dir: &Path) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let digest = runtime::guest_digest(&bytes);
-        if runtime.guests().get(&name).is_some_and(|live| live.digest == digest) {
+        let digest = motion_runtime::guest_digest(&bytes);
+        let live = service.loaded().and_then(|(set, _)| set.get(&name).map(|g| g.digest.clone()));
+        if live.is_some_and(|live| live == digest) {
             continue;
         }
-        match runtime.load(&name, bytes).await {
-            Ok(guest) => {
-                let replaced = runtime.install(Arc::clone(&guest));
-                tracing::info!(
-                    guest = %name,
-                    version = %guest.info.version,
-                    digest = %guest.digest,
-                    path = %path.display(),
-                    validation_ms = guest.validation.as_millis() as u64,
-                    "{} from --guest-dir",
-                    if replaced { "guest replaced" } else { "guest installed" }
-                );
-            }
-            Err(e) => {
-                tracing::warn!(guest = %name, path = %path.display(), error = %e, "guest file rejected; the running version stays");
-                failures.push(format!("{}: {e}", path.display()));
-            }
+        if let Err(e) = service.install(&name, bytes, Origin::Dir(&path)).await {
+            failures.push(format!("{}: {e}", path.display()));
         }
     }
     if failures.is_empty() { Ok(()) } else { anyhow::bail!("{}", failures.join("; ")) }
@@ -73,12 +59,12 @@ pub async fn sync(runtime: &Runtime, dir: &Path) -> anyhow::Result<()> {
 
 /// Watches `dir` for as long as the returned watcher lives, syncing after each burst of
 /// changes.
-pub fn watch(runtime: Arc<Runtime>, dir: PathBuf) -> anyhow::Result<notify::RecommendedWatcher> {
+pub fn watch(service: Arc<Service>, dir: PathBuf) -> anyhow::Result<notify::RecommendedWatcher> {
     let (watcher, mut changes) = crate::watch::dirs(std::slice::from_ref(&dir))
         .with_context(|| format!("cannot watch --guest-dir '{}'", dir.display()))?;
     tokio::spawn(async move {
         while changes.settled().await.is_some() {
-            if let Err(e) = sync(&runtime, &dir).await {
+            if let Err(e) = sync(&service, &dir).await {
                 tracing::warn!(dir = %dir.display(), error = %e, "--guest-dir change not fully applied");
             }
         }

@@ -4,17 +4,15 @@
 mod boot;
 mod cli;
 mod config;
-mod files;
 mod guest_check;
 mod guest_dir;
 mod healthcheck;
 mod http;
 mod logging;
 mod metrics;
-mod nn;
 mod platform;
-mod runtime;
 mod serve;
+mod service;
 mod watch;
 
 use std::process::ExitCode;

@@ -20,7 +20,7 @@ use crate::http::{self, AppState};
 use crate::platform::state::ServeState;
 use crate::platform::tls::TlsPlan;
 use crate::platform::{bind, tls};
-use crate::runtime::Runtime;
+use crate::service::{Origin, Service};
 use motion_model::{DeviceChoice, Tuning};
 
 pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
@@ -52,16 +52,20 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         "connection limits"
     );
     tokio::spawn(Arc::clone(&connections).trim_after_bursts());
-    let app = AppState::new(http::Settings {
-        max_body_bytes: args.max_body_bytes,
-        max_upload_memory: args.max_upload_memory,
-        min_upload_rate: args.min_upload_rate,
-        max_in_flight: args.max_in_flight,
-        request_timeout: args.request_timeout,
-        admin,
-        admin_exposed_in_plain_text,
-        allow_insecure_admin: args.allow_insecure_admin,
-    });
+    let service = Service::new();
+    let app = AppState::new(
+        Arc::clone(&service),
+        http::Settings {
+            max_body_bytes: args.max_body_bytes,
+            max_upload_memory: args.max_upload_memory,
+            min_upload_rate: args.min_upload_rate,
+            max_in_flight: args.max_in_flight,
+            request_timeout: args.request_timeout,
+            admin,
+            admin_exposed_in_plain_text,
+            allow_insecure_admin: args.allow_insecure_admin,
+        },
+    );
     let router = http::router(Arc::clone(&app));
     let handle = Handle::new();
     let mut servers = tokio::task::JoinSet::new();
@@ -137,16 +141,16 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let mut _watcher = None;
-    let load = load_everything(&args, &guest_specs, tuning, &app);
+    let load = load_everything(&args, &guest_specs, tuning, &service);
     tokio::pin!(load);
     let mut signals = Signals::new()?;
     tokio::select! {
         loaded = &mut load => {
-            let runtime = loaded?;
+            loaded?;
             if let Some(dir) = &args.guest_dir {
-                _watcher = Some(crate::guest_dir::watch(Arc::clone(&runtime), dir.clone())?);
+                _watcher = Some(crate::guest_dir::watch(Arc::clone(&service), dir.clone())?);
             }
-            app.set_ready(runtime);
+            service.set_ready();
             tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "healthy: model and guests loaded and warmed up");
         }
         signal = signals.next() => {
@@ -157,7 +161,7 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
 
     tokio::select! {
         signal = signals.next() => {
-            app.set_draining();
+            service.set_draining();
             tracing::info!(
                 signal,
                 grace_s = args.shutdown_grace.as_secs_f64(),
@@ -204,17 +208,17 @@ fn http_timeouts(builder: &mut hyper_util::server::conn::auto::Builder<TokioExec
 }
 
 /// Loads the models (on their inference threads, warm-up included) and the guests, and runs
-/// each guest once on a built-in sample clip.
+/// each guest once on a built-in sample clip; the service serves them once this returns.
 async fn load_everything(
     args: &ServeArgs,
     specs: &[GuestSpec],
     tuning: Tuning,
-    app: &AppState,
-) -> anyhow::Result<Arc<Runtime>> {
+    service: &Service,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let device = DeviceChoice::resolve(&args.device)?;
     tracing::info!(
-        device = ?device.device,
+        device = %device.device,
         reason = %device.reason,
         inference_threads = tuning.threads,
         max_batch_size = tuning.max_batch,
@@ -229,48 +233,39 @@ async fn load_everything(
             model = model.name(),
             version = %model.manifest.version,
             sha256 = %model.sha256,
-            device = ?model.device,
+            device = %model.device,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model loaded and warmed up"
         );
     }
-    app.set_models_loaded();
+    service.set_models_loaded();
 
     let limits = args.runtime.limits();
     let cache = Some(args.compile_cache.clone()).filter(|dir| dir.as_os_str() != "off");
     let concurrency = u32::try_from(args.max_in_flight).unwrap_or(u32::MAX);
-    let runtime = boot::runtime(models, limits, concurrency, cache)?;
+    service.attach(boot::runtime(models, limits, concurrency, cache)?);
     for spec in specs {
-        let loaded = Instant::now();
-        let guest = runtime
-            .load_file(&spec.name, &spec.path)
+        let bytes = tokio::fs::read(&spec.path)
+            .await
+            .with_context(|| format!("guest '{}': cannot read '{}'", spec.name, spec.path.display()))?;
+        service
+            .install(&spec.name, bytes, Origin::Flag(&spec.path))
             .await
             .with_context(|| format!("guest '{}' from '{}' cannot load", spec.name, spec.path.display()))?;
-        tracing::info!(
-            guest = %guest.name,
-            version = %guest.info.version,
-            digest = %guest.digest,
-            size = guest.size,
-            model = %guest.info.model,
-            code = guest.compiled.as_str(),
-            elapsed_ms = loaded.elapsed().as_millis() as u64,
-            "guest loaded and self-tested"
-        );
-        runtime.install(guest);
     }
     if let Some(dir) = &args.guest_dir {
-        crate::guest_dir::sync(&runtime, dir).await.context("--guest-dir holds a guest that cannot load")?;
+        crate::guest_dir::sync(service, dir).await.context("--guest-dir holds a guest that cannot load")?;
     }
-    if runtime.guests().slots.is_empty() {
+    if service.loaded().is_none_or(|(set, _)| set.is_empty()) {
         bail!(
             "no guest to serve: --guest-dir '{}' holds no NAME.wasm",
             args.guest_dir.as_deref().unwrap_or(std::path::Path::new("")).display()
         );
     }
     if let Some(name) = &args.default_guest {
-        runtime.set_default(name).with_context(|| format!("--default-guest '{name}'"))?;
+        service.set_default(name).with_context(|| format!("--default-guest '{name}'"))?;
     }
-    Ok(runtime)
+    Ok(())
 }
 
 /// SIGTERM and SIGINT, as one stream.

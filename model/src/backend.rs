@@ -31,6 +31,16 @@ pub enum DeviceKind {
     Cuda(usize),
 }
 
+impl std::fmt::Display for DeviceKind {
+    /// `cpu`, or `cuda:N`: how `--device` names it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceKind::Cpu => f.write_str("cpu"),
+            DeviceKind::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 impl DeviceKind {
     fn tch(self) -> Device {
         match self {
@@ -317,9 +327,13 @@ impl Model {
         Expected(Some(Arc::clone(&self.expected)))
     }
 
-    /// Runs the model on `input` (already checked with [`Model::check_input`]); `expected` is
-    /// settled when the inference thread takes the call (or at once, if it is refused).
+    /// Runs the model on an FP32 `input`, checked first with [`Model::check_input`]; `expected`
+    /// is settled when the inference thread takes the call (or at once, if it is refused).
     pub async fn infer(&self, input: Input, expected: &mut Expected) -> Result<Output, BackendError> {
+        if let Err(e) = self.check_input(&input.dims, true, input.data.len()) {
+            expected.settle();
+            return Err(e);
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job { input, expected: std::mem::take(expected), enqueued: Instant::now(), reply };
         self.jobs.try_send(job).map_err(|e| match e {
@@ -327,6 +341,14 @@ impl Model {
             mpsc::error::TrySendError::Closed(_) => BackendError::Stopped,
         })?;
         answer.await.map_err(|_| BackendError::Stopped)?
+    }
+}
+
+impl Model {
+    /// Runs the model on one FP32 `input` that no request announced (a raw inference call).
+    pub async fn call(&self, input: Input) -> Result<Output, BackendError> {
+        let mut expected = self.expect_call();
+        self.infer(input, &mut expected).await
     }
 }
 

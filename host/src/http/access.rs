@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::ms;
 use crate::metrics::METRICS;
-use crate::runtime::{Classified, LoadedGuest, StageTimings};
+use motion_runtime::{Classified, LoadedGuest, StageTimings};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

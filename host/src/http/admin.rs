@@ -18,7 +18,8 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
-use crate::runtime::{GuestError, GuestSet, LoadedGuest, Runtime, SetError};
+use crate::service::{Origin, Service, ServiceError};
+use motion_runtime::{GuestSet, LoadedGuest};
 
 /// The admin bearer token. Its `Debug` never shows it.
 pub struct AdminToken(Vec<u8>);
@@ -127,18 +128,18 @@ pub struct GuestEntry {
 }
 
 fn entry(set: &GuestSet, name: &str) -> Option<GuestEntry> {
-    let slot = set.slots.get(name)?;
+    let live = set.get(name)?;
     Some(GuestEntry {
         name: name.to_string(),
-        default: set.default.as_deref() == Some(name),
-        live: VersionEntry::of(&slot.live),
-        history: slot.previous.iter().rev().map(|g| VersionEntry::of(g)).collect(),
+        default: set.is_default(name),
+        live: VersionEntry::of(live),
+        history: set.history(name).map(|g| VersionEntry::of(g)).collect(),
     })
 }
 
 /// The entry of `name` as it is live now (a concurrent removal makes it 404).
-fn live_entry(runtime: &Runtime, name: &str) -> Result<GuestEntry, ApiError> {
-    entry(&runtime.guests(), name).ok_or_else(|| ApiError::not_found(format!("no guest named '{name}'")))
+fn live_entry(service: &Service, name: &str) -> Result<GuestEntry, ApiError> {
+    entry(&*service.guests()?, name).ok_or_else(|| ApiError::not_found(format!("no guest named '{name}'")))
 }
 
 #[derive(Serialize)]
@@ -149,10 +150,9 @@ struct Listing {
 
 pub async fn list(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
-    let runtime = app.ready_runtime()?;
-    let set = runtime.guests();
-    let guests = set.slots.keys().filter_map(|name| entry(&set, name)).collect();
-    Ok(Json(Listing { default_guest: set.default.clone(), guests }).into_response())
+    let set = app.service.guests()?;
+    let guests = set.names().into_iter().filter_map(|name| entry(&set, name)).collect();
+    Ok(Json(Listing { default_guest: set.default_name().map(str::to_string), guests }).into_response())
 }
 
 pub async fn put(
@@ -164,29 +164,29 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     // Who may upload is checked first, so no one else can make the server buffer a body. The
     // other checks wait for the body, so that their refusal is not sent while the client is
-    // still writing (see http::classify).
+    // still writing (see http::v1::classify).
     authorize(&app, &headers)?;
     let upload = app.read_body(&headers, body, app.deadline(std::time::Instant::now())).await?;
-    let runtime = app.ready_runtime()?;
-    if let Err(reason) = crate::runtime::check_name(&name) {
-        return Err(ApiError::bad_request(reason));
-    }
-    let guest = match runtime.load(&name, upload.bytes.into()).await {
-        Ok(guest) => guest,
+    motion_runtime::check_name(&name).map_err(ApiError::bad_request)?;
+    let installed = match app.service.install(&name, upload.bytes.into(), Origin::Admin).await {
+        Ok(installed) => installed,
         Err(e) => {
-            let outcome = e.to_string();
-            audit("install", &name, None, peer, &format!("rejected: {outcome}"));
-            if let GuestError::Rejected { reasons, .. } = &e {
-                tracing::warn!(guest = %name, reasons = ?reasons, "guest rejected");
+            if let ServiceError::Guest(e) = &e {
+                audit("install", &name, None, peer, &format!("rejected: {e}"));
             }
             return Err(e.into());
         }
     };
-    let digest = guest.digest.clone();
-    let replaced = runtime.install(guest);
-    audit("install", &name, Some(&digest), peer, if replaced { "replaced" } else { "installed" });
+    let replaced = installed.replaced;
+    audit(
+        "install",
+        &name,
+        Some(&installed.guest.digest),
+        peer,
+        if replaced { "replaced" } else { "installed" },
+    );
     let status = if replaced { StatusCode::OK } else { StatusCode::CREATED };
-    let mut response = (status, Json(live_entry(runtime, &name)?)).into_response();
+    let mut response = (status, Json(live_entry(&app.service, &name)?)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/admin/guests/{name}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -200,15 +200,15 @@ pub async fn rollback(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
-    let runtime = app.ready_runtime()?;
-    match runtime.rollback(&name) {
+    match app.service.rollback(&name) {
         Ok(live) => {
             audit("rollback", &name, Some(&live.digest), peer, "rolled back");
-            Ok(Json(live_entry(runtime, &name)?).into_response())
+            Ok(Json(live_entry(&app.service, &name)?).into_response())
         }
+        Err(e @ ServiceError::NotReady(_)) => Err(e.into()),
         Err(e) => {
             audit("rollback", &name, None, peer, &format!("refused: {e}"));
-            Err(set_error(e))
+            Err(e.into())
         }
     }
 }
@@ -220,25 +220,16 @@ pub async fn remove(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
-    let runtime = app.ready_runtime()?;
-    let digest = runtime.guests().get(&name).map(|g| g.digest.clone());
-    match runtime.remove(&name) {
-        Ok(()) => {
-            audit("remove", &name, digest.as_deref(), peer, "removed");
+    match app.service.remove(&name) {
+        Ok(removed) => {
+            audit("remove", &name, Some(&removed.digest), peer, "removed");
             Ok(StatusCode::NO_CONTENT.into_response())
         }
+        Err(e @ ServiceError::NotReady(_)) => Err(e.into()),
         Err(e) => {
+            let digest = app.service.guests().ok().and_then(|set| set.get(&name).map(|g| g.digest.clone()));
             audit("remove", &name, digest.as_deref(), peer, &format!("refused: {e}"));
-            Err(set_error(e))
-        }
-    }
-}
-
-fn set_error(e: SetError) -> ApiError {
-    match e {
-        SetError::Unknown(_) => ApiError::not_found(e.to_string()),
-        SetError::NoHistory(_) | SetError::IsDefault(_) => {
-            ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            Err(e.into())
         }
     }
 }

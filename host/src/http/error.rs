@@ -6,7 +6,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::runtime::GuestError;
+use crate::service::ServiceError;
+use motion_model::BackendError;
+use motion_runtime::{GuestError, SetError};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -156,6 +158,46 @@ impl From<GuestError> for ApiError {
             | GuestError::Limit { .. }
             | GuestError::InvalidOutput { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "guest_fault", message)
+            }
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::NotReady(message) => Self::not_ready(message),
+            ServiceError::UnknownGuest { .. } => Self::not_found(e.to_string()),
+            ServiceError::Guest(e) => e.into(),
+            ServiceError::Model(e) => e.into(),
+            ServiceError::Set(e) => e.into(),
+        }
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::InvalidInput(m) => Self::bad_request(m),
+            BackendError::Busy(_) => Self::overloaded(e.to_string()),
+            other => {
+                tracing::error!(error = %other, "inference failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "inference_failed",
+                    "inference failed; see the server log",
+                )
+            }
+        }
+    }
+}
+
+impl From<SetError> for ApiError {
+    fn from(e: SetError) -> Self {
+        match e {
+            SetError::Unknown(_) => Self::not_found(e.to_string()),
+            SetError::NoHistory(_) | SetError::IsDefault(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
         }
     }

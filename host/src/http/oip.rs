@@ -23,8 +23,9 @@ use serde_json::json;
 use super::access::AccessInfo;
 use super::oip_codec::{self as wire, OutputData, WireError};
 use super::{ApiError, AppState, VERSION};
-use crate::runtime::{LoadedGuest, Media, Runtime, StageTimings, media};
-use motion_model::{BackendError, Input, Model};
+use crate::service::{GuestChoice, Phase, Service, ServiceError};
+use motion_model::{Input, Model};
+use motion_runtime::{LoadedGuest, Media, StageTimings, media};
 
 /// The guest pipeline's model name.
 pub const PIPELINE: &str = "motion-classifier";
@@ -57,6 +58,12 @@ impl From<ApiError> for V2Error {
     }
 }
 
+impl From<ServiceError> for V2Error {
+    fn from(e: ServiceError) -> Self {
+        V2Error(e.into())
+    }
+}
+
 impl From<WireError> for V2Error {
     fn from(e: WireError) -> Self {
         V2Error(ApiError::bad_request(e.0))
@@ -85,8 +92,8 @@ async fn live() -> Response {
 }
 
 async fn ready(State(app): State<Arc<AppState>>) -> Result<Response, V2Error> {
-    if app.phase() != super::Phase::Healthy {
-        app.ready_runtime()?;
+    if app.service.phase() != Phase::Healthy {
+        app.service.guests()?;
         return Err(ApiError::not_ready("the server is shutting down").into());
     }
     Ok(axum::Json(json!({"ready": true})).into_response())
@@ -108,17 +115,14 @@ impl Target {
 }
 
 /// Finds `name` (at `version`, when given) among the served models.
-fn resolve(runtime: &Runtime, name: &str, version: Option<&str>) -> Result<Target, V2Error> {
+fn resolve(service: &Service, name: &str, version: Option<&str>) -> Result<Target, V2Error> {
     let target = if name == PIPELINE {
-        let guests = runtime.guests();
-        let guest =
-            guests.default_guest().ok_or_else(|| ApiError::not_ready("no default guest is loaded"))?;
-        Target::Pipeline(Arc::clone(guest))
-    } else if let Some(model) = runtime.models().get(name) {
-        Target::Raw(Arc::clone(model))
+        Target::Pipeline(service.guest(GuestChoice::Default)?)
+    } else if let Some(model) = service.model(name)? {
+        Target::Raw(model)
     } else {
-        let mut served: Vec<&str> = runtime.models().names();
-        served.push(PIPELINE);
+        let mut served: Vec<String> = service.models()?.iter().map(|m| m.name().to_string()).collect();
+        served.push(PIPELINE.to_string());
         return Err(ApiError::not_found(format!(
             "Request for unknown model: '{name:.64}' is not found (served: {})",
             served.join(", ")
@@ -163,7 +167,7 @@ fn model_metadata(name: &str, target: &Target) -> serde_json::Value {
 }
 
 async fn metadata(State(app): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Response, V2Error> {
-    let target = resolve(app.ready_runtime()?, &model, None)?;
+    let target = resolve(&app.service, &model, None)?;
     Ok(axum::Json(model_metadata(&model, &target)).into_response())
 }
 
@@ -171,7 +175,7 @@ async fn metadata_at(
     State(app): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response, V2Error> {
-    let target = resolve(app.ready_runtime()?, &model, Some(&version))?;
+    let target = resolve(&app.service, &model, Some(&version))?;
     Ok(axum::Json(model_metadata(&model, &target)).into_response())
 }
 
@@ -179,7 +183,7 @@ async fn model_ready(
     State(app): State<Arc<AppState>>,
     Path(model): Path<String>,
 ) -> Result<Response, V2Error> {
-    resolve(app.ready_runtime()?, &model, None)?;
+    resolve(&app.service, &model, None)?;
     Ok(axum::Json(json!({"name": model, "ready": true})).into_response())
 }
 
@@ -187,7 +191,7 @@ async fn model_ready_at(
     State(app): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response, V2Error> {
-    resolve(app.ready_runtime()?, &model, Some(&version))?;
+    resolve(&app.service, &model, Some(&version))?;
     Ok(axum::Json(json!({"name": model, "ready": true})).into_response())
 }
 
@@ -224,8 +228,7 @@ async fn serve_infer(
     let _slot = app.admit()?;
     let bytes = upload.bytes;
     let run = async {
-        let runtime = app.ready_runtime()?;
-        let target = resolve(runtime, model, version)?;
+        let target = resolve(&app.service, model, version)?;
         let header_length = match headers.get(wire::HEADER_LENGTH) {
             Some(v) => Some(
                 v.to_str()
@@ -238,8 +241,8 @@ async fn serve_infer(
         let parsing = parse_started.elapsed();
         drop(bytes);
         let (outputs, info) = match &target {
-            Target::Raw(m) => run_model(m, &request).await?,
-            Target::Pipeline(guest) => run_pipeline(runtime, guest, &request).await?,
+            Target::Raw(m) => run_model(&app.service, m, &request).await?,
+            Target::Pipeline(guest) => run_pipeline(&app.service, guest, &request).await?,
         };
         let encode_started = Instant::now();
         let selected = wire::select(outputs, &request)?;
@@ -266,23 +269,9 @@ async fn serve_infer(
     app.within_deadline(deadline, run).await
 }
 
-fn backend_error(e: BackendError) -> V2Error {
-    V2Error(match e {
-        BackendError::InvalidInput(m) => ApiError::bad_request(m),
-        BackendError::Busy(_) => ApiError::overloaded(e.to_string()),
-        other => {
-            tracing::error!(error = %other, "inference failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "inference_failed",
-                "inference failed; see the server log",
-            )
-        }
-    })
-}
-
 /// Runs the raw network on the request's one input tensor.
 async fn run_model(
+    service: &Service,
     model: &Model,
     request: &wire::Request,
 ) -> Result<(Vec<wire::Output>, AccessInfo), V2Error> {
@@ -295,10 +284,8 @@ async fn run_model(
         input.shape.iter().map(|&d| u32::try_from(d)).collect::<Result<_, _>>().map_err(|_| {
             WireError(format!("input '{}' has a dimension too large: {:?}", input.name, input.shape))
         })?;
-    model.check_input(&dims, true, data.len()).map_err(backend_error)?;
-    let mut expected = model.expect_call();
     let decoded = started.elapsed();
-    let output = model.infer(Input { dims, data }, &mut expected).await.map_err(backend_error)?;
+    let output = service.infer(model, Input { dims, data }).await.map_err(ApiError::from)?;
     let floats = output.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     let out_spec = model.manifest.output();
     let outputs = vec![wire::Output {
@@ -324,7 +311,7 @@ async fn run_model(
 /// Runs the default guest on the request's media: one element is a whole clip (or a single
 /// frame), several are frames in time order.
 async fn run_pipeline(
-    runtime: &Runtime,
+    service: &Service,
     guest: &LoadedGuest,
     request: &wire::Request,
 ) -> Result<(Vec<wire::Output>, AccessInfo), V2Error> {
@@ -378,7 +365,7 @@ async fn run_pipeline(
         .collect::<Result<Vec<_>, _>>()?;
 
     let labels = &guest.info.labels;
-    let classified = super::run_guest(runtime, guest, media, labels.len() as u32).await?;
+    let classified = super::v1::run_guest(service, guest, media, labels.len() as u32).await?;
     let scores = labels
         .iter()
         .map(|label| classified.top_k.iter().find(|(l, _)| l == label).map_or(0.0, |(_, s)| *s))

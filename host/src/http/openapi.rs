@@ -55,9 +55,8 @@ fn with_labels(document: &str, labels: Option<&[String]>) -> String {
 pub async fn serve(State(app): State<Arc<AppState>>) -> Response {
     /// The last document served, by the default guest's digest it was made for.
     static SERVED: Mutex<Option<(String, String)>> = Mutex::new(None);
-    let body = match app.runtime.get() {
-        Some(runtime) => {
-            let set = runtime.guests();
+    let body = match app.service.loaded() {
+        Some((set, served_models)) => {
             let default = set.default_guest();
             let digest = default.map(|g| g.digest.clone()).unwrap_or_default();
             let mut served = SERVED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -65,7 +64,7 @@ pub async fn serve(State(app): State<Arc<AppState>>) -> Response {
                 Some((_, body)) => body.clone(),
                 None => {
                     let mut models: Vec<String> =
-                        runtime.models().names().into_iter().map(String::from).collect();
+                        served_models.iter().map(|m| m.name().to_string()).collect();
                     models.push(oip::PIPELINE.to_string());
                     let labels = default.map(|g| g.info.labels.as_slice());
                     let body = document(Some(models), labels).to_string();
@@ -92,16 +91,19 @@ mod tests {
     async fn every_documented_operation_is_routed() {
         let doc = document(None, None);
         assert_eq!(doc["openapi"], "3.1.0");
-        let app = AppState::new(Settings {
-            max_body_bytes: 1024,
-            max_upload_memory: 4096,
-            min_upload_rate: 0,
-            max_in_flight: 4,
-            request_timeout: std::time::Duration::from_secs(5),
-            admin: None,
-            admin_exposed_in_plain_text: false,
-            allow_insecure_admin: false,
-        });
+        let app = AppState::new(
+            crate::service::Service::new(),
+            Settings {
+                max_body_bytes: 1024,
+                max_upload_memory: 4096,
+                min_upload_rate: 0,
+                max_in_flight: 4,
+                request_timeout: std::time::Duration::from_secs(5),
+                admin: None,
+                admin_exposed_in_plain_text: false,
+                allow_insecure_admin: false,
+            },
+        );
         let router = router(app);
         let paths = doc["paths"].as_object().unwrap();
         assert!(paths.len() >= 20, "{}", paths.len());

@@ -39,7 +39,10 @@ impl ServeState {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        crate::files::write_atomically(path, &serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)
+        motion_runtime::files::write_atomically(
+            path,
+            &serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )
     }
 
     pub fn read(path: &Path) -> std::io::Result<Self> {

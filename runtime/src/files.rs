@@ -1,4 +1,5 @@
-//! Writing a file so that a reader sees the old content or the new, never half of either.
+//! Writing a file so that a reader sees the old content or the new, never half of either: the
+//! compiled-guest cache writes its artifacts so, and the binary its state file.
 
 use std::path::Path;
 

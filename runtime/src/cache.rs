@@ -58,7 +58,7 @@ impl CompileCache {
         let (artifact, record) = self.paths(digest_hex);
         let expected = std::fs::read_to_string(&record).ok()?;
         let bytes = std::fs::read(&artifact).ok()?;
-        if super::sha256_hex(&bytes) != expected.trim() {
+        if crate::guest::sha256_hex(&bytes) != expected.trim() {
             tracing::warn!(artifact = %artifact.display(), "compiled guest does not match its recorded digest; ignored and rebuilt");
             return None;
         }
@@ -80,7 +80,7 @@ impl CompileCache {
         std::fs::create_dir_all(&self.dir)?;
         let (artifact, record) = self.paths(digest_hex);
         crate::files::write_atomically(&artifact, &bytes)?;
-        crate::files::write_atomically(&record, super::sha256_hex(&bytes).as_bytes())
+        crate::files::write_atomically(&record, crate::guest::sha256_hex(&bytes).as_bytes())
     }
 }
 
@@ -95,7 +95,7 @@ pub fn compile(
     if let Some(component) = cache.and_then(|c| c.load(engine, digest_hex)) {
         return Ok((component, Compiled::Cached));
     }
-    let component = Component::new(engine, bytes)?;
+    let component = Component::from_binary(engine, bytes)?;
     if let Some(cache) = cache
         && let Err(e) = cache.store(digest_hex, &component)
     {

@@ -6,23 +6,23 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::LoadedGuest;
+use crate::guest::LoadedGuest;
 
 /// Versions kept per guest for rollback, besides the live one.
 pub const HISTORY: usize = 8;
 
 /// One guest name: the live version and the ones before it (newest last).
 #[derive(Clone)]
-pub struct Slot {
-    pub live: Arc<LoadedGuest>,
-    pub previous: Vec<Arc<LoadedGuest>>,
+struct Slot {
+    live: Arc<LoadedGuest>,
+    previous: Vec<Arc<LoadedGuest>>,
 }
 
 /// The live guests by name, and which answers `/v1/classify`.
 #[derive(Clone, Default)]
 pub struct GuestSet {
-    pub default: Option<String>,
-    pub slots: BTreeMap<String, Slot>,
+    default: Option<String>,
+    slots: BTreeMap<String, Slot>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -46,6 +46,29 @@ impl GuestSet {
 
     pub fn names(&self) -> Vec<&str> {
         self.slots.keys().map(String::as_str).collect()
+    }
+
+    /// The name of the default guest.
+    pub fn default_name(&self) -> Option<&str> {
+        self.default.as_deref()
+    }
+
+    pub fn is_default(&self, name: &str) -> bool {
+        self.default.as_deref() == Some(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Every live guest, by name.
+    pub fn live(&self) -> impl Iterator<Item = (&str, &Arc<LoadedGuest>)> {
+        self.slots.iter().map(|(name, slot)| (name.as_str(), &slot.live))
+    }
+
+    /// The versions before the live one of `name`, newest first: what rollback returns to.
+    pub fn history(&self, name: &str) -> impl Iterator<Item = &Arc<LoadedGuest>> {
+        self.slots.get(name).into_iter().flat_map(|slot| slot.previous.iter().rev())
     }
 
     /// The set with `guest` live under its name (the old version moves to history); the first

@@ -1,0 +1,298 @@
+//! `/health` and the `/v1` API: readiness for the platform, the live guests, and
+//! classification of an upload with the default or a named guest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{ApiError, AppState, VERSION, access, ms};
+use crate::service::{GuestChoice, Phase, Service};
+use motion_runtime::{Classified, LoadedGuest, Media};
+
+/// `top_k` when the query does not say.
+const DEFAULT_TOP_K: u32 = 3;
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    model_loaded: bool,
+    version: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_guest: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    guests: BTreeMap<String, GuestRef>,
+}
+
+#[derive(Serialize)]
+struct GuestRef {
+    version: String,
+    digest: String,
+}
+
+pub(super) async fn health(State(app): State<Arc<AppState>>) -> Response {
+    let phase = app.service.phase();
+    let (default_guest, guests) = match app.service.loaded() {
+        Some((set, _)) => {
+            let guests = set
+                .live()
+                .map(|(name, live)| {
+                    let version = live.info.version.clone();
+                    (name.to_string(), GuestRef { version, digest: live.digest.clone() })
+                })
+                .collect();
+            (set.default_name().map(str::to_string), guests)
+        }
+        None => (None, BTreeMap::new()),
+    };
+    let body = Health {
+        status: match phase {
+            Phase::Starting => "starting",
+            Phase::Healthy => "healthy",
+            Phase::Draining => "draining",
+        },
+        model_loaded: app.service.models_loaded(),
+        version: VERSION,
+        default_guest,
+        guests,
+    };
+    let status = if phase == Phase::Healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+pub(super) async fn live() -> Response {
+    Json(serde_json::json!({"status": "alive", "version": VERSION})).into_response()
+}
+
+/// What a client may know of a live guest.
+#[derive(Serialize)]
+struct PublicGuest<'a> {
+    name: &'a str,
+    default: bool,
+    version: &'a str,
+    digest: &'a str,
+    description: &'a str,
+    model: ModelId<'a>,
+    input_shape: &'a [i64],
+    labels: &'a [String],
+    accepts: &'a [String],
+    limits: PublicLimits,
+}
+
+#[derive(Serialize)]
+struct PublicLimits {
+    max_body_bytes: usize,
+    memory_bytes: usize,
+    deadline_ms: u128,
+    max_instances: usize,
+    max_tables: usize,
+    max_table_elements: usize,
+    max_transfer_bytes: usize,
+    max_result_bytes: usize,
+    max_nn_calls: u32,
+    max_nn_bytes: usize,
+}
+
+/// `GET /v1/guests`: every live guest, what it reads and returns, and the limits on it.
+pub(super) async fn list_guests(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let set = app.service.guests()?;
+    let limits = app.service.limits()?;
+    let guests: Vec<PublicGuest> = set
+        .live()
+        .map(|(name, g)| PublicGuest {
+            name,
+            default: set.is_default(name),
+            version: &g.info.version,
+            digest: &g.digest,
+            description: &g.info.name,
+            model: ModelId { name: g.model.name(), version: &g.model.manifest.version },
+            input_shape: &g.info.input_shape,
+            labels: &g.info.labels,
+            accepts: &g.info.accepts,
+            limits: PublicLimits {
+                max_body_bytes: app.settings.max_body_bytes,
+                memory_bytes: limits.memory_bytes,
+                deadline_ms: limits.deadline.as_millis(),
+                max_instances: limits.instances,
+                max_tables: limits.tables,
+                max_table_elements: limits.table_elements,
+                max_transfer_bytes: limits.transfer_bytes,
+                max_result_bytes: limits.result_bytes,
+                max_nn_calls: limits.nn_calls,
+                max_nn_bytes: limits.nn_bytes,
+            },
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"default_guest": set.default_name(), "guests": guests})).into_response())
+}
+
+type TopKQuery = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+pub(super) async fn classify_default(
+    State(app): State<Arc<AppState>>,
+    query: TopKQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    classify_upload(&app, GuestChoice::Default, query, headers, body).await
+}
+
+pub(super) async fn classify_named(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    query: TopKQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    classify_upload(&app, GuestChoice::Named(&name), query, headers, body).await
+}
+
+/// Serves one classification with the chosen guest: reads the body, then takes an in-flight
+/// slot and classifies, all within the request's deadline.
+async fn classify_upload(
+    app: &AppState,
+    choice: GuestChoice<'_>,
+    query: TopKQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let deadline = app.deadline(received);
+    let upload = app.read_body(&headers, body, deadline).await?;
+    let _slot = app.admit()?;
+    app.within_deadline(deadline, async {
+        let guest = app.service.guest(choice)?;
+        classify(&app.service, &guest, query, &headers, upload.bytes, received).await
+    })
+    .await
+}
+
+/// Classifies an upload already read. The body is read before any other check: a refusal
+/// sent while the client is still writing makes many clients report a broken pipe instead of
+/// the answer, so only a body over the limit is refused before it is read.
+async fn classify(
+    service: &Service,
+    guest: &Arc<LoadedGuest>,
+    query: TopKQuery,
+    headers: &HeaderMap,
+    bytes: Bytes,
+    received: Instant,
+) -> Result<Response, ApiError> {
+    let labels = guest.info.labels.len() as u32;
+    let top_k = parse_top_k(query, labels)?;
+
+    let declared = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
+    let Some(content_type) = declared.filter(|t| guest.accepts(t)).map(str::to_string) else {
+        return Err(ApiError::unsupported_media(declared, &guest.name, &guest.info.accepts));
+    };
+
+    let media = motion_request::media(&content_type, bytes)
+        .map_err(|e| ApiError::bad_request(e.0))?
+        .into_iter()
+        .map(|part| Media { content_type: part.content_type, data: part.data.into() })
+        .collect();
+
+    let classified = run_guest(service, guest, media, top_k).await?;
+    let mut response = Json(ClassifyResponse::new(guest, &classified, received.elapsed())).into_response();
+    response.extensions_mut().insert(access::AccessInfo::guest(guest, &classified));
+    Ok(response)
+}
+
+/// Runs `guest` on `media` (for `/v1` and `/v2` alike); a failure that is the server's or the
+/// guest's, not the client's, is logged.
+pub(super) async fn run_guest(
+    service: &Service,
+    guest: &LoadedGuest,
+    media: Vec<Media>,
+    top_k: u32,
+) -> Result<Classified, ApiError> {
+    service.classify(guest, media, top_k).await.map_err(|e| {
+        let e = ApiError::from(e);
+        if e.status.is_server_error() {
+            tracing::warn!(guest = %guest.name, code = e.code, error = %e.message, "classification failed");
+        }
+        e
+    })
+}
+
+/// `top_k` from the query: an integer in 1..=labels, default 3.
+fn parse_top_k(query: TopKQuery, labels: u32) -> Result<u32, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    motion_request::top_k(params.get("top_k").map(String::as_str), labels, DEFAULT_TOP_K)
+        .map_err(|e| ApiError::bad_request(e.0))
+}
+
+#[derive(Serialize)]
+struct ClassifyResponse<'a> {
+    label: &'a str,
+    score: f32,
+    top_k: Vec<LabelScore<'a>>,
+    frames_total: u32,
+    frames_used: u32,
+    guest: GuestId<'a>,
+    model: ModelId<'a>,
+    /// Rows in the forward pass this request's input ran in, other requests' included.
+    batch_size: usize,
+    timings_ms: Timings,
+}
+
+#[derive(Serialize)]
+struct LabelScore<'a> {
+    label: &'a str,
+    score: f32,
+}
+
+#[derive(Serialize)]
+struct GuestId<'a> {
+    name: &'a str,
+    version: &'a str,
+    digest: &'a str,
+}
+
+#[derive(Serialize)]
+struct ModelId<'a> {
+    name: &'a str,
+    version: &'a str,
+}
+
+#[derive(Serialize)]
+struct Timings {
+    /// Store and instance set-up, counted within `preprocess`.
+    instantiate: f64,
+    preprocess: f64,
+    queue: f64,
+    inference: f64,
+    postprocess: f64,
+    total: f64,
+}
+
+impl<'a> ClassifyResponse<'a> {
+    fn new(guest: &'a LoadedGuest, c: &'a Classified, total: Duration) -> Self {
+        ClassifyResponse {
+            label: &c.label,
+            score: c.score,
+            top_k: c.top_k.iter().map(|(label, score)| LabelScore { label, score: *score }).collect(),
+            frames_total: c.frames_total,
+            frames_used: c.frames_used,
+            guest: GuestId { name: &guest.name, version: &guest.info.version, digest: &guest.digest },
+            model: ModelId { name: guest.model.name(), version: &guest.model.manifest.version },
+            batch_size: c.batch_size,
+            timings_ms: Timings {
+                instantiate: ms(c.timings.instantiate),
+                preprocess: ms(c.timings.preprocess),
+                queue: ms(c.timings.queue),
+                inference: ms(c.timings.inference),
+                postprocess: ms(c.timings.postprocess),
+                total: ms(total),
+            },
+        }
+    }
+}

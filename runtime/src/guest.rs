@@ -1,0 +1,101 @@
+//! A guest as the runtime holds it once validated ([`LoadedGuest`]), what it says of itself
+//! ([`GuestInfo`]), and how guests are named and identified.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::bindings::MotionGuestPre;
+use crate::bindings::motion::guest::types as wit;
+use crate::cache::Compiled;
+use crate::store::State;
+use motion_model::Model;
+
+/// A guest's description of itself (its `info()` export).
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestInfo {
+    pub name: String,
+    pub version: String,
+    pub model: String,
+    pub input_shape: Vec<i64>,
+    pub labels: Vec<String>,
+    pub accepts: Vec<String>,
+}
+
+impl From<wit::GuestInfo> for GuestInfo {
+    fn from(i: wit::GuestInfo) -> Self {
+        GuestInfo {
+            name: i.name,
+            version: i.version,
+            model: i.model,
+            input_shape: i.input_shape,
+            labels: i.labels,
+            accepts: i.accepts,
+        }
+    }
+}
+
+/// One compiled, validated guest version.
+pub struct LoadedGuest {
+    /// The name it is installed under.
+    pub name: String,
+    pub info: GuestInfo,
+    /// `sha256:<hex>` of the component bytes.
+    pub digest: String,
+    pub size: usize,
+    pub model: Arc<Model>,
+    pub loaded_at: SystemTime,
+    /// How long validation took: compiling, linking, `info()` and the self-test.
+    pub validation: Duration,
+    /// Whether the code was compiled now or loaded from the compiled-guest cache.
+    pub compiled: Compiled,
+    pub(crate) pre: MotionGuestPre<State>,
+}
+
+impl LoadedGuest {
+    /// Whether the guest says it reads this media type (parameters ignored).
+    pub fn accepts(&self, content_type: &str) -> bool {
+        let essence = motion_request::essence(content_type);
+        self.info.accepts.iter().any(|a| a.eq_ignore_ascii_case(&essence))
+    }
+}
+
+/// Hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A guest's digest as the API reports it: `sha256:<hex>` of the component bytes.
+pub fn guest_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(bytes))
+}
+
+/// Checks a guest name: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.' or '-' (a name beginning with '-' reads as a flag on command lines).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "guest name '{name:.80}' must be 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-'"
+        ))
+    }
+}
+
+/// The guest name a file gives: its stem, when that is a valid name.
+pub fn name_from_file(path: &Path) -> Result<String, String> {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    check_name(stem).map(|()| stem.to_string())
+}
+
+/// One piece of uploaded media, as the guest receives it.
+pub struct Media {
+    pub content_type: String,
+    pub data: Vec<u8>,
+}

@@ -1,0 +1,397 @@
+//! The guest runtime: one wasmtime [`Engine`] and [`Linker`] for the process, an
+//! [`InstancePre`](wasmtime::component::InstancePre) per guest version compiled once off the
+//! request path, and a fresh [`Store`] per request with its own memory cap and deadline.
+//! Instances come from wasmtime's pooling allocator: memory, tables and stacks are reserved
+//! once for as many guests as may run at once, and a guest's memory image is mapped
+//! copy-on-write, so instantiating one per request costs microseconds.
+//!
+//! A guest gets an empty WASI context (no files, environment, arguments or sockets; clocks and
+//! random numbers stay, as std needs them; stdout and stderr are captured into the host log)
+//! and `wasi:nn` from motion-nn. A guest that traps, overruns its deadline or goes past a
+//! limit fails its own request and nothing else; why it stopped is found from the error's type
+//! and the store's records ([`error`]), never from a message.
+//!
+//! The live guests sit behind an atomic pointer ([`ArcSwap`]): a request holds the `Arc` of the
+//! version it started with, so replacing a guest never blocks or drops one.
+//!
+//! The modules depend one way: `limits`, `output`, `sample`, `media` ← `store` ← `error` ←
+//! `guest` ← `answer`, `guests`, `cache` ← this file.
+
+mod answer;
+mod bindings;
+mod cache;
+mod error;
+pub mod files;
+mod fuel;
+mod guest;
+mod guests;
+mod limits;
+pub mod media;
+mod output;
+mod sample;
+mod store;
+
+pub use answer::{Classified, StageTimings};
+pub use cache::{CompileCache, Compiled};
+pub use error::GuestError;
+pub use guest::{GuestInfo, LoadedGuest, Media, check_name, guest_digest, name_from_file, sha256_hex};
+pub use guests::{GuestSet, HISTORY, SetError};
+pub use limits::Limits;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Store};
+
+use bindings::MotionGuestPre;
+use bindings::motion::guest::types as wit;
+use error::Stop;
+use fuel::FuelRefusal;
+use limits::MAX_GUEST_MEMORIES;
+use motion_model::{Expected, Model, ModelRegistry};
+use store::State;
+
+/// How often the epoch ticks: the granularity of deadlines and of yielding to the scheduler.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The process's wasm engine, linker and live guests.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    models: Arc<ModelRegistry>,
+    limits: Limits,
+    guests: ArcSwap<GuestSet>,
+    cache: Option<CompileCache>,
+    /// How this engine refuses a copy past the hostcall fuel.
+    fuel: FuelRefusal,
+    /// Serialises changes to the guest set; readers never take it.
+    writer: Mutex<()>,
+    ticking: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// A runtime serving `models` to at most `concurrency` requests at once; `cache_dir` keeps
+    /// compiled guests across restarts.
+    pub fn new(
+        models: Arc<ModelRegistry>,
+        limits: Limits,
+        concurrency: u32,
+        cache_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Runtime> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(limits::pooling(&limits, concurrency)));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        store::add_to_linker(&mut linker)?;
+        let fuel = FuelRefusal::learn(&engine)?;
+
+        // Deadlines are counted in epoch ticks; a thread advances the epoch while the runtime lives.
+        let ticking = Arc::new(AtomicBool::new(true));
+        let (weak_engine, flag) = (engine.weak(), Arc::clone(&ticking));
+        std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
+            while flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak_engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })?;
+
+        let cache = cache_dir.map(|dir| CompileCache::new(dir, &engine));
+        Ok(Runtime {
+            engine,
+            linker,
+            models,
+            limits,
+            guests: ArcSwap::from_pointee(GuestSet::default()),
+            cache,
+            fuel,
+            writer: Mutex::new(()),
+            ticking,
+        })
+    }
+
+    /// The live guests, as of now.
+    pub fn guests(&self) -> Arc<GuestSet> {
+        self.guests.load_full()
+    }
+
+    pub fn models(&self) -> &ModelRegistry {
+        &self.models
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Applies a change to the guest set and swaps the result in; requests in flight keep the
+    /// set (and guest versions) they started with.
+    fn change<T>(
+        &self,
+        change: impl FnOnce(&GuestSet) -> Result<(GuestSet, T), SetError>,
+    ) -> Result<T, SetError> {
+        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (next, out) = change(&self.guests.load())?;
+        self.guests.store(Arc::new(next));
+        Ok(out)
+    }
+
+    /// Makes `guest` live under its name; returns whether it replaced a version. The first
+    /// guest installed becomes the default.
+    pub fn install(&self, guest: Arc<LoadedGuest>) -> bool {
+        self.change(|set| Ok(set.with_installed(guest))).unwrap_or(false)
+    }
+
+    /// Puts `name` back on its previous version and returns it.
+    pub fn rollback(&self, name: &str) -> Result<Arc<LoadedGuest>, SetError> {
+        self.change(|set| {
+            let next = set.with_rollback(name)?;
+            let live = Arc::clone(next.get(name).ok_or_else(|| SetError::Unknown(name.into()))?);
+            Ok((next, live))
+        })
+    }
+
+    /// Removes the non-default guest `name`; returns the version that was live.
+    pub fn remove(&self, name: &str) -> Result<Arc<LoadedGuest>, SetError> {
+        self.change(|set| {
+            let live = Arc::clone(set.get(name).ok_or_else(|| SetError::Unknown(name.into()))?);
+            Ok((set.without(name)?, live))
+        })
+    }
+
+    /// Makes `name` the default guest.
+    pub fn set_default(&self, name: &str) -> Result<(), SetError> {
+        self.change(|set| Ok((set.with_default(name)?, ())))
+    }
+
+    /// Reads, compiles and validates the component at `path` under `name`; nothing goes live.
+    pub async fn load_file(&self, name: &str, path: &Path) -> Result<Arc<LoadedGuest>, GuestError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| GuestError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        self.load(name, bytes).await
+    }
+
+    /// Compiles a component (on a blocking thread, off the request path), links it against our
+    /// world, checks what it needs against the limits and its `info()` against the model it
+    /// names, and runs the self-test. Every failure is a reason; nothing goes live.
+    pub async fn load(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<LoadedGuest>, GuestError> {
+        let started = Instant::now();
+        let rejected = |reasons: Vec<String>| GuestError::Rejected { name: name.to_string(), reasons };
+        let digest_hex = sha256_hex(&bytes);
+        let digest = format!("sha256:{digest_hex}");
+        let size = bytes.len();
+        let (engine, cache) = (self.engine.clone(), self.cache.clone());
+        let (component, compiled) =
+            tokio::task::spawn_blocking(move || cache::compile(&engine, cache.as_ref(), &digest_hex, &bytes))
+                .await
+                .map_err(|e| rejected(vec![format!("compilation did not finish: {e}")]))?
+                .map_err(|e| rejected(vec![format!("does not compile as a wasm component: {e:#}")]))?;
+        if let Some(needs) = component.resources_required() {
+            let mut reasons = Vec::new();
+            if needs.num_tables as usize > self.limits.tables {
+                reasons.push(format!(
+                    "it defines {} tables; the limit is {} (--guest-max-tables)",
+                    needs.num_tables, self.limits.tables
+                ));
+            }
+            if needs.num_memories > MAX_GUEST_MEMORIES {
+                reasons.push(format!(
+                    "it defines {} linear memories; a guest may have {MAX_GUEST_MEMORIES}",
+                    needs.num_memories
+                ));
+            }
+            if !reasons.is_empty() {
+                return Err(rejected(reasons));
+            }
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| rejected(vec![format!("does not fit the motion-guest world: {e:#}")]))?;
+        let pre = MotionGuestPre::new(pre)
+            .map_err(|e| rejected(vec![format!("does not export motion:guest/classifier: {e:#}")]))?;
+
+        let mut store = self.new_store(Instant::now() + self.limits.deadline, Expected::default());
+        let guest = pre.instantiate_async(&mut store).await.map_err(|e| {
+            rejected(vec![format!(
+                "cannot be instantiated within its limits (--guest-max-instances, --guest-max-tables, \
+                 --guest-memory-bytes): {}",
+                Stop::of(&store, &e, &self.limits, &self.fuel).describe(&self.limits)
+            )])
+        })?;
+        let info = guest.motion_guest_classifier().call_info(&mut store).await.map_err(|e| {
+            rejected(vec![format!(
+                "info() failed: {}",
+                Stop::of(&store, &e, &self.limits, &self.fuel).describe(&self.limits)
+            )])
+        })?;
+        let info = GuestInfo::from(info);
+        let model = self.check_info(&info).map_err(rejected)?;
+        let mut guest = LoadedGuest {
+            name: name.to_string(),
+            info,
+            digest,
+            size,
+            model,
+            loaded_at: SystemTime::now(),
+            validation: Duration::ZERO,
+            compiled,
+            pre,
+        };
+        self.self_test(&guest).await.map_err(|reason| rejected(vec![reason]))?;
+        guest.validation = started.elapsed();
+        Ok(Arc::new(guest))
+    }
+
+    /// Classifies a built-in sample frame with the guest, within its deadline, and checks that
+    /// the scores over all labels form a distribution: the whole path works (and is warm)
+    /// before the guest goes live.
+    async fn self_test(&self, guest: &LoadedGuest) -> Result<(), String> {
+        if !guest.accepts("image/png") {
+            return Err("the self-test sends an image/png frame, which info().accepts does not list".into());
+        }
+        let media = vec![Media { content_type: "image/png".into(), data: sample::png() }];
+        let labels = guest.info.labels.len() as u32;
+        let answer =
+            self.classify(guest, media, labels).await.map_err(|e| format!("self-test failed: {e}"))?;
+        let sum: f32 = answer.top_k.iter().map(|(_, s)| s).sum();
+        if (sum - 1.0).abs() > 1e-3 {
+            return Err(format!("self-test: scores over all {labels} labels sum to {sum}, not 1"));
+        }
+        Ok(())
+    }
+
+    /// Checks a guest's `info()` against the model it names: the model is loaded, the input
+    /// shape matches, and there is one unique label per model output.
+    fn check_info(&self, info: &GuestInfo) -> Result<Arc<Model>, Vec<String>> {
+        let mut reasons = Vec::new();
+        let Some(model) = self.models.get(&info.model) else {
+            return Err(vec![format!(
+                "info().model '{}' is not loaded (loaded: {})",
+                info.model,
+                self.models.names().join(", ")
+            )]);
+        };
+        let input = &model.manifest.input().shape;
+        if &info.input_shape != input {
+            reasons.push(format!(
+                "info().input-shape {:?} differs from the model's {:?}",
+                info.input_shape, input
+            ));
+        }
+        let outputs = model.manifest.output().shape.last().copied().unwrap_or(0);
+        if info.labels.len() as i64 != outputs {
+            reasons.push(format!(
+                "info().labels has {} labels; the model has {outputs} outputs",
+                info.labels.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for label in &info.labels {
+            if label.is_empty() || label.len() > 128 {
+                reasons.push(format!("label '{label:.32}' must be 1 to 128 bytes"));
+            } else if !seen.insert(label) {
+                reasons.push(format!("label '{label}' appears twice"));
+            }
+        }
+        if info.accepts.is_empty() {
+            reasons.push("info().accepts lists no media type".into());
+        }
+        if reasons.is_empty() { Ok(Arc::clone(model)) } else { Err(reasons) }
+    }
+
+    fn new_store(&self, deadline: Instant, expected: Expected) -> Store<State> {
+        store::new_store(&self.engine, &self.models, &self.limits, deadline, expected)
+    }
+
+    /// Runs `guest` on one clip in a fresh store.
+    pub async fn classify(
+        &self,
+        guest: &LoadedGuest,
+        media: Vec<Media>,
+        top_k: u32,
+    ) -> Result<Classified, GuestError> {
+        let started = Instant::now();
+        let deadline = self.limits.deadline;
+        let mut store = self.new_store(started + deadline, guest.model.expect_call());
+        let mut instantiated = None;
+        let request = wit::Request {
+            media: media
+                .into_iter()
+                .map(|m| wit::Media { content_type: m.content_type, data: m.data })
+                .collect(),
+            top_k,
+        };
+        // The epoch deadline stops guest code; this bounds the whole call, host calls included.
+        let outcome = tokio::time::timeout(deadline + EPOCH_TICK * 10, async {
+            let instance = guest.pre.instantiate_async(&mut store).await?;
+            instantiated = Some(Instant::now());
+            instance.motion_guest_classifier().call_classify(&mut store, &request).await
+        })
+        .await;
+        let finished = Instant::now();
+        store::log_guest_output(guest, &store);
+
+        let name = || guest.name.clone();
+        let answer = match outcome {
+            Err(_) => return Err(GuestError::Timeout { guest: name(), limit: deadline }),
+            Ok(Err(e)) => {
+                return Err(match Stop::of(&store, &e, &self.limits, &self.fuel) {
+                    Stop::Timeout => GuestError::Timeout { guest: name(), limit: deadline },
+                    Stop::Busy(message) => GuestError::Busy(message),
+                    Stop::Limit { limit, message } => GuestError::Limit { guest: name(), limit, message },
+                    Stop::Trap(message) => {
+                        tracing::warn!(guest = %guest.name, digest = %guest.digest, error = %format!("{e:?}"), "guest trapped");
+                        GuestError::Trap { guest: name(), message }
+                    }
+                });
+            }
+            Ok(Ok(Err(wit::Error::BadInput(m)))) => return Err(GuestError::BadInput(m)),
+            Ok(Ok(Err(wit::Error::UnsupportedMedia(m)))) => return Err(GuestError::Unsupported(m)),
+            Ok(Ok(Err(wit::Error::Inference(message)))) => {
+                return Err(GuestError::Inference { guest: name(), message });
+            }
+            Ok(Ok(Ok(answer))) => answer,
+        };
+
+        let nn = store.data().nn();
+        let instantiate = instantiated.map_or(Duration::ZERO, |at| at.saturating_duration_since(started));
+        let timings = match (nn.first_compute, nn.last_compute_end) {
+            (Some(first), Some(last)) => StageTimings {
+                instantiate,
+                preprocess: first.saturating_duration_since(started),
+                queue: nn.queue,
+                inference: nn.inference,
+                postprocess: finished.saturating_duration_since(last),
+            },
+            _ => StageTimings { instantiate, preprocess: finished - started, ..StageTimings::default() },
+        };
+        let batch_size = nn.batch_rows;
+        let size = answer::result_size(&answer);
+        if size > self.limits.result_bytes {
+            let message = format!(
+                "its result is {size} bytes; the limit is {} (--guest-max-result-bytes)",
+                self.limits.result_bytes
+            );
+            return Err(GuestError::Limit { guest: name(), limit: "result", message });
+        }
+        answer::check_answer(guest, answer, top_k, timings, batch_size)
+            .map_err(|message| GuestError::InvalidOutput { guest: name(), message })
+    }
+}

@@ -1,0 +1,143 @@
+//! The limits on one request's guest: what the flags set ([`Limits`]), the store's limiter
+//! that enforces memory and tables and remembers what it refused, and the instance pool sized
+//! from them.
+
+use std::time::Duration;
+
+use wasmtime::{PoolingAllocationConfig, ResourceLimiter};
+
+/// Linear memories one guest may have (a Rust or C guest has one).
+pub(crate) const MAX_GUEST_MEMORIES: u32 = 2;
+/// Guest instances alive at once beyond the requests in flight: validations and self-tests.
+const SPARE_INSTANCES: u32 = 16;
+
+/// Per-request limits on a guest; each names the flag that sets it.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Linear memory (`--guest-memory-bytes`).
+    pub memory_bytes: usize,
+    /// Wasm instances, tables and table elements (`--guest-max-instances`,
+    /// `--guest-max-tables`, `--guest-max-table-elements`).
+    pub instances: usize,
+    pub tables: usize,
+    pub table_elements: usize,
+    /// Wall time from instantiation to the answer (`--guest-deadline`).
+    pub deadline: Duration,
+    /// Bytes the guest may pass to the host in one call, its result included
+    /// (`--guest-max-transfer-bytes`).
+    pub transfer_bytes: usize,
+    /// Bytes of the result it returns (`--guest-max-result-bytes`).
+    pub result_bytes: usize,
+    /// wasi:nn calls per request (`--guest-max-nn-calls`).
+    pub nn_calls: u32,
+    /// Tensor bytes handed to wasi:nn per request (`--guest-max-nn-bytes`).
+    pub nn_bytes: usize,
+}
+
+impl Limits {
+    /// The limits a server runs with when no flag changes them.
+    pub fn defaults() -> Limits {
+        Limits {
+            memory_bytes: 256 << 20,
+            instances: 32,
+            tables: 32,
+            table_elements: 100_000,
+            deadline: Duration::from_secs(10),
+            transfer_bytes: 32 << 20,
+            result_bytes: 64 << 10,
+            nn_calls: 100,
+            nn_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Caps a guest's memory and tables, remembering a refusal so the error can name the limit.
+pub(crate) struct Limiter {
+    memory_bytes: usize,
+    instances: usize,
+    tables: usize,
+    table_elements: usize,
+    pub(crate) memory_refused: Option<usize>,
+    pub(crate) table_refused: Option<usize>,
+}
+
+impl Limiter {
+    pub(crate) fn new(limits: &Limits) -> Limiter {
+        Limiter {
+            memory_bytes: limits.memory_bytes,
+            instances: limits.instances,
+            tables: limits.tables,
+            table_elements: limits.table_elements,
+            memory_refused: None,
+            table_refused: None,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.memory_refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            self.table_refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        self.instances
+    }
+
+    fn tables(&self) -> usize {
+        self.tables
+    }
+
+    fn memories(&self) -> usize {
+        8
+    }
+}
+
+/// The instance pool: room for `concurrency` requests' guests plus validations, each within
+/// the per-request limits (the limiter enforces the same numbers per store, with clearer
+/// errors; the pool only sizes its reservations by them). Reserving is virtual: a slot's pages
+/// are only resident while a guest uses them.
+pub(crate) fn pooling(limits: &Limits, concurrency: u32) -> PoolingAllocationConfig {
+    let guests = concurrency.saturating_add(SPARE_INSTANCES);
+    let instances = u32::try_from(limits.instances).unwrap_or(u32::MAX);
+    let tables = u32::try_from(limits.tables).unwrap_or(u32::MAX);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(guests)
+        .total_core_instances(guests.saturating_mul(instances))
+        .max_core_instances_per_component(instances)
+        .total_memories(guests.saturating_mul(MAX_GUEST_MEMORIES))
+        .max_memories_per_component(MAX_GUEST_MEMORIES)
+        .max_memories_per_module(MAX_GUEST_MEMORIES)
+        .max_memory_size(limits.memory_bytes)
+        .total_tables(guests.saturating_mul(tables))
+        .max_tables_per_component(tables)
+        .max_tables_per_module(tables)
+        .table_elements(limits.table_elements)
+        .total_stacks(guests)
+        // Keep a little of each stack and table resident between guests rather than handing
+        // it back to the kernel and faulting it in again (measured: ~10 µs an instantiation).
+        .async_stack_keep_resident(128 << 10)
+        .table_keep_resident(1 << 20);
+    pool
+}
