@@ -35,6 +35,8 @@ impl FuelRefusal {
             .map_err(|e| anyhow!("the hostcall-fuel probe does not compile: {e}"))?;
         let mut store = Store::new(engine, ());
         store.set_hostcall_fuel(0);
+        // An engine with epoch interruption stops a store at once unless it is given time.
+        store.set_epoch_deadline(1 << 40);
         let instance =
             Linker::new(engine).instantiate(&mut store, &component).map_err(anyhow::Error::from)?;
         let run = instance.get_typed_func::<(), (String,)>(&mut store, "run").map_err(anyhow::Error::from)?;
@@ -43,13 +45,17 @@ impl FuelRefusal {
                 "this wasmtime copied a guest's string with no hostcall fuel: \
                  --guest-max-transfer-bytes could not be enforced"
             ),
+            Err(e) if e.downcast_ref::<wasmtime::Trap>().is_some() => {
+                bail!("the hostcall-fuel probe trapped instead of running out of fuel: {e:?}")
+            }
             Err(e) => Ok(FuelRefusal(e.root_cause().to_string())),
         }
     }
 
-    /// Whether `error` is this refusal.
+    /// Whether `error` is, or wraps, this refusal: one of its causes, or (an error that crossed
+    /// a conversion may carry its causes in one message) its report, names it.
     pub(crate) fn matches(&self, error: &wasmtime::Error) -> bool {
-        error.chain().any(|cause| cause.to_string() == self.0)
+        error.chain().any(|cause| cause.to_string() == self.0) || format!("{error:?}").contains(&self.0)
     }
 }
 
@@ -59,17 +65,22 @@ mod tests {
 
     #[test]
     fn the_refusal_is_learned_and_recognised_and_nothing_else_is() {
-        let engine = Engine::default();
+        // As the runtime's engine is made: with epoch interruption.
+        let engine = Engine::new(wasmtime::Config::new().epoch_interruption(true)).unwrap();
         let refusal = FuelRefusal::learn(&engine).unwrap();
         let again = FuelRefusal::learn(&engine).unwrap();
         assert_eq!(refusal.0, again.0);
         assert!(!refusal.0.is_empty());
         assert!(!refusal.matches(&wasmtime::Error::msg("wasm trap: unreachable")));
+        let wrapped =
+            wasmtime::Error::msg(refusal.0.clone()).context("error while executing at wasm backtrace");
+        assert!(refusal.matches(&wrapped));
 
         // Given enough fuel, the same call succeeds.
         let component = Component::new(&engine, PROBE).unwrap();
         let mut store = Store::new(&engine, ());
         store.set_hostcall_fuel(1);
+        store.set_epoch_deadline(1 << 40);
         let instance = Linker::new(&engine).instantiate(&mut store, &component).unwrap();
         let run = instance.get_typed_func::<(), (String,)>(&mut store, "run").unwrap();
         assert_eq!(run.call(&mut store, ()).unwrap().0, "x");
