@@ -9,7 +9,7 @@
 //! random numbers stay, as std needs them; stdout and stderr are captured into the host log)
 //! and `wasi:nn` from motion-nn. A guest that traps, overruns its deadline or goes past a
 //! limit fails its own request and nothing else; why it stopped is found from the error's type
-//! and the store's records ([`error`]), never from a message.
+//! and the store's records (`error.rs`), never from a message.
 //!
 //! The live guests sit behind an atomic pointer ([`ArcSwap`]): a request holds the `Arc` of the
 //! version it started with, so replacing a guest never blocks or drops one.
