@@ -10,6 +10,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
+use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -58,7 +59,7 @@ impl CompileCache {
         let (artifact, record) = self.paths(digest_hex);
         let expected = std::fs::read_to_string(&record).ok()?;
         let bytes = std::fs::read(&artifact).ok()?;
-        if crate::guest::sha256_hex(&bytes) != expected.trim() {
+        if sha256_hex(&bytes) != expected.trim() {
             tracing::warn!(artifact = %artifact.display(), "compiled guest does not match its recorded digest; ignored and rebuilt");
             return None;
         }
@@ -80,7 +81,7 @@ impl CompileCache {
         std::fs::create_dir_all(&self.dir)?;
         let (artifact, record) = self.paths(digest_hex);
         crate::files::write_atomically(&artifact, &bytes)?;
-        crate::files::write_atomically(&record, crate::guest::sha256_hex(&bytes).as_bytes())
+        crate::files::write_atomically(&record, sha256_hex(&bytes).as_bytes())
     }
 }
 
@@ -102,4 +103,9 @@ pub fn compile(
         tracing::warn!(dir = %cache.dir.display(), error = %e, "cannot write the compiled-guest cache");
     }
     Ok((component, Compiled::Fresh))
+}
+
+/// Hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }

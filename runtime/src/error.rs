@@ -7,7 +7,7 @@ use std::time::Duration;
 use wasmtime::Store;
 
 use crate::fuel::FuelRefusal;
-use crate::limits::Limits;
+use crate::limits::{DeadlineExceeded, Limits};
 use crate::store::State;
 use motion_nn::{CapExceeded, ModelBusy};
 
@@ -34,11 +34,6 @@ pub enum GuestError {
     #[error("the model is busy: {0}; retry shortly")]
     Busy(String),
 }
-
-/// The epoch callback's verdict when a request's deadline has passed.
-#[derive(Debug, thiserror::Error)]
-#[error("deadline exceeded")]
-pub(crate) struct DeadlineExceeded;
 
 /// Why a guest's call stopped with an error instead of an answer.
 pub(crate) enum Stop {

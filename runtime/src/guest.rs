@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::bindings::MotionGuestPre;
 use crate::bindings::motion::guest::types as wit;
-use crate::cache::Compiled;
+use crate::cache::{Compiled, sha256_hex};
 use crate::store::State;
 use motion_model::Model;
 
@@ -61,11 +60,6 @@ impl LoadedGuest {
         let essence = motion_request::essence(content_type);
         self.info.accepts.iter().any(|a| a.eq_ignore_ascii_case(&essence))
     }
-}
-
-/// Hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// A guest's digest as the API reports it: `sha256:<hex>` of the component bytes.

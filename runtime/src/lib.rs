@@ -14,8 +14,8 @@
 //! The live guests sit behind an atomic pointer ([`ArcSwap`]): a request holds the `Arc` of the
 //! version it started with, so replacing a guest never blocks or drops one.
 //!
-//! The modules depend one way: `limits`, `output`, `sample`, `media` ← `store` ← `error` ←
-//! `guest` ← `answer`, `guests`, `cache` ← this file.
+//! The modules depend one way: `limits`, `output`, `sample`, `media`, `fuel`, `cache`,
+//! `files` ← `store` ← `error`, `guest` ← `answer`, `guests` ← this file.
 
 mod answer;
 mod bindings;
@@ -32,9 +32,9 @@ mod sample;
 mod store;
 
 pub use answer::{Classified, StageTimings};
-pub use cache::{CompileCache, Compiled};
+pub use cache::{CompileCache, Compiled, sha256_hex};
 pub use error::GuestError;
-pub use guest::{GuestInfo, LoadedGuest, Media, check_name, guest_digest, name_from_file, sha256_hex};
+pub use guest::{GuestInfo, LoadedGuest, Media, check_name, guest_digest, name_from_file};
 pub use guests::{GuestSet, HISTORY, SetError};
 pub use limits::Limits;
 
@@ -346,7 +346,7 @@ impl Runtime {
         })
         .await;
         let finished = Instant::now();
-        store::log_guest_output(guest, &store);
+        store::log_guest_output(&guest.name, &store);
 
         let name = || guest.name.clone();
         let answer = match outcome {

@@ -51,6 +51,11 @@ impl Limits {
     }
 }
 
+/// The epoch callback's verdict when a request's deadline has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("deadline exceeded")]
+pub(crate) struct DeadlineExceeded;
+
 /// Caps a guest's memory and tables, remembering a refusal so the error can name the limit.
 pub(crate) struct Limiter {
     memory_bytes: usize,

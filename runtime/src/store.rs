@@ -9,9 +9,7 @@ use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::error::DeadlineExceeded;
-use crate::guest::LoadedGuest;
-use crate::limits::{Limiter, Limits};
+use crate::limits::{DeadlineExceeded, Limiter, Limits};
 use crate::output::GuestOutput;
 use motion_model::{Expected, ModelRegistry};
 use motion_nn::{Activity, Caps, NnCtx, NnView};
@@ -98,12 +96,12 @@ pub(crate) fn new_store(
 
 /// Copies what the guest wrote to stdout and stderr into the host log, tagged with the
 /// guest's name (at most [`GUEST_OUTPUT_BYTES`] of each per request; the rest is counted).
-pub(crate) fn log_guest_output(guest: &LoadedGuest, store: &Store<State>) {
+pub(crate) fn log_guest_output(guest: &str, store: &Store<State>) {
     for (stream, pipe) in [("stdout", &store.data().stdout), ("stderr", &store.data().stderr)] {
         let (bytes, dropped) = pipe.contents();
         if !bytes.is_empty() {
             let text = String::from_utf8_lossy(&bytes);
-            tracing::info!(guest = %guest.name, stream, output = %text.trim_end(), dropped_bytes = dropped, "guest output");
+            tracing::info!(guest, stream, output = %text.trim_end(), dropped_bytes = dropped, "guest output");
         }
     }
 }
