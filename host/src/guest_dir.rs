@@ -46,7 +46,7 @@ pub async fn sync(service: &Service, dir: &Path) -> anyhow::Result<()> {
             }
         };
         let digest = motion_runtime::guest_digest(&bytes);
-        let live = service.loaded().and_then(|(set, _)| set.get(&name).map(|g| g.digest.clone()));
+        let live = service.live_guests().and_then(|set| set.get(&name).map(|g| g.digest.clone()));
         if live.is_some_and(|live| live == digest) {
             continue;
         }

@@ -256,7 +256,7 @@ async fn load_everything(
     if let Some(dir) = &args.guest_dir {
         crate::guest_dir::sync(service, dir).await.context("--guest-dir holds a guest that cannot load")?;
     }
-    if service.loaded().is_none_or(|(set, _)| set.is_empty()) {
+    if service.live_guests().is_none_or(|set| set.is_empty()) {
         bail!(
             "no guest to serve: --guest-dir '{}' holds no NAME.wasm",
             args.guest_dir.as_deref().unwrap_or(std::path::Path::new("")).display()

@@ -129,8 +129,14 @@ impl Service {
         self.phase.store(Phase::Draining as u8, Ordering::SeqCst);
     }
 
-    /// The live guests and the models, once loaded, whatever the phase (for health and
-    /// metrics).
+    /// The live guests, once the runtime is attached, whatever the phase (for health and the
+    /// guest directory).
+    pub fn live_guests(&self) -> Option<Arc<GuestSet>> {
+        self.runtime.get().map(|runtime| runtime.guests())
+    }
+
+    /// The live guests and the models, once loaded, whatever the phase (for metrics and the
+    /// OpenAPI document).
     pub fn loaded(&self) -> Option<(Arc<GuestSet>, Vec<Arc<Model>>)> {
         let runtime = self.runtime.get()?;
         Some((runtime.guests(), runtime.models().iter().cloned().collect()))

@@ -40,8 +40,8 @@ struct GuestRef {
 
 pub(super) async fn health(State(app): State<Arc<AppState>>) -> Response {
     let phase = app.service.phase();
-    let (default_guest, guests) = match app.service.loaded() {
-        Some((set, _)) => {
+    let (default_guest, guests) = match app.service.live_guests() {
+        Some(set) => {
             let guests = set
                 .live()
                 .map(|(name, live)| {
