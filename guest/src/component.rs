@@ -91,9 +91,8 @@ fn nn_error(what: &str, e: wasi::nn::errors::Error) -> Error {
 fn infer(input: &[f32]) -> Result<Vec<f32>, Error> {
     let graph = graph::load_by_name(MODEL_NAME).map_err(|e| nn_error("loading the model", e))?;
     let context = graph.init_execution_context().map_err(|e| nn_error("creating a context", e))?;
-    let bytes: Vec<u8> = input.iter().flat_map(|x| x.to_le_bytes()).collect();
     let dims = [1, FRAMES as u32, SIZE, SIZE];
-    let input = tensor::Tensor::new(&dims, tensor::TensorType::Fp32, &bytes);
+    let input = tensor::Tensor::new(&dims, tensor::TensorType::Fp32, le_bytes(input));
     let outputs = context
         .compute(vec![(INPUT_TENSOR.to_string(), input)])
         .map_err(|e| nn_error("running the model", e))?;
@@ -109,6 +108,16 @@ fn infer(input: &[f32]) -> Result<Vec<f32>, Error> {
         return Err(Error::Inference(format!("'{OUTPUT_TENSOR}' has {} bytes, not whole f32s", data.len())));
     }
     Ok(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+// wasi:nn tensors are little-endian, as wasm always is, so the values' memory is the tensor.
+const _: () = assert!(cfg!(target_endian = "little"));
+
+/// The bytes of `values` as they lie in memory: a view, not a copy.
+fn le_bytes(values: &[f32]) -> &[u8] {
+    // SAFETY: the slice covers exactly the memory of `values`, which lives as long as it; an f32
+    // has no padding and every byte is a valid u8.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values)) }
 }
 
 export!(MotionGuest);

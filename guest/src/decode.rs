@@ -197,18 +197,34 @@ impl<'a> Clip<'a> {
 
     /// Decodes the frames numbered `wanted` (ascending, distinct), returning each with its number.
     pub fn decode(&self, wanted: &[usize], limits: &Limits) -> Result<Vec<(usize, Frame)>, DecodeError> {
+        let mut frames = Vec::with_capacity(wanted.len());
+        self.decode_each(wanted, limits, |index, frame| frames.push((index, frame)))?;
+        Ok(frames)
+    }
+
+    /// Decodes the frames numbered `wanted` (ascending, distinct) and hands each to `each` with
+    /// its number, in order, as soon as it is decoded.
+    pub fn decode_each(
+        &self,
+        wanted: &[usize],
+        limits: &Limits,
+        mut each: impl FnMut(usize, Frame),
+    ) -> Result<(), DecodeError> {
         match self {
-            Clip::Stills(stills) => wanted
-                .iter()
-                .map(|&i| {
+            Clip::Stills(stills) => {
+                for &i in wanted {
                     let (still, data) = stills.get(i).ok_or_else(|| no_frame(i, stills.len()))?;
-                    let frame =
-                        decode_still(*still, data, limits).map_err(|e| prefix_part(e, i, stills.len()))?;
-                    Ok((i, frame))
-                })
-                .collect(),
-            Clip::Gif { data, .. } => decode_gif(data, wanted, limits),
-            Clip::Y4m(y4m) => wanted.iter().map(|&i| Ok((i, y4m.frame(i)?))).collect(),
+                    each(i, decode_still(*still, data, limits).map_err(|e| prefix_part(e, i, stills.len()))?);
+                }
+                Ok(())
+            }
+            Clip::Gif { data, .. } => decode_gif(data, wanted, limits, each),
+            Clip::Y4m(y4m) => {
+                for &i in wanted {
+                    each(i, y4m.frame(i)?);
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -347,7 +363,12 @@ fn gif_error(e: &gif::DecodingError) -> DecodeError {
 /// says what the canvas keeps there for the next frame (its pixels, transparent black, or what
 /// was there before). Work per frame is proportional to the frame's own rectangle, and the sum
 /// is bounded by [`Limits::max_gif_pixels`]; only the wanted frames cost a whole canvas.
-fn decode_gif(data: &[u8], wanted: &[usize], limits: &Limits) -> Result<Vec<(usize, Frame)>, DecodeError> {
+fn decode_gif(
+    data: &[u8],
+    wanted: &[usize],
+    limits: &Limits,
+    mut each: impl FnMut(usize, Frame),
+) -> Result<(), DecodeError> {
     let mut options = gif::DecodeOptions::new();
     options.set_color_output(gif::ColorOutput::RGBA);
     let frame_bytes = std::num::NonZeroU64::new(limits.max_pixels * 4).unwrap_or(std::num::NonZeroU64::MIN);
@@ -359,7 +380,6 @@ fn decode_gif(data: &[u8], wanted: &[usize], limits: &Limits) -> Result<Vec<(usi
     let mut canvas = vec![0u8; w * h * 4];
     let mut patch = Vec::new();
     let mut decoded = 0u64;
-    let mut out = Vec::with_capacity(wanted.len());
     let mut next = wanted.iter().copied().peekable();
     let mut index = 0;
     while let Some(&want) = next.peek() {
@@ -398,7 +418,7 @@ fn decode_gif(data: &[u8], wanted: &[usize], limits: &Limits) -> Result<Vec<(usi
             }
         }
         if let Some(shown) = shown {
-            out.push((index, Frame::new(width, height, rgb8_luma(&shown, 4))));
+            each(index, Frame::new(width, height, rgb8_luma(&shown, 4)));
             next.next();
         }
         index += 1;
@@ -406,7 +426,7 @@ fn decode_gif(data: &[u8], wanted: &[usize], limits: &Limits) -> Result<Vec<(usi
     if let Some(missing) = next.next() {
         return Err(DecodeError::Malformed(format!("GIF ended before frame {missing}")));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A parsed Y4M (YUV4MPEG2) stream: where each frame's Y plane starts.

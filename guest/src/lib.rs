@@ -42,6 +42,10 @@ pub struct Prepared {
 /// Everything between the upload and the model: reads the headers against `limits`, samples
 /// the frames, decodes only those, and builds the model input. With `reverse`, the sampled
 /// frames feed the model in reverse time order.
+///
+/// Each frame is resized as soon as it is decoded and then dropped, so one full-size frame is
+/// alive at a time: in a guest, whose memory is fresh for every request, each page touched
+/// costs a page fault.
 pub fn prepare(media: &[Media], limits: &Limits, reverse: bool) -> Result<Prepared, DecodeError> {
     let clip = Clip::open(media, limits)?;
     let frames_total = clip.frame_count();
@@ -50,7 +54,8 @@ pub fn prepare(media: &[Media], limits: &Limits, reverse: bool) -> Result<Prepar
         indices.reverse();
     }
     let wanted = preprocess::distinct(&indices);
-    let frames = clip.decode(&wanted, limits)?;
-    let input = preprocess::model_input(&indices, &frames).map_err(DecodeError::Malformed)?;
+    let mut planes = Vec::with_capacity(wanted.len());
+    clip.decode_each(&wanted, limits, |index, frame| planes.push((index, preprocess::resize(&frame))))?;
+    let input = preprocess::model_input(&indices, &planes).map_err(DecodeError::Malformed)?;
     Ok(Prepared { input, frames_total, frames_used: wanted.len() })
 }

@@ -119,22 +119,18 @@ pub fn normalise(x: f32) -> f32 {
     (x - MEAN) / STD
 }
 
-/// Builds the model input `[1, 8, 112, 112]` from the clip's sampled frames.
+/// Builds the model input `[1, 8, 112, 112]` from the clip's sampled frames, already resized.
 ///
-/// `indices` are the 8 sampled frame numbers (from [`sample_indices`]); `frames` holds each
-/// distinct sampled frame once, keyed by its frame number, so a repeated frame is resized once.
-pub fn model_input(indices: &[usize; FRAMES], frames: &[(usize, Frame)]) -> Result<Vec<f32>, String> {
+/// `indices` are the 8 sampled frame numbers (from [`sample_indices`]); `planes` holds each
+/// distinct sampled frame once, resized to `SIZE`×`SIZE` and keyed by its frame number, so a
+/// repeated frame is resized once.
+pub fn model_input(indices: &[usize; FRAMES], planes: &[(usize, Vec<f32>)]) -> Result<Vec<f32>, String> {
     let mut input = Vec::with_capacity(INPUT_LEN);
-    let mut resized: Vec<(usize, Vec<f32>)> = Vec::with_capacity(frames.len());
     for &index in indices {
-        if !resized.iter().any(|(i, _)| *i == index) {
-            let (_, frame) = frames
-                .iter()
-                .find(|(i, _)| *i == index)
-                .ok_or_else(|| format!("frame {index} was not decoded"))?;
-            resized.push((index, resize(frame)));
-        }
-        let (_, plane) = resized.iter().find(|(i, _)| *i == index).expect("just inserted");
+        let (_, plane) = planes
+            .iter()
+            .find(|(i, _)| *i == index)
+            .ok_or_else(|| format!("frame {index} was not decoded"))?;
         input.extend(plane.iter().map(|&x| normalise(x)));
     }
     Ok(input)
@@ -249,10 +245,10 @@ mod tests {
     #[test]
     fn model_input_puts_frame_i_in_channel_i() {
         // Three frames of constant luma 0, 0.5 and 1; sampled as [0,0,1,1,1,1,2,2].
-        let frames: Vec<(usize, Frame)> =
-            (0..3).map(|i| (i, Frame::new(4, 4, vec![i as f32 * 0.5; 16]))).collect();
+        let planes: Vec<(usize, Vec<f32>)> =
+            (0..3).map(|i| (i, resize(&Frame::new(4, 4, vec![i as f32 * 0.5; 16])))).collect();
         let indices = sample_indices(3);
-        let input = model_input(&indices, &frames).unwrap();
+        let input = model_input(&indices, &planes).unwrap();
         assert_eq!(input.len(), INPUT_LEN);
         let plane = (SIZE * SIZE) as usize;
         let channel_values: Vec<f32> = (0..FRAMES).map(|c| input[c * plane]).collect();
@@ -261,7 +257,7 @@ mod tests {
 
     #[test]
     fn model_input_reports_a_missing_frame() {
-        let err = model_input(&sample_indices(2), &[(0, Frame::new(1, 1, vec![0.0]))]).unwrap_err();
+        let err = model_input(&sample_indices(2), &[(0, vec![0.0; INPUT_LEN / FRAMES])]).unwrap_err();
         assert!(err.contains("frame 1"), "{err}");
     }
 }
