@@ -339,3 +339,38 @@ fn guest_faults_and_timeouts_are_contained() {
     assert_eq!(json(server.get("/health")).0, 200);
     assert_classification(post(&server, "/v1/classify", "image/png", small), 3, 1, 1);
 }
+
+/// Each thread of the server: its name and nice value, from /proc.
+fn thread_priorities(server: &Server) -> Vec<(String, i64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap();
+    tasks
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            // The name is in parentheses and may hold spaces; the fields after it are plain.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            // After the name: state is field 3, nice is field 19.
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            Some((name, nice))
+        })
+        .collect()
+}
+
+#[test]
+fn guest_code_runs_below_the_priority_of_the_forward_pass() {
+    let server = ServerBuilder::new().tls().arg("--guest-nice=7").start();
+    let response = post(&server, "/v1/classify", "video/x-yuv4mpeg", clips::y4m(16, 160, 90));
+    assert_eq!(response.status(), 200);
+    let threads = thread_priorities(&server);
+    let inference: Vec<_> = threads.iter().filter(|(name, _)| name.starts_with("infer-")).collect();
+    assert!(!inference.is_empty(), "no inference thread among {threads:?}");
+    assert!(inference.iter().all(|(_, nice)| *nice == 0), "inference threads lowered: {threads:?}");
+    // The threads that ran the guest (its validation at start and this request) were lowered.
+    assert!(threads.iter().any(|(_, nice)| *nice == 7), "no thread at nice 7: {threads:?}");
+    assert!(threads.iter().all(|(_, nice)| [0, 7].contains(nice)), "{threads:?}");
+
+    let server = ServerBuilder::new().tls().arg("--guest-nice=0").start();
+    assert_eq!(post(&server, "/v1/classify", "video/x-yuv4mpeg", clips::y4m(16, 160, 90)).status(), 200);
+    let threads = thread_priorities(&server);
+    assert!(threads.iter().all(|(_, nice)| *nice == 0), "--guest-nice=0 lowers nothing: {threads:?}");
+}

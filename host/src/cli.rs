@@ -92,6 +92,11 @@ pub struct RuntimeArgs {
     /// Most tensor bytes one request's guest may hand to wasi:nn in all (64 MiB).
     #[arg(long, value_name = "BYTES", env = "MOTION_HOST_GUEST_MAX_NN_BYTES", default_value_t = Limits::defaults().nn_bytes)]
     pub guest_max_nn_bytes: usize,
+
+    /// The nice value guest code runs at, 0 (the server's own priority) to 19: while a forward
+    /// pass runs on the CPU, the kernel gives its threads the cores before guests.
+    #[arg(long, value_name = "N", env = "MOTION_HOST_GUEST_NICE", default_value_t = Limits::defaults().nice, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub guest_nice: i32,
 }
 
 #[derive(Debug, Args)]
@@ -209,10 +214,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", env = "MOTION_HOST_MAX_BATCH_SIZE", default_value_t = 16)]
     pub max_batch_size: usize,
 
-    /// How long the first call of a batch waits for more (e.g. `2ms`); `0` runs what is
-    /// already queued without waiting.
-    #[arg(long, value_name = "DURATION", env = "MOTION_HOST_MAX_BATCH_DELAY", default_value = "2ms", value_parser = parse_duration)]
-    pub max_batch_delay: Duration,
+    /// How long the first call of a batch waits for the calls of requests already being
+    /// prepared (e.g. `2ms`); `0` runs what is queued without waiting. Default: 50ms on the
+    /// CPU, where a forward pass would leave those requests waiting its whole length; 2ms on a
+    /// GPU.
+    #[arg(long, value_name = "DURATION", env = "MOTION_HOST_MAX_BATCH_DELAY", value_parser = parse_duration)]
+    pub max_batch_delay: Option<Duration>,
 
     /// Most inference calls waiting for each model; more get 503 with Retry-After.
     #[arg(long, value_name = "N", env = "MOTION_HOST_MAX_QUEUE", default_value_t = 64)]
@@ -283,6 +290,7 @@ impl RuntimeArgs {
             result_bytes: self.guest_max_result_bytes,
             nn_calls: self.guest_max_nn_calls,
             nn_bytes: self.guest_max_nn_bytes,
+            nice: self.guest_nice,
         }
     }
 }

@@ -66,6 +66,7 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
             allow_insecure_admin: args.allow_insecure_admin,
         },
     );
+    tokio::spawn(Arc::clone(&app).trim_when_idle());
     let router = http::router(Arc::clone(&app));
     let handle = Handle::new();
     let mut servers = tokio::task::JoinSet::new();
@@ -222,7 +223,7 @@ async fn load_everything(
         reason = %device.reason,
         inference_threads = tuning.threads,
         max_batch_size = tuning.max_batch,
-        max_batch_delay_ms = tuning.batch_delay.as_secs_f64() * 1000.0,
+        max_batch_delay_ms = tuning.batch_delay_on(device.device).as_secs_f64() * 1000.0,
         "device chosen"
     );
     let batches: motion_model::BatchObserver =

@@ -61,8 +61,28 @@ pub struct Tuning {
     pub max_queue: usize,
     /// Most rows in one forward pass (a single larger call still runs, alone).
     pub max_batch: usize,
-    /// How long the first call of a batch may wait for others; zero takes only what is queued.
-    pub batch_delay: Duration,
+    /// How long the first call of a batch may wait for announced calls; zero takes only what
+    /// is queued, `None` the device's default ([`Tuning::default_batch_delay`]).
+    pub batch_delay: Option<Duration>,
+}
+
+impl Tuning {
+    /// How long a batch waits for announced calls unless told. On the CPU a forward pass takes
+    /// the cores from the guests preparing the next calls (they run below its priority), so a
+    /// batch started while some are still preparing leaves them waiting its whole length, and
+    /// the next batch is small: it waits for them, up to 50 ms. A GPU runs the batch beside
+    /// them: 2 ms.
+    pub fn default_batch_delay(device: DeviceKind) -> Duration {
+        match device {
+            DeviceKind::Cpu => Duration::from_millis(50),
+            DeviceKind::Cuda(_) => Duration::from_millis(2),
+        }
+    }
+
+    /// The batch delay on `device`: as told, or the device's default.
+    pub fn batch_delay_on(&self, device: DeviceKind) -> Duration {
+        self.batch_delay.unwrap_or_else(|| Tuning::default_batch_delay(device))
+    }
 }
 
 /// Where the models run, as `--device` asked and the machine allows.
@@ -275,7 +295,7 @@ impl Model {
                     Ok((module, staging)) => {
                         let _ = ready_tx.send(Ok(()));
                         let pass = Pass { module, device, output: output_spec, name, batches };
-                        serve(&pass, staging, queue, &waiting_for, tuning);
+                        serve(&pass, staging, queue, &waiting_for, tuning, tuning.batch_delay_on(kind));
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -502,6 +522,7 @@ fn serve(
     mut queue: mpsc::Receiver<Job>,
     expected: &AtomicUsize,
     tuning: Tuning,
+    delay: Duration,
 ) {
     // Waiting for a batch to fill needs a timer; this thread has no other use for a runtime.
     let timer = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
@@ -515,7 +536,7 @@ fn serve(
     loop {
         let Some(mut first) = carried.take().or_else(|| queue.blocking_recv()) else { return };
         first.expected.settle();
-        let deadline = first.enqueued + tuning.batch_delay;
+        let deadline = first.enqueued + delay;
         let mut rows = first.input.dims[0] as usize;
         let mut batch = vec![first];
         while rows < tuning.max_batch {
@@ -647,7 +668,7 @@ mod tests {
     fn model(max_batch: usize, batch_delay: Duration) -> Arc<Model> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
         let cpu = DeviceChoice { device: DeviceKind::Cpu, reason: "test".into() };
-        let tuning = Tuning { threads: 1, max_queue: 64, max_batch, batch_delay };
+        let tuning = Tuning { threads: 1, max_queue: 64, max_batch, batch_delay: Some(batch_delay) };
         let registry = ModelRegistry::load_dir(&dir, &cpu, tuning, ignore_batches()).unwrap();
         Arc::clone(registry.get("motion-resnet18").unwrap())
     }
@@ -739,7 +760,8 @@ mod tests {
             evaluation: None,
         };
         let cpu = DeviceChoice { device: DeviceKind::Cpu, reason: "test".into() };
-        let tuning = Tuning { threads: 1, max_queue: 8, max_batch, batch_delay: Duration::from_millis(300) };
+        let tuning =
+            Tuning { threads: 1, max_queue: 8, max_batch, batch_delay: Some(Duration::from_millis(300)) };
         Model::load(manifest, &file, "test".into(), &cpu, tuning, ignore_batches()).map(Arc::new)
     }
 

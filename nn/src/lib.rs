@@ -102,6 +102,9 @@ pub struct NnCtx {
     caps: Caps,
     /// The store's announced model call, settled when the inference thread takes it.
     expected: Expected,
+    /// What the store holds until its guest first waits for a model (a core to run on), then
+    /// lets go of.
+    held_until_compute: Option<Box<dyn Send>>,
     activity: Activity,
 }
 
@@ -109,7 +112,18 @@ impl NnCtx {
     /// A context over `models` within `caps`; `expected` is the request's announced model call
     /// (batches being gathered wait for it), or `Expected::default()` for none.
     pub fn new(models: Arc<ModelRegistry>, caps: Caps, expected: Expected) -> NnCtx {
-        NnCtx { models, caps, expected, activity: Activity::default() }
+        NnCtx { models, caps, expected, held_until_compute: None, activity: Activity::default() }
+    }
+
+    /// Keeps `held` until the guest first calls `compute`, and drops it before the call waits
+    /// for the model (or when the store goes, if it never calls).
+    pub fn hold_until_compute(&mut self, held: impl Send + 'static) {
+        self.held_until_compute = Some(Box::new(held));
+    }
+
+    /// Drops what [`NnCtx::hold_until_compute`] kept, now.
+    pub fn let_go_of_held(&mut self) {
+        self.held_until_compute = None;
     }
 
     pub fn activity(&self) -> &Activity {
@@ -236,6 +250,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         }
 
         let input = motion_model::Input { dims: tensor.dims, data: tensor.data };
+        self.ctx.held_until_compute = None;
         let result = model.infer(input, &mut self.ctx.expected).await;
         self.ctx.activity.last_compute_end = Some(Instant::now());
         self.ctx.activity.computes += 1;

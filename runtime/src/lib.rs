@@ -20,6 +20,7 @@
 mod answer;
 mod bindings;
 mod cache;
+mod cpu;
 mod error;
 pub mod files;
 mod fuel;
@@ -49,6 +50,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, Store};
 
 use bindings::MotionGuestPre;
 use bindings::motion::guest::types as wit;
+use cpu::Cores;
 use error::Stop;
 use fuel::FuelRefusal;
 use limits::MAX_GUEST_MEMORIES;
@@ -68,6 +70,8 @@ pub struct Runtime {
     cache: Option<CompileCache>,
     /// How this engine refuses a copy past the hostcall fuel.
     fuel: FuelRefusal,
+    /// Where requests' guests wait for a core, in arrival order.
+    cores: Cores,
     /// Serialises changes to the guest set; readers never take it.
     writer: Mutex<()>,
     ticking: Arc<AtomicBool>,
@@ -121,6 +125,7 @@ impl Runtime {
             guests: ArcSwap::from_pointee(GuestSet::default()),
             cache,
             fuel,
+            cores: Cores::of_this_process(),
             writer: Mutex::new(()),
             ticking,
         })
@@ -320,16 +325,21 @@ impl Runtime {
         store::new_store(&self.engine, &self.models, &self.limits, deadline, expected)
     }
 
-    /// Runs `guest` on one clip in a fresh store.
+    /// Runs `guest` on one clip in a fresh store, once a core is free for it (`cpu.rs`); its
+    /// deadline and stage timings start then.
     pub async fn classify(
         &self,
         guest: &LoadedGuest,
         media: Vec<Media>,
         top_k: u32,
     ) -> Result<Classified, GuestError> {
+        // Announced before it waits for a core, so a batch being gathered waits for it too.
+        let expected = guest.model.expect_call();
+        let core = self.cores.take().await;
         let started = Instant::now();
         let deadline = self.limits.deadline;
-        let mut store = self.new_store(started + deadline, guest.model.expect_call());
+        let mut store = self.new_store(started + deadline, expected);
+        store.data_mut().nn.hold_until_compute(core);
         let mut instantiated = None;
         let request = wit::Request {
             media: media

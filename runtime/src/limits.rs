@@ -32,6 +32,9 @@ pub struct Limits {
     pub nn_calls: u32,
     /// Tensor bytes handed to wasi:nn per request (`--guest-max-nn-bytes`).
     pub nn_bytes: usize,
+    /// The nice value guest code runs at, 0 to 19 (`--guest-nice`): its claim on the CPU
+    /// below the model's forward passes (`cpu.rs`).
+    pub nice: i32,
 }
 
 impl Limits {
@@ -47,6 +50,7 @@ impl Limits {
             result_bytes: 64 << 10,
             nn_calls: 100,
             nn_bytes: 64 << 20,
+            nice: 19,
         }
     }
 }

@@ -26,7 +26,7 @@ const MAX_GUEST_HANDLES: usize = 10_000;
 pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
-    nn: NnCtx,
+    pub(crate) nn: NnCtx,
     limiter: Limiter,
     stdout: GuestOutput,
     stderr: GuestOutput,
@@ -88,8 +88,24 @@ pub(crate) fn new_store(
     // Check the deadline every tick and yield to the scheduler in between, so a spinning
     // guest neither outlives its deadline nor holds a tokio worker.
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline { Err(DeadlineExceeded.into()) } else { Ok(UpdateDeadline::Yield(1)) }
+    let nice = limits.nice;
+    store.call_hook(move |_, hook| {
+        if hook.exiting_host() {
+            crate::cpu::lower_this_thread(nice);
+        }
+        Ok(())
+    });
+    let mut ticks = 0u32;
+    store.epoch_deadline_callback(move |mut store| {
+        if Instant::now() >= deadline {
+            return Err(DeadlineExceeded.into());
+        }
+        ticks += 1;
+        if ticks == crate::cpu::CORE_SLICE_TICKS {
+            // Long enough in front of the others: from now on it shares the cores with them.
+            store.data_mut().nn.let_go_of_held();
+        }
+        Ok(UpdateDeadline::Yield(1))
     });
     store
 }

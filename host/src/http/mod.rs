@@ -19,6 +19,7 @@ mod openapi;
 mod v1;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -64,6 +65,8 @@ pub struct AppState {
     in_flight: Arc<Semaphore>,
     /// The upload memory budget, in KiB.
     uploads: Arc<Semaphore>,
+    /// Work admitted since the allocator was last trimmed.
+    admitted: AtomicU64,
     settings: Settings,
 }
 
@@ -73,6 +76,7 @@ impl AppState {
             service,
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
             uploads: Arc::new(Semaphore::new(settings.max_upload_memory.div_ceil(1024))),
+            admitted: AtomicU64::new(0),
             settings,
         })
     }
@@ -85,12 +89,28 @@ impl AppState {
     /// Takes one of the `--max-in-flight` slots for a classification whose body is in, or
     /// refuses with 503. Only work holds a slot: an upload, however slow, never does.
     fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.admitted.fetch_add(1, Ordering::Relaxed);
         Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| {
             ApiError::overloaded(format!(
                 "{} requests are in flight, the limit (--max-in-flight)",
                 self.settings.max_in_flight
             ))
         })
+    }
+
+    /// Once a second: if work was admitted since the last look and none is in flight now,
+    /// returns the allocator's freed memory to the system. Large buffers (bodies, the model's
+    /// activations) live in glibc's heap so that busy periods reuse them (`main.rs`); this
+    /// hands them back when the burst is over, never while a forward pass may want them.
+    pub async fn trim_when_idle(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if self.in_flight() == 0 && self.admitted.swap(0, Ordering::Relaxed) > 0 {
+                // SAFETY: malloc_trim only releases free memory; it is safe at any time.
+                tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) });
+            }
+        }
     }
 
     /// When a request received at `received` runs out of `--request-timeout`.
