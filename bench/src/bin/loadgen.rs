@@ -68,6 +68,8 @@ struct Seen {
     /// Stage name → milliseconds, one entry per successful answer that reported it.
     stages: BTreeMap<String, Vec<f64>>,
     batch_sizes: Vec<f64>,
+    /// The inference stage over the rows of its forward pass, one entry per answer.
+    inference_per_row: Vec<f64>,
 }
 
 #[derive(Serialize)]
@@ -87,6 +89,9 @@ struct Report {
     stages_p50_ms: BTreeMap<String, f64>,
     /// Mean rows per forward pass, when the server reports `batch_size`.
     mean_batch_size: Option<f64>,
+    /// Mean of each answer's inference stage over its batch's rows: the forward pass's time
+    /// per row, all passes' time over all their rows (ms).
+    inference_per_row_ms: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -157,6 +162,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             seen.stages.entry(k).or_default().extend(v);
         }
         seen.batch_sizes.extend(s.batch_sizes);
+        seen.inference_per_row.extend(s.inference_per_row);
     }
 
     let report = summarise(&args, bytes.len(), seen);
@@ -232,6 +238,10 @@ fn record_server_view(seen: &mut Seen, text: &[u8]) {
     }
     if let Some(rows) = answer.get("batch_size").and_then(|b| b.as_f64()) {
         seen.batch_sizes.push(rows);
+        let inference = answer.pointer("/timings_ms/inference").and_then(|t| t.as_f64());
+        if let (Some(ms), true) = (inference, rows >= 1.0) {
+            seen.inference_per_row.push(ms / rows);
+        }
     }
 }
 
@@ -267,6 +277,7 @@ fn summarise(args: &RunArgs, body_bytes: usize, mut seen: Seen) -> Report {
         stages_ms,
         stages_p50_ms,
         mean_batch_size: (!seen.batch_sizes.is_empty()).then(|| mean(&seen.batch_sizes)),
+        inference_per_row_ms: (!seen.inference_per_row.is_empty()).then(|| mean(&seen.inference_per_row)),
     }
 }
 
