@@ -121,11 +121,6 @@ impl NnCtx {
         self.held_until_compute = Some(Box::new(held));
     }
 
-    /// Drops what [`NnCtx::hold_until_compute`] kept, now.
-    pub fn let_go_of_held(&mut self) {
-        self.held_until_compute = None;
-    }
-
     pub fn activity(&self) -> &Activity {
         &self.activity
     }

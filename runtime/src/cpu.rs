@@ -7,10 +7,10 @@
 //! runs only once it holds one of as many places as the process has cores, and gives it up
 //! when it first waits for the model. Without that, every request in flight would share the
 //! cores in epoch-sized slices and all of them would reach the model late; in order, the first
-//! ones are ready for the next batch as soon as they can be. A guest that runs longer than
-//! [`CORE_SLICE_TICKS`] epoch ticks without calling the model gives its place up too and goes
-//! on sharing the cores, so a slow or spinning guest holds the others back for that long at
-//! most, not for its whole deadline.
+//! ones are ready for the next batch as soon as they can be. A place is also given up
+//! [`CORE_SLICE`] after it was taken, whatever the guest is doing (computing, spinning, or
+//! sleeping in a host call), and the guest goes on sharing the cores: a slow guest holds the
+//! others back that long at most, not for its whole deadline.
 //!
 //! A thread lowers itself the first time it enters guest code (a store's call hook). It stays
 //! lowered: raising a priority again needs a privilege the server does not have. So the tokio
@@ -18,18 +18,29 @@
 //! blocking pool and the inference threads it starts, keep the priority the process began with.
 
 use std::cell::Cell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Epoch ticks (10 ms each) a guest may hold its place among the [`Cores`] before it must share.
-pub(crate) const CORE_SLICE_TICKS: u32 = 5;
+/// How long a guest may hold its place among the [`Cores`] before it must share.
+pub(crate) const CORE_SLICE: Duration = Duration::from_millis(50);
 
 /// The places guest code may run in at once, one per core, handed out in arrival order.
 pub(crate) struct Cores(Arc<Semaphore>);
 
-/// One place among the [`Cores`]; given back when dropped.
-pub(crate) struct Core(#[allow(dead_code)] OwnedSemaphorePermit);
+/// One place among the [`Cores`], until it is dropped or its [`CORE_SLICE`] is over.
+pub(crate) struct Core(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        give_back(&self.0);
+    }
+}
+
+fn give_back(place: &Mutex<Option<OwnedSemaphorePermit>>) {
+    place.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+}
 
 impl Cores {
     /// As many places as this process may use cores (the cgroup quota included).
@@ -38,10 +49,20 @@ impl Cores {
         Cores(Arc::new(Semaphore::new(cores)))
     }
 
-    /// Waits for a place, behind the requests that asked before.
+    /// Waits for a place, behind the requests that asked before; the place is given back
+    /// when the [`Core`] is dropped or [`CORE_SLICE`] from now, whichever comes first.
     pub(crate) async fn take(&self) -> Core {
         // The semaphore is never closed, so acquiring cannot fail.
-        Core(Arc::clone(&self.0).acquire_owned().await.expect("the cores are never closed"))
+        let permit = Arc::clone(&self.0).acquire_owned().await.expect("the cores are never closed");
+        let place = Arc::new(Mutex::new(Some(permit)));
+        let slice: Weak<_> = Arc::downgrade(&place);
+        tokio::spawn(async move {
+            tokio::time::sleep(CORE_SLICE).await;
+            if let Some(place) = slice.upgrade() {
+                give_back(&place);
+            }
+        });
+        Core(place)
     }
 }
 

@@ -95,17 +95,8 @@ pub(crate) fn new_store(
         }
         Ok(())
     });
-    let mut ticks = 0u32;
-    store.epoch_deadline_callback(move |mut store| {
-        if Instant::now() >= deadline {
-            return Err(DeadlineExceeded.into());
-        }
-        ticks += 1;
-        if ticks == crate::cpu::CORE_SLICE_TICKS {
-            // Long enough in front of the others: from now on it shares the cores with them.
-            store.data_mut().nn.let_go_of_held();
-        }
-        Ok(UpdateDeadline::Yield(1))
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline { Err(DeadlineExceeded.into()) } else { Ok(UpdateDeadline::Yield(1)) }
     });
     store
 }
