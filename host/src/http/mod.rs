@@ -98,15 +98,20 @@ impl AppState {
         })
     }
 
-    /// Once a second: if work was admitted since the last look and none is in flight now,
-    /// returns the allocator's freed memory to the system. Large buffers (bodies, the model's
-    /// activations) live in glibc's heap so that busy periods reuse them (`main.rs`); this
-    /// hands them back when the burst is over, never while a forward pass may want them.
+    /// Returns the allocator's freed memory to the system once work has stopped: after a whole
+    /// second in which no request was admitted and none is in flight, once per burst. Large
+    /// buffers (bodies, the model's activations) live in glibc's heap so that busy periods
+    /// reuse them (`main.rs`); trimming in a pause between two requests would make the next
+    /// forward pass fault its activations in afresh.
     pub async fn trim_when_idle(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut worked = false;
         loop {
             tick.tick().await;
-            if self.in_flight() == 0 && self.admitted.swap(0, Ordering::Relaxed) > 0 {
+            if self.admitted.swap(0, Ordering::Relaxed) > 0 {
+                worked = true;
+            } else if worked && self.in_flight() == 0 {
+                worked = false;
                 // SAFETY: malloc_trim only releases free memory; it is safe at any time.
                 tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) });
             }
