@@ -14,8 +14,11 @@
 //!
 //! A thread lowers itself the first time it enters guest code (a store's call hook). It stays
 //! lowered: raising a priority again needs a privilege the server does not have. So the tokio
-//! workers that run guests end up lowered, and the threads that never run guest code, the
-//! blocking pool and the inference threads it starts, keep the priority the process began with.
+//! workers that run guests end up lowered, and the inference threads, which never run guest
+//! code and are started while the models load, before any guest runs, keep the priority the
+//! process began with (and so do the libtorch threads they start). A thread the tokio blocking
+//! pool starts later from a lowered worker inherits its priority, which suits what it does
+//! there: compiling an uploaded guest.
 
 use std::cell::Cell;
 use std::sync::{Arc, Mutex, Weak};
