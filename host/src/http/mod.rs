@@ -65,7 +65,7 @@ pub struct AppState {
     in_flight: Arc<Semaphore>,
     /// The upload memory budget, in KiB.
     uploads: Arc<Semaphore>,
-    /// Work admitted since the allocator was last trimmed.
+    /// Classifications asked to be admitted since `trim_when_idle` last looked.
     admitted: AtomicU64,
     settings: Settings,
 }
