@@ -305,7 +305,7 @@ def median_summary(every: list) -> str:
         seen = [t for results in every for t in results["targets"] if t["target"] == name]
         # The median run for this target: its value in the middle when sorted.
         ordered = sorted(seen, key=lambda t: (t["value"] is None, t["value"] or 0))
-        middle = ordered[(len(ordered) - 1) // 2] if len(ordered) % 2 else ordered[len(ordered) // 2 - 1]
+        middle = ordered[(len(ordered) - 1) // 2]
         values = ", ".join("-" if t["value"] is None else f"{t['value']}" for t in seen)
         lines.append(f"{'MET ' if middle['met'] else 'MISS'} {name}: {values} (goal {middle['goal']}; "
                      f"median run {middle['value']})")
@@ -319,7 +319,8 @@ def find(results: dict, server: str, form: str, c: int):
     return None
 
 
-RIVALS = ("python-1x2", "python-2x1", "triton")
+PYTHONS = ("python-1x2", "python-2x1")
+RIVALS = (*PYTHONS, "triton")
 
 
 def best_rival(results: dict, form: str, c: int):
@@ -394,7 +395,7 @@ def targets(results: dict) -> list:
                 add(f"instantiation per request ({form})", us, "<= 50 us median", us <= 50,
                     f"{us:.0f} us median: a fresh store and instance, measured in the host")
         host64 = find(results, "motion-host", form, 64)
-        pythons = [r for s in ("python-1x2", "python-2x1") if (r := find(results, s, form, 64))]
+        pythons = [r for s in PYTHONS if (r := find(results, s, form, 64))]
         if host64 and pythons:
             lowest = min(pythons, key=lambda r: r["peak_rss_mib"])
             add(f"peak memory at c=64 vs the leaner Python ({form})", host64["peak_rss_mib"],

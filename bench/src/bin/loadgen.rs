@@ -239,7 +239,7 @@ fn record_server_view(seen: &mut Seen, text: &[u8]) {
     if let Some(rows) = answer.get("batch_size").and_then(|b| b.as_f64()) {
         seen.batch_sizes.push(rows);
         let inference = answer.pointer("/timings_ms/inference").and_then(|t| t.as_f64());
-        if let (Some(ms), true) = (inference, rows >= 1.0) {
+        if let Some(ms) = inference.filter(|_| rows >= 1.0) {
             seen.inference_per_row.push(ms / rows);
         }
     }
