@@ -138,3 +138,96 @@ fn training_preprocessing_gives_the_guest_tensors() {
         assert!(spread > 0.5, "{what}: the input is nearly flat");
     }
 }
+
+/// Whether this CPU has a flag that gives bf16 a native dot product, read here from
+/// `/proc/cpuinfo` as the server must read it.
+fn cpu_has_bf16() -> bool {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
+    flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16")
+}
+
+/// A copy of the default model's directory whose manifest is `edit` of the shipped one (the
+/// model file is linked, not copied).
+fn model_dir_with(dir: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
+    let shipped = repo_root().join("models/motion-resnet18");
+    let copy = dir.join("models/motion-resnet18");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::os::unix::fs::symlink(shipped.join("model.pt"), copy.join("model.pt")).unwrap();
+    let manifest = std::fs::read_to_string(shipped.join("model.toml")).unwrap();
+    std::fs::write(copy.join("model.toml"), edit(manifest)).unwrap();
+    dir.join("models")
+}
+
+fn refusal(builder: ServerBuilder) -> String {
+    let out = builder.run_to_exit();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "the server started:\n{text}");
+    text
+}
+
+#[test]
+fn reduced_precision_runs_only_where_the_device_and_the_recorded_accuracy_allow() {
+    // The shipped manifest records the held-out top-1 at every precision the server offers.
+    let manifest = std::fs::read_to_string(repo_root().join("models/motion-resnet18/model.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&manifest).unwrap();
+    let recorded = &table["evaluation"]["precision"];
+    let fp32 = recorded["fp32"].as_float().unwrap();
+    assert_eq!(Some(fp32), table["evaluation"]["top1"].as_float(), "fp32 is the evaluation's top-1");
+    for p in ["bf16", "fp16"] {
+        assert!(recorded[p].as_float().is_some(), "no {p} accuracy in model.toml");
+    }
+
+    // fp16 is for CUDA only.
+    let text = refusal(ServerBuilder::new().arg("--device=cpu").arg("--precision=fp16"));
+    assert!(text.contains("fp16 runs on CUDA only"), "{text}");
+    // A name that is no precision.
+    let text = refusal(ServerBuilder::new().arg("--precision=int8"));
+    assert!(text.contains("'int8' is not fp32, bf16 or fp16"), "{text}");
+
+    // A precision the manifest records no accuracy for, or one too far below fp32's, is refused
+    // on every machine (the record is checked before the CPU).
+    let tmp = tempfile::tempdir().unwrap();
+    let unrecorded =
+        model_dir_with(&tmp.path().join("unrecorded"), |m| m.replace("\nbf16 = ", "\nbf16_was = "));
+    let text = refusal(
+        ServerBuilder::new().arg(&format!("--model-dir={}", unrecorded.display())).arg("--precision=bf16"),
+    );
+    assert!(text.contains("records no held-out top-1 at bf16"), "{text}");
+    let worse = model_dir_with(&tmp.path().join("worse"), |m| {
+        let bf16 = format!("\nbf16 = {:.4}\n", fp32 - 0.006);
+        let start = m.find("\nbf16 = ").unwrap();
+        let end = start + 1 + m[start + 1..].find('\n').unwrap();
+        format!("{}{bf16}{}", &m[..start], &m[end + 1..])
+    });
+    let text = refusal(
+        ServerBuilder::new().arg(&format!("--model-dir={}", worse.display())).arg("--precision=bf16"),
+    );
+    assert!(text.contains("more than 0.5 points below fp32's"), "{text}");
+
+    // bf16 on this CPU: served where it has the flag, refused by name where it has not.
+    let bf16 = ServerBuilder::new().arg("--device=cpu").arg("--precision=bf16");
+    if !cpu_has_bf16() {
+        let text = refusal(bf16);
+        assert!(text.contains("needs the CPU flag avx512_bf16"), "{text}");
+        return;
+    }
+    let server = bf16.start();
+    let (status, md) = json(server.get("/v2/models/motion-resnet18"));
+    assert_eq!(status, 200, "{md}");
+    assert_eq!(md["parameters"]["precision"], "bf16", "{md}");
+    let metrics = server.get("/metrics").text().unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("motion_host_model_info{") && l.contains("precision=\"bf16\"")),
+        "{metrics}"
+    );
+    // The clips come back as they do at fp32 (the held-out record allows a point at most).
+    let mut wrong = Vec::new();
+    for label in LABELS {
+        let (ranked, _) = classify(&server, &[clips_dir().join(format!("{label}.gif"))]);
+        if ranked[0] != label {
+            wrong.push(format!("{label}: {ranked:?}"));
+        }
+    }
+    assert!(wrong.len() <= 1, "at bf16: {wrong:?}");
+}

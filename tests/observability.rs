@@ -183,7 +183,12 @@ fn metrics_logs_and_request_ids_report_what_happened() {
         &m,
         "motion_host_model_info",
         "motion_host_model_info",
-        &[("model", "motion-resnet18"), ("version", version.as_str()), ("device", "cpu")],
+        &[
+            ("model", "motion-resnet18"),
+            ("version", version.as_str()),
+            ("device", "cpu"),
+            ("precision", "fp32"),
+        ],
     );
     assert_eq!(model, Some(1.0));
 

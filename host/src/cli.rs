@@ -170,6 +170,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DEVICE", env = "MOTION_HOST_DEVICE", default_value = "auto")]
     pub device: String,
 
+    /// What the model's weights and forward pass run in: `fp32`, `bf16` (on a CUDA device, or a
+    /// CPU with the avx512_bf16 or amx_bf16 flag) or `fp16` (CUDA only). Tensors crossing
+    /// wasi:nn stay FP32. A reduced precision is served only when the model's manifest records
+    /// its held-out top-1 ([evaluation.precision]) within 0.5 points of fp32's.
+    #[arg(long, value_name = "PRECISION", env = "MOTION_HOST_PRECISION", default_value = "fp32")]
+    pub precision: motion_model::Precision,
+
     /// libtorch intra-op threads per model. Default: the CPUs this process may use (cgroup
     /// quota included).
     #[arg(long, value_name = "N", env = "MOTION_HOST_INFERENCE_THREADS")]

@@ -81,6 +81,7 @@ impl ServeConfig {
             max_queue: args.max_queue,
             max_batch: args.max_batch_size,
             batch_delay: args.max_batch_delay,
+            precision: args.precision,
         };
 
         if args.max_in_flight == 0 || args.max_queue == 0 {

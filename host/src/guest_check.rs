@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::boot;
 use crate::cli::GuestCheckArgs;
-use motion_model::{DeviceChoice, Tuning};
+use motion_model::{DeviceChoice, Precision, Tuning};
 use motion_runtime::{self as runtime, GuestError};
 
 pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
@@ -18,7 +18,13 @@ pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
         std::fs::read(&args.file).with_context(|| format!("cannot read '{}'", args.file.display()))?;
     let device = DeviceChoice::resolve("cpu")?;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let tuning = Tuning { threads, max_queue: 4, max_batch: 1, batch_delay: Some(Duration::ZERO) };
+    let tuning = Tuning {
+        threads,
+        max_queue: 4,
+        max_batch: 1,
+        batch_delay: Some(Duration::ZERO),
+        precision: Precision::Fp32,
+    };
     let models =
         boot::models(args.runtime.model_dir.clone(), device, tuning, Arc::new(|_: &str, _| {})).await?;
     let runtime = boot::runtime(models, args.runtime.limits(), 1, None)?;

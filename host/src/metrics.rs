@@ -49,8 +49,10 @@ pub struct ModelInfo<'a> {
     pub name: &'a str,
     pub version: &'a str,
     pub sha256: &'a str,
-    /// `cpu` or `cuda(N)`.
+    /// `cpu` or `cuda:N`.
     pub device: String,
+    /// `fp32`, `bf16` or `fp16` (`--precision`).
+    pub precision: &'a str,
 }
 
 /// A live guest, as the `guest_info` gauge labels it.
@@ -176,8 +178,8 @@ impl Metrics {
             model_info: gauge(
                 r,
                 "model_info",
-                "Each loaded model's version, file digest and device; always 1.",
-                &["model", "version", "sha256", "device"],
+                "Each loaded model's version, file digest, device and precision; always 1.",
+                &["model", "version", "sha256", "device", "precision"],
             ),
             guest_info: gauge(
                 r,
@@ -233,7 +235,7 @@ impl Metrics {
         self.model_info.reset();
         self.guest_info.reset();
         for m in models {
-            self.model_info.with_label_values(&[m.name, m.version, m.sha256, &m.device]).set(1);
+            self.model_info.with_label_values(&[m.name, m.version, m.sha256, &m.device, m.precision]).set(1);
         }
         for g in guests {
             let default = if g.default { "true" } else { "false" };

@@ -224,6 +224,7 @@ async fn load_everything(
         inference_threads = tuning.threads,
         max_batch_size = tuning.max_batch,
         max_batch_delay_ms = tuning.batch_delay_on(device.device).as_secs_f64() * 1000.0,
+        precision = %tuning.precision,
         "device chosen"
     );
     let batches: motion_model::BatchObserver =
@@ -235,6 +236,7 @@ async fn load_everything(
             version = %model.manifest.version,
             sha256 = %model.sha256,
             device = %model.device,
+            precision = %model.precision,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model loaded and warmed up"
         );

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::BackendError;
 use crate::manifest::{Manifest, TensorSpec};
+use crate::precision::Precision;
 
 /// Hears of every forward pass: the model's name and the rows it ran (for a batch-size
 /// histogram, which the caller keeps).
@@ -64,6 +65,8 @@ pub struct Tuning {
     /// How long the first call of a batch may wait for announced calls; zero takes only what
     /// is queued, `None` the device's default ([`Tuning::default_batch_delay`]).
     pub batch_delay: Option<Duration>,
+    /// What the weights and the forward pass run in; inputs and outputs stay FP32.
+    pub precision: Precision,
 }
 
 impl Tuning {
@@ -230,6 +233,7 @@ pub struct Model {
     /// Hex sha256 of the model file.
     pub sha256: String,
     pub device: DeviceKind,
+    pub precision: Precision,
     jobs: mpsc::Sender<Job>,
     /// Requests expected to call this model that have not yet.
     expected: Arc<AtomicUsize>,
@@ -289,12 +293,14 @@ impl Model {
                 tch::set_num_threads(tuning.threads.max(1) as i32);
                 let _no_grad = tch::no_grad_guard();
                 let capacity = tuning.max_batch.max(MAX_ROWS_PER_CALL as usize);
-                let loaded = load_and_warm(&file, device, &input_spec, &output_spec, tuning.max_batch)
-                    .and_then(|module| Ok((module, Staging::new(&input_spec, capacity, device)?)));
+                let weights = tuning.precision.kind();
+                let loaded =
+                    load_and_warm(&file, device, weights, &input_spec, &output_spec, tuning.max_batch)
+                        .and_then(|module| Ok((module, Staging::new(&input_spec, capacity, device)?)));
                 match loaded {
                     Ok((module, staging)) => {
                         let _ = ready_tx.send(Ok(()));
-                        let pass = Pass { module, device, output: output_spec, name, batches };
+                        let pass = Pass { module, device, kind: weights, output: output_spec, name, batches };
                         serve(&pass, staging, queue, &waiting_for, tuning, tuning.batch_delay_on(kind));
                     }
                     Err(e) => {
@@ -304,7 +310,7 @@ impl Model {
             })
             .map_err(|e| BackendError::Torch(format!("cannot start the inference thread: {e}")))?;
         ready_rx.recv().map_err(|_| BackendError::Stopped)??;
-        Ok(Model { manifest, sha256, device: kind, jobs, expected })
+        Ok(Model { manifest, sha256, device: kind, precision: tuning.precision, jobs, expected })
     }
 
     pub fn name(&self) -> &str {
@@ -376,25 +382,28 @@ impl Model {
 /// around it: the benchmark's floor.
 pub struct BareModel {
     module: CModule,
+    kind: Kind,
 }
 
-/// Random FP32 input for a [`BareModel`].
+/// Random input for a [`BareModel`], in its precision.
 pub struct BareInput {
     tensor: Tensor,
 }
 
 impl BareModel {
-    /// Loads `file` onto the CPU in eval mode, with `threads` intra-op threads.
-    pub fn load(file: &Path, threads: usize) -> Result<BareModel, BackendError> {
+    /// Loads `file` onto the CPU in eval mode at `precision`, with `threads` intra-op threads.
+    pub fn load(file: &Path, threads: usize, precision: Precision) -> Result<BareModel, BackendError> {
         tch::set_num_threads(threads.max(1) as i32);
         let mut module = CModule::load_on_device(file, Device::Cpu).map_err(torch_err)?;
         module.set_eval();
-        Ok(BareModel { module })
+        let kind = precision.kind();
+        convert(&mut module, Device::Cpu, kind)?;
+        Ok(BareModel { module, kind })
     }
 
     /// An input of `shape` with values drawn uniformly from [0, 1).
-    pub fn random_input(shape: &[i64]) -> Result<BareInput, BackendError> {
-        let tensor = Tensor::f_rand(shape, (Kind::Float, Device::Cpu)).map_err(torch_err)?;
+    pub fn random_input(&self, shape: &[i64]) -> Result<BareInput, BackendError> {
+        let tensor = Tensor::f_rand(shape, (self.kind, Device::Cpu)).map_err(torch_err)?;
         Ok(BareInput { tensor })
     }
 
@@ -409,21 +418,34 @@ fn torch_err(e: tch::TchError) -> BackendError {
     BackendError::Torch(e.to_string())
 }
 
+/// Casts a module's weights to `kind` on `device` (nothing to do for FP32). tch's conversion
+/// panics on a libtorch error: that becomes an error here.
+fn convert(module: &mut CModule, device: Device, kind: Kind) -> Result<(), BackendError> {
+    if kind == Kind::Float {
+        return Ok(());
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| module.to(device, kind, false)))
+        .map_err(|_| BackendError::Torch(format!("cannot convert the model's weights to {kind:?}")))
+}
+
+/// Loads the module onto `device` with its weights in `kind`, and warms it up.
 fn load_and_warm(
     file: &Path,
     device: Device,
+    kind: Kind,
     input: &TensorSpec,
     output: &TensorSpec,
     max_batch: usize,
 ) -> Result<CModule, BackendError> {
     let mut module = CModule::load_on_device(file, device).map_err(torch_err)?;
     module.set_eval();
+    convert(&mut module, device, kind)?;
     // The first pass at a batch size pays for libtorch's kernel set-up: pay it now, for a
     // lone call and for a full batch, and check the output against the manifest.
     for rows in [1, max_batch.max(1)] {
         let mut shape = input.shape.clone();
         shape[0] = rows as i64;
-        let warm = Tensor::f_zeros(&shape, (Kind::Float, device)).map_err(torch_err)?;
+        let warm = Tensor::f_zeros(&shape, (kind, device)).map_err(torch_err)?;
         let warm_output = module.forward_ts(&[warm]).map_err(torch_err)?;
         check_output(&warm_output.size(), rows, output)
             .map_err(|e| BackendError::Output(format!("warm-up with {rows} row(s): {e}")))?;
@@ -504,11 +526,13 @@ impl Staging {
     }
 }
 
-/// What a forward pass needs: the module, its device, the output it must return, and whom to
-/// tell of each batch.
+/// What a forward pass needs: the module, its device and precision, the output it must return,
+/// and whom to tell of each batch.
 struct Pass {
     module: CModule,
     device: Device,
+    /// What the input is cast to before the pass (the weights' kind).
+    kind: Kind,
     output: TensorSpec,
     name: String,
     batches: BatchObserver,
@@ -636,7 +660,9 @@ fn forward(
     // From page-locked memory the copy to the GPU runs asynchronously; the copy of the output
     // back below waits for it (same stream), so the buffer is free again when this returns.
     let input = if device.is_cuda() {
-        input.f_to_device_(device, Kind::Float, true, false).map_err(torch_err)?
+        input.f_to_device_(device, pass.kind, true, false).map_err(torch_err)?
+    } else if pass.kind != Kind::Float {
+        input.f_to_kind(pass.kind).map_err(torch_err)?
     } else {
         input
     };
@@ -668,7 +694,13 @@ mod tests {
     fn model(max_batch: usize, batch_delay: Duration) -> Arc<Model> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
         let cpu = DeviceChoice { device: DeviceKind::Cpu, reason: "test".into() };
-        let tuning = Tuning { threads: 1, max_queue: 64, max_batch, batch_delay: Some(batch_delay) };
+        let tuning = Tuning {
+            threads: 1,
+            max_queue: 64,
+            max_batch,
+            batch_delay: Some(batch_delay),
+            precision: Precision::Fp32,
+        };
         let registry = ModelRegistry::load_dir(&dir, &cpu, tuning, ignore_batches()).unwrap();
         Arc::clone(registry.get("motion-resnet18").unwrap())
     }
@@ -731,6 +763,45 @@ mod tests {
         assert!(alone.windows(2).all(|w| w[0] != w[1]));
     }
 
+    #[test]
+    fn at_bf16_the_weights_and_inputs_are_cast_and_the_logits_come_back_as_fp32() {
+        // Model::load itself runs any precision (where it may is the registry's check), so the
+        // cast is tested on every CPU, emulated where it has no bf16 instructions.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/motion-resnet18");
+        let manifest = Manifest::read(&dir.join("model.toml")).unwrap();
+        let cpu = DeviceChoice { device: DeviceKind::Cpu, reason: "test".into() };
+        let at = |precision| {
+            let tuning = Tuning { threads: 1, max_queue: 8, max_batch: 1, batch_delay: None, precision };
+            let model = Model::load(
+                manifest.clone(),
+                &dir.join("model.pt"),
+                String::new(),
+                &cpu,
+                tuning,
+                ignore_batches(),
+            )
+            .unwrap();
+            assert_eq!(model.precision, precision);
+            (0..3)
+                .map(|seed| {
+                    let output = runtime.block_on(model.call(input(seed))).unwrap();
+                    assert_eq!((output.dims.clone(), output.data.len()), (vec![1, 16], 16 * 4));
+                    floats(&output.data)
+                })
+                .collect::<Vec<_>>()
+        };
+        let (fp32, bf16) = (at(Precision::Fp32), at(Precision::Bf16));
+        let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+        for (full, half) in fp32.iter().zip(&bf16) {
+            assert_ne!(full, half, "bf16 gave fp32's exact logits: nothing was cast");
+            let worst = full.iter().zip(half).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let scale = full.iter().map(|a| a.abs()).fold(0.0f32, f32::max);
+            assert!(worst < 0.05 * scale.max(1.0), "bf16 logits {half:?} are far from fp32's {full:?}");
+            assert_eq!(argmax(full), argmax(half));
+        }
+    }
+
     /// A TorchScript model traced from `f` (input `[-1, 4, 2, 2]`, manifest output `[-1, 16]`),
     /// saved and loaded as the server loads one.
     fn traced(
@@ -760,8 +831,13 @@ mod tests {
             evaluation: None,
         };
         let cpu = DeviceChoice { device: DeviceKind::Cpu, reason: "test".into() };
-        let tuning =
-            Tuning { threads: 1, max_queue: 8, max_batch, batch_delay: Some(Duration::from_millis(300)) };
+        let tuning = Tuning {
+            threads: 1,
+            max_queue: 8,
+            max_batch,
+            batch_delay: Some(Duration::from_millis(300)),
+            precision: Precision::Fp32,
+        };
         Model::load(manifest, &file, "test".into(), &cpu, tuning, ignore_batches()).map(Arc::new)
     }
 

@@ -31,6 +31,8 @@ pub enum ModelError {
     Digest { path: String, expected: String, actual: String },
     #[error("two models are named '{0}'")]
     Duplicate(String),
+    #[error("model '{name}' cannot run at --precision {precision}: {reason}")]
+    Precision { name: String, precision: crate::Precision, reason: String },
     #[error("model '{name}' from '{path}': {source}")]
     Backend { name: String, path: String, source: BackendError },
 }

@@ -8,6 +8,7 @@
 mod backend;
 mod error;
 mod manifest;
+mod precision;
 mod registry;
 
 pub use backend::{
@@ -15,4 +16,5 @@ pub use backend::{
 };
 pub use error::{BackendError, ModelError};
 pub use manifest::{Manifest, TensorSpec};
+pub use precision::{MAX_TOP1_LOSS, Precision, cpu_flags};
 pub use registry::ModelRegistry;

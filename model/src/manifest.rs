@@ -7,6 +7,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::ModelError;
+use crate::precision::Precision;
 
 /// The manifest file in each model directory.
 pub const MANIFEST: &str = "model.toml";
@@ -30,8 +31,9 @@ pub struct Manifest {
     #[serde(default)]
     #[allow(dead_code)]
     pub provenance: Option<toml::Table>,
+    /// Also read: `[evaluation.precision]`, the held-out top-1 at each precision, which
+    /// `--precision` checks ([`Manifest::recorded_top1`]).
     #[serde(default)]
-    #[allow(dead_code)]
     pub evaluation: Option<toml::Table>,
 }
 
@@ -85,6 +87,12 @@ impl Manifest {
     pub fn output(&self) -> &TensorSpec {
         &self.outputs[0]
     }
+
+    /// The held-out top-1 recorded for `precision` (`[evaluation.precision]`), if any.
+    pub fn recorded_top1(&self, precision: Precision) -> Option<f64> {
+        let table = self.evaluation.as_ref()?.get("precision")?.as_table()?;
+        table.get(precision.name())?.as_float()
+    }
 }
 
 /// Hex sha256 of a file, streamed.
@@ -133,6 +141,15 @@ dtype = "FP32"
             Some(sha256_file(&file).unwrap().as_str()),
             "model.pt changed without its manifest"
         );
+    }
+
+    #[test]
+    fn recorded_accuracies_are_read_by_precision() {
+        let m = manifest(&format!("{GOOD}\n[evaluation.precision]\nfp32 = 0.96\nbf16 = 0.9588\n")).unwrap();
+        assert_eq!(m.recorded_top1(Precision::Fp32), Some(0.96));
+        assert_eq!(m.recorded_top1(Precision::Bf16), Some(0.9588));
+        assert_eq!(m.recorded_top1(Precision::Fp16), None);
+        assert_eq!(manifest(GOOD).unwrap().recorded_top1(Precision::Fp32), None);
     }
 
     #[test]

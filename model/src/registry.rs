@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::backend::{BatchObserver, DeviceChoice, Model, Tuning};
 use crate::error::ModelError;
 use crate::manifest::{MANIFEST, Manifest, sha256_file};
+use crate::precision::cpu_flags;
 
 /// Every loaded model, by name.
 #[derive(Debug, Default)]
@@ -17,8 +18,9 @@ pub struct ModelRegistry {
 }
 
 impl ModelRegistry {
-    /// Finds every `*/model.toml` under `dir`, checks it and its file, and loads each model
-    /// onto its inference thread (warm-up included); `batches` hears of every forward pass.
+    /// Finds every `*/model.toml` under `dir`, checks it and its file (and that it may run at
+    /// `tuning.precision` on `device`), and loads each model onto its inference thread (warm-up
+    /// included); `batches` hears of every forward pass.
     pub fn load_dir(
         dir: &Path,
         device: &DeviceChoice,
@@ -37,8 +39,14 @@ impl ModelRegistry {
             return Err(ModelError::Empty(dir.display().to_string()));
         }
         let mut registry = ModelRegistry::default();
+        let precision = tuning.precision;
+        let flags = cpu_flags();
         for manifest_path in manifests {
             let manifest = Manifest::read(&manifest_path)?;
+            precision
+                .check_accuracy(|p| manifest.recorded_top1(p))
+                .and_then(|()| precision.check_on(device.device, &flags))
+                .map_err(|reason| ModelError::Precision { name: manifest.name.clone(), precision, reason })?;
             let model_dir = manifest_path.parent().unwrap_or(dir);
             let file = model_dir.join(&manifest.file);
             let actual = sha256_file(&file).map_err(|e| ModelError::Manifest {

@@ -4,6 +4,8 @@
 //! benchmark clip; writes medians as JSON.
 //!
 //!     floor --model models/motion-resnet18/model.pt --png a.png --png b.png --y4m clip.y4m --out f.json
+//!
+//! With `--precision bf16` the forward pass runs as the server's `--precision bf16` runs it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,7 +14,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use motion_guest::decode::{Limits, Media};
-use motion_model::BareModel;
+use motion_model::{BareModel, Precision};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -24,6 +26,9 @@ struct Args {
     /// libtorch intra-op threads (as the server's --inference-threads).
     #[arg(long, default_value_t = 2)]
     threads: i32,
+    /// What the weights and the forward pass run in (as the server's --precision).
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
     /// The clip's frames as PNG files, in order.
     #[arg(long = "png")]
     pngs: Vec<PathBuf>,
@@ -40,6 +45,7 @@ struct Args {
 #[derive(Serialize)]
 struct Floor {
     threads: i32,
+    precision: String,
     /// Batch size → median milliseconds of one forward pass.
     forward_ms: BTreeMap<usize, f64>,
     /// Input form → median milliseconds of native `prepare`.
@@ -48,12 +54,12 @@ struct Floor {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let model = BareModel::load(&args.model, args.threads as usize)
+    let model = BareModel::load(&args.model, args.threads as usize, args.precision)
         .with_context(|| format!("cannot load {}", args.model.display()))?;
 
     let mut forward_ms = BTreeMap::new();
     for (batch, runs) in [(1, args.iterations), (16, args.iterations.div_ceil(4))] {
-        let input = BareModel::random_input(&[batch as i64, 8, 112, 112])?;
+        let input = model.random_input(&[batch as i64, 8, 112, 112])?;
         for _ in 0..3 {
             model.forward(&input)?;
         }
@@ -86,7 +92,8 @@ fn main() -> anyhow::Result<()> {
         prepare_ms.insert(form.clone(), ms);
     }
 
-    let floor = Floor { threads: args.threads, forward_ms, prepare_ms };
+    let floor =
+        Floor { threads: args.threads, precision: args.precision.to_string(), forward_ms, prepare_ms };
     std::fs::write(&args.out, serde_json::to_vec_pretty(&floor)?)?;
     println!("{}", serde_json::to_string(&floor)?);
     Ok(())

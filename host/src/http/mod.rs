@@ -174,6 +174,7 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
                 version: &model.manifest.version,
                 sha256: &model.sha256,
                 device: model.device.to_string(),
+                precision: model.precision.name(),
             });
         }
         for (name, g) in set.live() {

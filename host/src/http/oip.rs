@@ -150,6 +150,7 @@ fn model_metadata(name: &str, target: &Target) -> serde_json::Value {
                 "platform": "pytorch_torchscript",
                 "inputs": m.inputs.iter().map(|t| tensor(&t.name, &t.dtype, &t.shape)).collect::<Vec<_>>(),
                 "outputs": m.outputs.iter().map(|t| tensor(&t.name, &t.dtype, &t.shape)).collect::<Vec<_>>(),
+                "parameters": {"device": model.device.to_string(), "precision": model.precision.name()},
             })
         }
         Target::Pipeline(guest) => json!({
@@ -161,7 +162,13 @@ fn model_metadata(name: &str, target: &Target) -> serde_json::Value {
                 tensor(LABEL, "BYTES", &[1]),
                 tensor(SCORES, "FP32", &[1, guest.info.labels.len() as i64]),
             ],
-            "parameters": {"labels": guest.info.labels.join(","), "guest": guest.name},
+            "parameters": {
+                "labels": guest.info.labels.join(","),
+                "guest": guest.name,
+                "model": guest.model.name(),
+                "device": guest.model.device.to_string(),
+                "precision": guest.model.precision.name(),
+            },
         }),
     }
 }

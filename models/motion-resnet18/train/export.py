@@ -9,7 +9,17 @@ import hashlib
 import torch
 
 import scenes
-from train import CACHE, HELDOUT_SEED, LABELS, MODEL_DIR, Config, generator_digest, phases
+from train import (
+    CACHE,
+    HELDOUT_SEED,
+    LABELS,
+    MODEL_DIR,
+    Config,
+    generator_digest,
+    phases,
+    recorded_precision,
+    write_precision_table,
+)
 
 NAME = "motion-resnet18"
 VERSION = "1.0.0"
@@ -102,5 +112,7 @@ confusion = [
 {per_class}
 '''
     )
+    if (record := recorded_precision(digest)) is not None:
+        write_precision_table(record)
     print(f"export: wrote {path} ({path.stat().st_size} bytes, sha256 {digest}) and model.toml", flush=True)
     print(f"export: cached inputs and checkpoints stay in {CACHE}", flush=True)

@@ -5,6 +5,7 @@
     python train.py fit        # train from the caches (checkpoints; a stopped run resumes)
     python train.py evaluate   # held-out accuracy, per-class accuracy, confusion matrix PNG
     python train.py export     # TorchScript model.pt and model.toml beside make_model.py
+    python train.py precision  # held-out top-1 of model.pt at fp32, bf16 and fp16, into model.toml
 
 Clips come from scenes.py: the training set from seeds 0.. and the photographs in
 TRAIN_PHOTOS, the held-out set from seeds 1,000,000,000.. and HELDOUT_PHOTOS. Each clip is
@@ -104,9 +105,10 @@ def shard_paths(split: str, clips: int) -> list[tuple[str, int, int, str]]:
     ]
 
 
-def render(cfg: Config) -> None:
+def render(cfg: Config, splits: tuple[str, ...] = ("heldout", "train")) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
-    jobs = [j for split, n in (("heldout", cfg.heldout_clips), ("train", cfg.train_clips)) for j in shard_paths(split, n)]
+    sizes = {"heldout": cfg.heldout_clips, "train": cfg.train_clips}
+    jobs = [j for split in splits for j in shard_paths(split, sizes[split])]
     todo = [j for j in jobs if not os.path.exists(j[3])]
     # One thread per worker, for numpy's BLAS too: the workers already fill the cores.
     os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = "1"
@@ -311,6 +313,58 @@ def evaluate(cfg: Config) -> dict:
     return report
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_TABLE = "[evaluation.precision]"
+
+
+def precision(cfg: Config) -> dict:
+    """Held-out top-1 of the exported model.pt, the file the server loads, with its weights and
+    input cast to each precision the server offers (`--precision`) the way the server casts them:
+    the server refuses a precision with no recorded accuracy here, or one more than 0.5 points
+    below fp32's. Written into model.toml's [evaluation.precision] and kept in the cache, keyed
+    by the file's sha256, so a later export keeps it."""
+    torch.set_num_threads(cfg.threads)
+    path = MODEL_DIR / "model.pt"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    render(cfg, ("heldout",))
+    x, y = load("heldout", cfg.heldout_clips)
+    top1 = {}
+    for name, dtype in PRECISIONS.items():
+        model = torch.jit.load(str(path)).eval().to(dtype)
+        start = time.time()
+        with torch.inference_mode():
+            guess = torch.cat([model(x[i : i + 64].to(dtype)).float().argmax(1) for i in range(0, len(x), 64)])
+        top1[name] = (guess == y).float().mean().item()
+        print(f"precision: {name} top-1 {top1[name]:.4f} on {len(y)} held-out clips ({time.time() - start:.0f} s)", flush=True)
+    record = {"sha256": digest, "clips": len(y), "top1": top1}
+    (CACHE / "precision.json").write_text(json.dumps(record, indent=1))
+    write_precision_table(record)
+    return record
+
+
+def write_precision_table(record: dict) -> None:
+    """Puts `record` into model.toml as its last table, replacing an earlier one."""
+    manifest = MODEL_DIR / "model.toml"
+    text = manifest.read_text()
+    text = text.split("\n" + PRECISION_TABLE + "\n")[0].rstrip("\n") + "\n"
+    rows = "\n".join(f"{name} = {value:.4f}" for name, value in record["top1"].items())
+    text += (
+        f"\n{PRECISION_TABLE}\n"
+        f"# Held-out top-1 of model.pt with weights and input cast to each precision (train.py precision).\n"
+        f"{rows}\n"
+    )
+    manifest.write_text(text)
+
+
+def recorded_precision(digest: str) -> dict | None:
+    """The cached precision evaluation, if it was made of the model file with `digest`."""
+    try:
+        record = json.loads((CACHE / "precision.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("sha256") == digest else None
+
+
 def plot_confusion(confusion: torch.Tensor, top1: float, path: pathlib.Path) -> None:
     import matplotlib
 
@@ -337,7 +391,7 @@ def plot_confusion(confusion: torch.Tensor, top1: float, path: pathlib.Path) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("all", "render", "fit", "evaluate", "export"))
+    parser.add_argument("stage", choices=("all", "render", "fit", "evaluate", "export", "precision"))
     for field in dataclasses.fields(Config):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
     args = parser.parse_args()
@@ -352,6 +406,8 @@ def main() -> None:
         import export
 
         export.export(cfg, trained(cfg)[0], json.loads((CACHE / "evaluation.json").read_text()))
+    if args.stage in ("all", "precision"):
+        precision(cfg)
 
 
 if __name__ == "__main__":
