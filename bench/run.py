@@ -1,10 +1,13 @@
-"""Races motion-host against the Python service it replaces, on this machine, in one run.
+"""Races motion-host against the Python service it replaces and against Triton Inference
+Server, on this machine, in one run.
 
 Started by bench/run (which builds everything and installs the Python side). It makes the
 benchmark clip, times the floor (a bare tch forward pass and the guest's preprocessing
-compiled natively), then starts each server in turn over TLS and drives it with the compiled
-load generator at each concurrency, with the clip as multipart PNG frames and as Y4M. It prints
-one table, checks the targets, and writes bench/results/<machine>.json and .png.
+compiled natively), then starts each server in turn and drives it with the compiled load
+generator at each concurrency, with the clip as multipart PNG frames and as Y4M: motion-host and
+the Python service over TLS on /v1/classify, Triton (which has no TLS on HTTP) over plain HTTP
+on /v2/models/motion/infer with the clip as a BYTES input in the binary tensor extension. It
+prints one table, checks the targets, and writes bench/results/<machine>.json and .png.
 """
 
 import argparse
@@ -125,21 +128,21 @@ def tree_peak_rss_kib(pid: int) -> int:
 
 
 class Server:
-    def __init__(self, name: str, label: str, argv: list, env: dict, port: int, cwd, logfile):
-        self.name, self.label, self.port = name, label, port
+    def __init__(self, name: str, label: str, argv: list, env: dict, port: int, cwd, logfile, health: str):
+        self.name, self.label, self.port, self.health = name, label, port, health
         self.log = open(logfile, "wb")
         self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
 
     def wait_healthy(self, ca: pathlib.Path, timeout: float = 120) -> float:
         started = time.monotonic()
-        context = ssl.create_default_context(cafile=str(ca))
+        secure = self.health.startswith("https:")
+        context = ssl.create_default_context(cafile=str(ca)) if secure else None
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
                 raise SystemExit(f"{self.label} exited with {self.process.returncode}; see {self.log.name}")
             try:
-                with urllib.request.urlopen(f"https://localhost:{self.port}/health", context=context,
-                                            timeout=2) as answer:
+                with urllib.request.urlopen(self.health, context=context, timeout=2) as answer:
                     if answer.status == 200:
                         return time.monotonic() - started
             except OSError:
@@ -157,8 +160,67 @@ class Server:
         self.log.close()
 
 
+def classify_client(port: int, form: str, clip: dict, work: pathlib.Path) -> dict:
+    """How the load generator asks motion-host and the Python service: /v1/classify over TLS."""
+    body, content_type = clip["forms"][form]
+    return {"url": f"https://localhost:{port}/v1/classify", "body": body, "content_type": content_type,
+            "headers": [], "health": f"https://localhost:{port}/health"}
+
+
+def triton_client(port: int, form: str, clip: dict, work: pathlib.Path) -> dict:
+    """How the load generator asks Triton: one /v2 inference request of the `motion` ensemble
+    with the clip as BYTES (the Y4M stream as one element, or each PNG frame as one), in the
+    binary tensor extension, as tritonclient sends it."""
+    elements = [p.read_bytes() for p in clip["pngs"]] if form == "png" else [clip["forms"]["y4m"][0].read_bytes()]
+    tensor = b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+    header = json.dumps({"inputs": [{"name": "media", "shape": [1, len(elements)], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(tensor)}}],
+                         "outputs": [{"name": "scores", "parameters": {"binary_data": False}}]}).encode()
+    body = work / f"triton-{form}.bin"
+    body.write_bytes(header + tensor)
+    return {"url": f"http://127.0.0.1:{port}/v2/models/motion/infer", "body": body,
+            "content_type": "application/octet-stream", "headers": [f"Inference-Header-Content-Length:{len(header)}"],
+            "health": f"http://127.0.0.1:{port}/v2/health/ready"}
+
+
+def triton_install() -> dict | None:
+    """Where the Triton environment's server, libraries and packages are, asked of its Python
+    (MOTION_BENCH_TRITON_PYTHON, which bench/run sets): it has a virtual environment apart from
+    the Python service's, for nvidia-pytriton's numpy pin."""
+    python = os.environ.get("MOTION_BENCH_TRITON_PYTHON")
+    if not python or not pathlib.Path(python).exists():
+        return None
+    probe = ("import json, pathlib, site, sys, pytriton; p = pathlib.Path(pytriton.__file__).parent; "
+             "print(json.dumps({'server': str(p / 'tritonserver'), 'libs': str(p.parent / 'nvidia_pytriton.libs'), "
+             "'site': site.getsitepackages(), 'version': f'{sys.version_info.major}.{sys.version_info.minor}'}))")
+    return json.loads(subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True).stdout)
+
+
+def triton_backends(install: dict, work: pathlib.Path) -> pathlib.Path:
+    """A backend directory for tritonserver: the wheel's Python backend, with the stub built for
+    the environment's Python where the backend looks for it."""
+    server = pathlib.Path(install["server"])
+    python = work / "triton-backends" / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    stub = server / "python_backend_stubs" / install["version"] / "triton_python_backend_stub"
+    for link, target in ((python / stub.name, stub),
+                         *((python / f.name, f) for f in (server / "backends" / "python").iterdir())):
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    return python.parent
+
+
+def cpu_has_bf16() -> bool:
+    """Whether motion-host may run --precision bf16 on this CPU (as it checks: /proc/cpuinfo)."""
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
+    return False
+
+
 def server_configs(args, certs: pathlib.Path, threads: int) -> list:
-    """(name, label, start) for each server the run races."""
+    """(name, label, start, client) for each server the run races: `start(port, logfile)` gives
+    its argv, environment and directory, `client(port, form, clip, work)` how to ask it."""
     host = str(RELEASE / "motion-host")
     tls = ["--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key")]
     model = ROOT / "models" / "motion-resnet18" / "model.pt"
@@ -181,15 +243,38 @@ def server_configs(args, certs: pathlib.Path, threads: int) -> list:
             return argv, env, BENCH / "baseline"
         return start
 
+    def triton(install: dict):
+        def start(port, logfile):
+            server, work = pathlib.Path(install["server"]), logfile.parent
+            argv = [str(server / "bin" / "tritonserver"), f"--model-repository={BENCH / 'triton' / 'models'}",
+                    f"--backend-directory={triton_backends(install, work)}", f"--http-port={port}",
+                    "--http-address=127.0.0.1", "--allow-grpc=false", "--allow-metrics=false", "--log-verbose=0"]
+            libs = [install["libs"], os.environ.get("LD_LIBRARY_PATH", "")]
+            env = dict(os.environ, MOTION_TRITON_MODEL=str(model), MOTION_TRITON_TORCH_THREADS=str(threads),
+                       MOTION_TRITON_PATH=os.pathsep.join([*install["site"], str(BENCH / "baseline")]),
+                       LD_LIBRARY_PATH=os.pathsep.join(filter(None, libs)))
+            return argv, env, work
+        return start
+
     configs = [
-        ("motion-host", "motion-host", motion_host([])),
-        ("motion-host-unbatched", "motion-host, --max-batch-size 1", motion_host(["--max-batch-size", "1"])),
+        ("motion-host", "motion-host", motion_host([]), classify_client),
+        *([("motion-host-bf16", "motion-host, --precision bf16", motion_host(["--precision", "bf16"]),
+            classify_client)] if cpu_has_bf16() else []),
+        ("motion-host-unbatched", "motion-host, --max-batch-size 1", motion_host(["--max-batch-size", "1"]),
+         classify_client),
     ]
     if not args.skip_python:
         configs += [
-            ("python-1x2", f"Python, 1 worker x {threads} threads", python(1, threads)),
-            ("python-2x1", f"Python, {max(2, threads)} workers x 1 thread", python(max(2, threads), 1)),
+            ("python-1x2", f"Python, 1 worker x {threads} threads", python(1, threads), classify_client),
+            ("python-2x1", f"Python, {max(2, threads)} workers x 1 thread", python(max(2, threads), 1),
+             classify_client),
         ]
+    if not args.skip_triton:
+        install = triton_install()
+        if install:
+            configs.append(("triton", "Triton, Python backend, dynamic batching", triton(install), triton_client))
+        else:
+            log("Triton is not installed (MOTION_BENCH_TRITON_PYTHON): racing without it")
     return [c for c in configs if not args.only or c[0] in args.only]
 
 
@@ -215,7 +300,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client counts")
     parser.add_argument("--device", default="cpu", help="motion-host's --device (cpu, cuda, auto)")
     parser.add_argument("--only", nargs="*", help="run only these servers (names as in the table)")
-    parser.add_argument("--skip-python", action="store_true", help="race motion-host with itself only")
+    parser.add_argument("--skip-python", action="store_true", help="leave the Python service out")
+    parser.add_argument("--skip-triton", action="store_true", help="leave Triton out")
     parser.add_argument("--runs", type=int, default=1,
                         help="full runs, one after another; with more than one, each is written as "
                              "<tag>-run<N> and a target counts as met if it is in the median run")
@@ -256,23 +342,32 @@ def race(args, threads: int) -> dict:
                     "--y4m", str(clip["forms"]["y4m"][0]), "--out", str(floor_json)],
                    check=True, stdout=subprocess.DEVNULL)
     floor = json.loads(floor_json.read_text())
+    if cpu_has_bf16():
+        subprocess.run([str(RELEASE / "floor"), "--model", str(ROOT / "models/motion-resnet18/model.pt"),
+                        "--threads", str(threads), "--precision", "bf16", "--out", str(work / "floor-bf16.json")],
+                       check=True, stdout=subprocess.DEVNULL)
+        floor["forward_bf16_ms"] = json.loads((work / "floor-bf16.json").read_text())["forward_ms"]
+    else:
+        log("this CPU has neither avx512_bf16 nor amx_bf16: no bf16 row")
 
     runs, servers = [], {}
-    for name, label, start in server_configs(args, certs, threads):
-        for form, (body, content_type) in clip["forms"].items():
+    for name, label, start, client in server_configs(args, certs, threads):
+        for form in clip["forms"]:
             port = free_port()
             logfile = work / f"{name}-{form}.log"
             argv, env, cwd = start(port, logfile)
+            ask = client(port, form, clip, work)
             log(f"{label}: starting for {form}")
-            server = Server(name, label, argv, env, port, cwd, logfile)
+            server = Server(name, label, argv, env, port, cwd, logfile, ask["health"])
             try:
                 healthy_s = server.wait_healthy(certs / "tls.crt")
-                servers[name] = {"label": label, "argv": argv, "start_to_healthy_s": round(healthy_s, 2)}
+                servers[name] = {"label": label, "argv": argv, "url": ask["url"],
+                                 "start_to_healthy_s": round(healthy_s, 2)}
                 for c in levels:
                     out = work / f"{name}-{form}-c{c}.json"
-                    subprocess.run([str(RELEASE / "loadgen"), "run", "--url",
-                                    f"https://localhost:{port}/v1/classify", "--body", str(body),
-                                    "--content-type", content_type, "--ca", str(certs / "tls.crt"),
+                    headers = sum((["--header", h] for h in ask["headers"]), [])
+                    subprocess.run([str(RELEASE / "loadgen"), "run", "--url", ask["url"], "--body", str(ask["body"]),
+                                    "--content-type", ask["content_type"], *headers, "--ca", str(certs / "tls.crt"),
                                     "-c", str(c), "--warmup", str(args.warmup), "--duration",
                                     str(args.duration), "--out", str(out)], check=True)
                     result = json.loads(out.read_text())
@@ -428,12 +523,17 @@ def table(results: dict) -> str:
              f"device {results['device']}",
              f"clip: {FRAMES} frames {WIDTH}x{HEIGHT}, multipart PNG {results['clip']['bytes']['png']} bytes, "
              f"Y4M {results['clip']['bytes']['y4m']} bytes; stage times are means in ms as each server reports them",
+             "motion-host and Python answer /v1/classify over TLS; Triton (no TLS on HTTP) answers "
+             "/v2/models/motion/infer over plain HTTP, the clip as a BYTES input",
              "", line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     lines += [line(row) for row in rows]
     lines += ["", f"floor: bare forward {floor['forward_ms']['1']:.1f} ms at batch 1, "
                   f"{floor['forward_ms']['16']:.1f} ms at batch 16 ({floor['forward_ms']['16'] / 16:.1f} ms a row); "
                   f"native preprocessing {floor['prepare_ms']['png']:.2f} ms (PNG), "
                   f"{floor['prepare_ms']['y4m']:.2f} ms (Y4M)",
+              *([f"bf16 floor: bare forward {floor['forward_bf16_ms']['1']:.1f} ms at batch 1, "
+                 f"{floor['forward_bf16_ms']['16']:.1f} ms at batch 16 (the limit and targets stay at fp32)"]
+                if "forward_bf16_ms" in floor else []),
               f"limit (1000 / (forward at 16 / 16 + native preprocessing / {m['cpus']} cores)): "
               f"{limit_rps(results, 'png'):.1f} req/s (PNG), {limit_rps(results, 'y4m'):.1f} req/s (Y4M); "
               "'of limit' is each point's share of it", ""]
@@ -466,7 +566,7 @@ def plot(results: dict, path: pathlib.Path) -> None:
     right.set_yscale("log")
     left.legend(fontsize=7)
     m = results["machine"]
-    fig.suptitle(f"motion-host vs the Python baseline - {m['cpu']}, {m['cpus']} CPUs, {results['date'][:10]}", fontsize=10)
+    fig.suptitle(f"motion-host vs the Python service and Triton - {m['cpu']}, {m['cpus']} CPUs, {results['date'][:10]}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

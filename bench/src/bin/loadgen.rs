@@ -5,6 +5,8 @@
 //!
 //!     loadgen cert --dir DIR          # a self-signed localhost certificate (tls.crt, tls.key)
 //!     loadgen run --url URL --body FILE --content-type TYPE --ca tls.crt -c 16 --out r.json
+//!     loadgen run --url http://127.0.0.1:8000/v2/models/motion/infer --body req.bin \
+//!         --content-type application/octet-stream --header Inference-Header-Content-Length:151 ...
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,6 +45,10 @@ struct RunArgs {
     body: PathBuf,
     #[arg(long)]
     content_type: String,
+    /// Another request header, `NAME:VALUE`, repeatable (e.g. Triton's
+    /// `Inference-Header-Content-Length` for the binary tensor extension).
+    #[arg(long = "header", value_name = "NAME:VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
     /// The certificate to trust (the server's own, self-signed).
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -130,7 +136,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Shared, so each request's body is a reference count, not a copy.
     let bytes = Bytes::from(bytes);
 
+    // Every request carries the same headers: the content type and any --header.
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in std::iter::once(("content-type", args.content_type.as_str()))
+        .chain(args.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+    {
+        headers.insert(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .with_context(|| format!("bad header name '{name}'"))?,
+            reqwest::header::HeaderValue::from_str(value).with_context(|| format!("bad value for {name}"))?,
+        );
+    }
     let mut builder = reqwest::Client::builder()
+        .default_headers(headers)
         .http1_only()
         .no_proxy()
         .pool_max_idle_per_host(args.concurrency)
@@ -146,9 +164,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stop_at = measure_from + Duration::from_secs_f64(args.duration);
     let clients: Vec<_> = (0..args.concurrency)
         .map(|_| {
-            let (client, bytes, url, content_type) =
-                (client.clone(), bytes.clone(), args.url.clone(), args.content_type.clone());
-            tokio::spawn(async move { drive(client, bytes, url, content_type, measure_from, stop_at).await })
+            let (client, bytes, url) = (client.clone(), bytes.clone(), args.url.clone());
+            tokio::spawn(async move { drive(client, bytes, url, measure_from, stop_at).await })
         })
         .collect();
     let mut seen = Seen::default();
@@ -184,7 +201,6 @@ async fn drive(
     client: reqwest::Client,
     body: Bytes,
     url: String,
-    content_type: String,
     measure_from: Instant,
     stop_at: Instant,
 ) -> Seen {
@@ -194,7 +210,7 @@ async fn drive(
         if sent >= stop_at {
             return seen;
         }
-        let answer = client.post(&url).header("content-type", &content_type).body(body.clone()).send().await;
+        let answer = client.post(&url).body(body.clone()).send().await;
         let outcome = match answer {
             Ok(response) => {
                 let status = response.status();
@@ -279,6 +295,11 @@ fn summarise(args: &RunArgs, body_bytes: usize, mut seen: Seen) -> Report {
         mean_batch_size: (!seen.batch_sizes.is_empty()).then(|| mean(&seen.batch_sizes)),
         inference_per_row_ms: (!seen.inference_per_row.is_empty()).then(|| mean(&seen.inference_per_row)),
     }
+}
+
+fn parse_header(spec: &str) -> Result<(String, String), String> {
+    let (name, value) = spec.split_once(':').ok_or_else(|| format!("'{spec}' is not NAME:VALUE"))?;
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
 /// The `q` quantile of sorted values (nearest rank).
