@@ -38,20 +38,14 @@ fn main() -> ExitCode {
 /// Buffers under 32 MiB (request bodies, what guests hand over, and libtorch's activations,
 /// up to 13 MB each at batch 16) come from glibc's heap, where the next request reuses them.
 /// Given their own mappings instead, every forward pass faulted in fresh pages for every
-/// activation and ran at half its speed (measured: 15–17 ms a row against 7–9 ms). Nor does
-/// free() give the top of a heap back while the server works: at glibc's default trim
-/// threshold (128 KiB, which a fixed mmap threshold leaves in place) each pass's activations
-/// were handed back as it ended and faulted in again by the next, which ran 15–25 % slower a
-/// row under load than the bare pass (10.4–12.1 ms against 9.0–9.9; untrimmed, 8.9–9.6). The
-/// heap is handed back once work stops (`AppState::trim_when_idle`, `malloc_trim`, which
-/// ignores the threshold).
+/// activation and ran at half its speed (measured: 15–17 ms a row against 7–9 ms). The fixed
+/// threshold also stops glibc from raising it and its trim threshold after each large free;
+/// the heap is handed back once work stops (`AppState::trim_when_idle`).
 fn keep_large_buffers_in_the_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called once, before other threads start.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        // -1: free() never trims.
-        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
     }
 }
 
