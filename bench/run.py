@@ -336,17 +336,15 @@ def race(args, threads: int) -> dict:
     clip = make_clip(work)
 
     log("timing the floor: bare forward pass and native preprocessing")
-    floor_json = work / "floor.json"
-    subprocess.run([str(RELEASE / "floor"), "--model", str(ROOT / "models/motion-resnet18/model.pt"),
-                    "--threads", str(threads), *sum((["--png", str(p)] for p in clip["pngs"]), []),
-                    "--y4m", str(clip["forms"]["y4m"][0]), "--out", str(floor_json)],
-                   check=True, stdout=subprocess.DEVNULL)
-    floor = json.loads(floor_json.read_text())
-    if cpu_has_bf16():
+    def time_floor(out: pathlib.Path, *extra: str) -> dict:
         subprocess.run([str(RELEASE / "floor"), "--model", str(ROOT / "models/motion-resnet18/model.pt"),
-                        "--threads", str(threads), "--precision", "bf16", "--out", str(work / "floor-bf16.json")],
-                       check=True, stdout=subprocess.DEVNULL)
-        floor["forward_bf16_ms"] = json.loads((work / "floor-bf16.json").read_text())["forward_ms"]
+                        "--threads", str(threads), *extra, "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
+
+    floor = time_floor(work / "floor.json", *sum((["--png", str(p)] for p in clip["pngs"]), []),
+                       "--y4m", str(clip["forms"]["y4m"][0]))
+    if cpu_has_bf16():
+        floor["forward_bf16_ms"] = time_floor(work / "floor-bf16.json", "--precision", "bf16")["forward_ms"]
     else:
         log("this CPU has neither avx512_bf16 nor amx_bf16: no bf16 row")
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tch::{CModule, Device, Kind, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::device::DeviceKind;
 use crate::error::BackendError;
 use crate::manifest::{Manifest, TensorSpec};
 use crate::precision::Precision;
@@ -24,32 +25,6 @@ use crate::precision::Precision;
 /// Hears of every forward pass: the model's name and the rows it ran (for a batch-size
 /// histogram, which the caller keeps).
 pub type BatchObserver = Arc<dyn Fn(&str, usize) + Send + Sync>;
-
-/// Where a model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceKind {
-    Cpu,
-    Cuda(usize),
-}
-
-impl std::fmt::Display for DeviceKind {
-    /// `cpu`, or `cuda:N`: how `--device` names it.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DeviceKind::Cpu => f.write_str("cpu"),
-            DeviceKind::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
-impl DeviceKind {
-    fn tch(self) -> Device {
-        match self {
-            DeviceKind::Cpu => Device::Cpu,
-            DeviceKind::Cuda(n) => Device::Cuda(n),
-        }
-    }
-}
 
 /// Most rows one caller may send in one call.
 pub const MAX_ROWS_PER_CALL: u32 = 64;

@@ -6,15 +6,17 @@
 //! in its public API (`tests/layers.rs` holds both).
 
 mod backend;
+mod device;
 mod error;
 mod manifest;
 mod precision;
 mod registry;
 
 pub use backend::{
-    BareInput, BareModel, BatchObserver, DeviceChoice, DeviceKind, Expected, Input, Model, Output, Tuning,
+    BareInput, BareModel, BatchObserver, DeviceChoice, Expected, Input, Model, Output, Tuning,
 };
+pub use device::DeviceKind;
 pub use error::{BackendError, ModelError};
 pub use manifest::{Manifest, TensorSpec};
-pub use precision::{MAX_TOP1_LOSS, Precision, cpu_flags};
+pub use precision::Precision;
 pub use registry::ModelRegistry;

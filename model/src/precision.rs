@@ -7,10 +7,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::backend::DeviceKind;
+use crate::device::DeviceKind;
 
 /// Most a precision's recorded top-1 may fall below fp32's: half a point.
-pub const MAX_TOP1_LOSS: f64 = 0.005;
+pub(crate) const MAX_TOP1_LOSS: f64 = 0.005;
 
 /// CPU flags that give bf16 a native dot product; either is enough.
 const CPU_BF16_FLAGS: [&str; 2] = ["avx512_bf16", "amx_bf16"];
@@ -112,7 +112,7 @@ impl FromStr for Precision {
 }
 
 /// The first CPU's flags from `/proc/cpuinfo` (empty where it cannot be read).
-pub fn cpu_flags() -> String {
+pub(crate) fn cpu_flags() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     info.lines()
         .find_map(|line| {
