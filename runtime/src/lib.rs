@@ -53,7 +53,7 @@ use bindings::motion::guest::types as wit;
 use cpu::Cores;
 use error::Stop;
 use fuel::FuelRefusal;
-use limits::MAX_GUEST_MEMORIES;
+use limits::{MAX_GUEST_MEMORIES, MemoryReset};
 use motion_model::{Expected, Model, ModelRegistry};
 use store::State;
 
@@ -92,12 +92,22 @@ impl Runtime {
         concurrency: u32,
         cache_dir: Option<PathBuf>,
     ) -> anyhow::Result<Runtime> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        config
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(limits::pooling(&limits, concurrency)));
-        let engine = Engine::new(&config)?;
+        let engine = |reset| {
+            let mut config = Config::new();
+            config.wasm_component_model(true);
+            config.epoch_interruption(true);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(limits::pooling(
+                &limits,
+                concurrency,
+                reset,
+            )));
+            Engine::new(&config)
+        };
+        // Wasmtime refuses the first where the kernel has no PAGEMAP_SCAN (before Linux 6.7).
+        let engine = engine(MemoryReset::KeepDirtyPages).or_else(|e| {
+            tracing::info!(reason = %e, "guest memory is handed back to the kernel after each request");
+            engine(MemoryReset::HandBack)
+        })?;
 
         let mut linker = Linker::new(&engine);
         store::add_to_linker(&mut linker)?;
