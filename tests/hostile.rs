@@ -249,3 +249,26 @@ fn a_full_model_queue_answers_503_overloaded() {
     assert!(overloaded > 0, "32 simultaneous requests never filled a queue of 1");
     assert_eq!(json(server.get("/health")).0, 200);
 }
+
+#[test]
+fn a_guest_never_sees_what_an_earlier_request_left_in_its_memory() {
+    // A pool slot keeps the pages its last guest dirtied resident for the next one (reset in
+    // place): each round stashes a pattern across 4 MiB and then, in new instances, scans the
+    // whole linear memory for it.
+    let hostile = test_guest("hostile");
+    let server = ServerBuilder::new().arg(&format!("--guest=hostile={}", hostile.display())).start();
+    let r = post_attack(&server, "stash-and-look secret-0");
+    let body = assert_error(r, 422, "unprocessable_media", &["stashed and found: "]);
+    let found: usize =
+        body["error"]["message"].as_str().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(found > 1000, "the scan found its own request's stash only {found} times: {body}");
+    for round in 0..5 {
+        let secret = format!("secret-{round}");
+        let (status, body) = json(post_attack(&server, &format!("stash {secret}")));
+        assert_eq!(status, 200, "{body}");
+        for _ in 0..3 {
+            let r = post_attack(&server, &format!("leftovers {secret}"));
+            assert_error(r, 422, "unprocessable_media", &["leftovers: 0"]);
+        }
+    }
+}

@@ -11,9 +11,9 @@ pub(crate) const MAX_GUEST_MEMORIES: u32 = 2;
 /// Guest instances alive at once beyond the requests in flight: validations and self-tests.
 const SPARE_INSTANCES: u32 = 16;
 /// Bytes of linear memory a pool slot keeps resident for its next guest, where the kernel lets
-/// wasmtime find the pages a guest dirtied (`PAGEMAP_SCAN`, Linux 6.7). The benchmark clip's
-/// requests touch 3.6–3.7 MiB of the default guest's memory.
-const LINEAR_MEMORY_KEEP_RESIDENT: usize = 16 << 20;
+/// wasmtime find the pages a guest dirtied (`PAGEMAP_SCAN`, Linux 6.7): as much as the default
+/// guest starts with. The benchmark clip's requests touch 3.6–3.7 MiB of it.
+const LINEAR_MEMORY_KEEP_RESIDENT: usize = 8 << 20;
 
 /// Per-request limits on a guest; each names the flag that sets it.
 #[derive(Debug, Clone)]
@@ -170,5 +170,11 @@ pub(crate) fn pooling(limits: &Limits, concurrency: u32, reset: MemoryReset) -> 
     if reset == MemoryReset::KeepDirtyPages {
         pool.linear_memory_keep_resident(LINEAR_MEMORY_KEEP_RESIDENT).pagemap_scan(Enabled::Yes);
     }
+    // A guest takes the slot its module used last, else the least recently used warm slot of
+    // another module, and a never-used slot only when every used one is busy: the slots ever
+    // used, and the memory they keep resident, follow the most guests alive at once, not how
+    // many the server has run (wasmtime's default prefers never-used slots, so over a long run
+    // every slot of the pool would come to keep its share).
+    pool.max_unused_warm_slots(0);
     pool
 }

@@ -149,6 +149,27 @@ mod component {
                 }
                 honest(top_k)
             }
+            "stash" => {
+                // Leaves a pattern across 4 MiB of memory for the next request to look for.
+                let pattern = leftover_pattern(arg);
+                let stash: Vec<u8> = pattern.iter().copied().cycle().take(4 << 20).collect();
+                std::hint::black_box(&stash);
+                honest(top_k)
+            }
+            "leftovers" => {
+                // Grows memory over where an earlier instance's stash lay before looking.
+                core::arch::wasm32::memory_grow(0, 128);
+                let found = leftovers(&leftover_pattern(arg));
+                Err(Error::BadInput(format!("leftovers: {found}")))
+            }
+            "stash-and-look" => {
+                // The scan's own check: what this request stashed, it finds.
+                let pattern = leftover_pattern(arg);
+                let stash: Vec<u8> = pattern.iter().copied().cycle().take(1 << 20).collect();
+                std::hint::black_box(&stash);
+                let found = leftovers(&pattern);
+                Err(Error::BadInput(format!("stashed and found: {found}")))
+            }
             "sleep" => {
                 let ms: u64 = arg.parse().unwrap_or(1000);
                 std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -156,6 +177,29 @@ mod component {
             }
             _ => honest(top_k),
         }
+    }
+
+    /// What `stash` writes for `arg`: not the bytes of the request that names it, so a scan
+    /// does not find the request's own copy.
+    fn leftover_pattern(arg: &str) -> Vec<u8> {
+        arg.bytes().map(|b| !b).collect()
+    }
+
+    /// How many times `pattern` lies anywhere in this instance's linear memory, besides the
+    /// `pattern` buffer itself: a memory holding what an earlier request wrote would show it.
+    fn leftovers(pattern: &[u8]) -> usize {
+        if pattern.is_empty() {
+            return 0;
+        }
+        let size = core::arch::wasm32::memory_size(0) * 65536;
+        let own = pattern.as_ptr() as usize;
+        // SAFETY: every address below the memory's size is readable in wasm; the reads are
+        // volatile so the compiler assumes nothing about what they return.
+        let byte = |at: usize| unsafe { std::ptr::read_volatile(at as *const u8) };
+        (1..size.saturating_sub(pattern.len()))
+            .filter(|&at| at != own && byte(at) == pattern[0])
+            .filter(|&at| (1..pattern.len()).all(|i| byte(at + i) == pattern[i]))
+            .count()
     }
 
     #[inline(never)]
