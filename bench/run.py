@@ -546,15 +546,19 @@ def plot(results: dict, path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for server, info in results["servers"].items():
+    # One colour a server, one line style a clip: with more servers than the default cycle's
+    # ten colours, two servers would otherwise share one.
+    colours = plt.get_cmap("tab10")
+    for index, (server, info) in enumerate(results["servers"].items()):
         for form, style in (("png", "-o"), ("y4m", "--s")):
             runs = sorted((r for r in results["runs"] if r["server"] == server and r["form"] == form),
                           key=lambda r: r["concurrency"])
             if not runs:
                 continue
             c = [r["concurrency"] for r in runs]
-            left.plot(c, [r["requests_per_s"] for r in runs], style, label=f"{info['label']} ({form})")
-            right.plot(c, [r["latency_ms"]["p99"] for r in runs], style, label=f"{info['label']} ({form})")
+            colour = colours(index % colours.N)
+            left.plot(c, [r["requests_per_s"] for r in runs], style, color=colour, label=f"{info['label']} ({form})")
+            right.plot(c, [r["latency_ms"]["p99"] for r in runs], style, color=colour, label=f"{info['label']} ({form})")
     for ax, title, unit in ((left, "throughput", "requests/s"), (right, "p99 latency", "ms")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
