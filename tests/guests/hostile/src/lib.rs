@@ -151,9 +151,7 @@ mod component {
             }
             "stash" => {
                 // Leaves a pattern across 4 MiB of memory for the next request to look for.
-                let pattern = leftover_pattern(arg);
-                let stash: Vec<u8> = pattern.iter().copied().cycle().take(4 << 20).collect();
-                std::hint::black_box(&stash);
+                std::hint::black_box(stash(&leftover_pattern(arg), 4 << 20));
                 honest(top_k)
             }
             "leftovers" => {
@@ -165,9 +163,9 @@ mod component {
             "stash-and-look" => {
                 // The scan's own check: what this request stashed, it finds.
                 let pattern = leftover_pattern(arg);
-                let stash: Vec<u8> = pattern.iter().copied().cycle().take(1 << 20).collect();
-                std::hint::black_box(&stash);
+                let stashed = std::hint::black_box(stash(&pattern, 1 << 20));
                 let found = leftovers(&pattern);
+                drop(stashed);
                 Err(Error::BadInput(format!("stashed and found: {found}")))
             }
             "sleep" => {
@@ -183,6 +181,11 @@ mod component {
     /// does not find the request's own copy.
     fn leftover_pattern(arg: &str) -> Vec<u8> {
         arg.bytes().map(|b| !b).collect()
+    }
+
+    /// `bytes` of memory filled with `pattern` over and over.
+    fn stash(pattern: &[u8], bytes: usize) -> Vec<u8> {
+        pattern.iter().copied().cycle().take(bytes).collect()
     }
 
     /// How many times `pattern` lies anywhere in this instance's linear memory, besides the
