@@ -32,7 +32,7 @@ FROM ${RUST_IMAGE} AS builder
 COPY scripts/with-build-ca /usr/local/bin/with-build-ca
 RUN --mount=type=secret,id=ca_bundle with-build-ca sh -euc '\
     apt-get update; \
-    apt-get install -y --no-install-recommends g++ python3 python3-pip ca-certificates binutils; \
+    apt-get install -y --no-install-recommends g++ make python3 python3-pip ca-certificates binutils; \
     rm -rf /var/lib/apt/lists/*; \
     '
 WORKDIR /src
@@ -63,6 +63,8 @@ RUN --mount=type=secret,id=ca_bundle with-build-ca bash -eEuo pipefail -c '\
     cp LICENSE /out/licenses/LICENSE; \
     cp "$LIBTORCH/LICENSE.libtorch" /out/licenses/LICENSE.libtorch; \
     cp wit/deps/wasi-nn/README.md /out/licenses/LICENSE.wasi-nn-wit; \
+    cp "$(find "$CARGO_HOME/registry/src" -path "*/tikv-jemalloc-sys-*/jemalloc/COPYING" | head -n 1)" \
+        /out/licenses/LICENSE.jemalloc; \
     '
 
 # The CUDA libraries: libtorch's own (from the torch wheel) and the NVIDIA wheels torch pins
@@ -87,7 +89,7 @@ LABEL org.opencontainers.image.title="motion-host" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.source="https://github.com/motion-host/motion-host" \
-      org.opencontainers.image.licenses="Apache-2.0 AND BSD-3-Clause AND LicenseRef-NVIDIA-CUDA"
+      org.opencontainers.image.licenses="Apache-2.0 AND BSD-3-Clause AND BSD-2-Clause AND LicenseRef-NVIDIA-CUDA"
 RUN groupadd --system --gid 10001 motion \
     && useradd --system --uid 10001 --gid motion --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin motion
 COPY --from=cuda-libs /out/cuda-lib/ /opt/motion-host/lib/
@@ -118,7 +120,7 @@ LABEL org.opencontainers.image.title="motion-host" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.source="https://github.com/motion-host/motion-host" \
-      org.opencontainers.image.licenses="Apache-2.0 AND BSD-3-Clause"
+      org.opencontainers.image.licenses="Apache-2.0 AND BSD-3-Clause AND BSD-2-Clause"
 RUN groupadd --system --gid 10001 motion \
     && useradd --system --uid 10001 --gid motion --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin motion
 # Least often changed first: libraries, model, licences, guest, binary.

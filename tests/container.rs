@@ -208,7 +208,7 @@ fn the_image_is_lean_non_root_and_exec_form() {
     assert!(!listing.contains("not found"), "{listing}");
     assert!(listing.contains("libtorch_cpu.so => /opt/motion-host/lib/libtorch_cpu.so"), "{listing}");
     assert!(listing.contains("headers: 0"), "{listing}");
-    for licence in ["LICENSE", "LICENSE.libtorch", "LICENSE.wasi-nn-wit"] {
+    for licence in ["LICENSE", "LICENSE.libtorch", "LICENSE.wasi-nn-wit", "LICENSE.jemalloc"] {
         assert!(listing.lines().any(|l| l == licence), "licence {licence} missing: {listing}");
     }
 }

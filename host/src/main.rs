@@ -20,7 +20,6 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    keep_large_buffers_in_the_heap();
     match try_main() {
         Ok(code) => code,
         Err(e) => {
@@ -32,20 +31,6 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Buffers under 32 MiB (request bodies, what guests hand over, and libtorch's activations,
-/// up to 13 MB each at batch 16) come from glibc's heap, where the next request reuses them.
-/// Given their own mappings instead, every forward pass faulted in fresh pages for every
-/// activation and ran at half its speed (measured: 15–17 ms a row against 7–9 ms). The fixed
-/// threshold also stops glibc from raising it and its trim threshold after each large free;
-/// the heap is handed back once work stops (`AppState::trim_when_idle`).
-fn keep_large_buffers_in_the_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called once, before other threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
     }
 }
 

@@ -51,7 +51,6 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         min_upload_rate = args.min_upload_rate,
         "connection limits"
     );
-    tokio::spawn(Arc::clone(&connections).trim_after_bursts());
     let service = Service::new();
     let app = AppState::new(
         Arc::clone(&service),
@@ -66,7 +65,6 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
             allow_insecure_admin: args.allow_insecure_admin,
         },
     );
-    tokio::spawn(Arc::clone(&app).trim_when_idle());
     let router = http::router(Arc::clone(&app));
     let handle = Handle::new();
     let mut servers = tokio::task::JoinSet::new();

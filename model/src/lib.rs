@@ -9,6 +9,7 @@ mod backend;
 mod device;
 mod error;
 mod manifest;
+mod memory;
 mod precision;
 mod registry;
 

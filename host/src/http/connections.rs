@@ -16,9 +16,6 @@
 //! bytes: when it passes, a read returns end-of-file and a write fails, and hyper closes the
 //! connection. The per-connection service is wrapped ([`TrackedService`]) to count requests in
 //! progress and to hand the handlers the connection's [`Conn`] (for the health-only mode).
-//!
-//! After a flood of connections closes, the allocator is asked to return freed memory to the
-//! system ([`Connections::trim_after_bursts`]).
 
 use std::collections::HashMap;
 use std::future::{Future, Ready};
@@ -89,8 +86,6 @@ pub struct Connections {
     limits: ConnectionLimits,
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// The most connections open since the allocator was last trimmed.
-    peak: AtomicUsize,
     epoch: Instant,
 }
 
@@ -116,14 +111,8 @@ impl Connections {
             limits,
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
-            peak: AtomicUsize::new(0),
             epoch: Instant::now(),
         })
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::SeqCst)
     }
 
     fn now_ms(&self) -> u64 {
@@ -152,30 +141,8 @@ impl Connections {
             drop(conn);
             return Err(Refusal::Full);
         }
-        self.peak.fetch_max(open, Ordering::SeqCst);
         crate::metrics::METRICS.connections_open.set(open as i64);
         Ok(Arc::new(conn))
-    }
-
-    /// Every second: once a burst of connections has mostly closed (at least 256 gone, and
-    /// fewer than half of its peak left), returns the allocator's freed memory to the system.
-    /// glibc keeps freed heap for reuse; a flood's connection buffers would otherwise keep the
-    /// resident size up long after they closed.
-    pub async fn trim_after_bursts(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let open = self.open();
-            let peak = self.peak.load(Ordering::SeqCst);
-            if peak >= open + 256 && open < peak / 2 {
-                self.peak.store(open, Ordering::SeqCst);
-                // SAFETY: malloc_trim only releases free memory; it is safe at any time.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
-                tracing::debug!(open, peak, "connections burst over: allocator trimmed");
-            }
-        }
     }
 }
 
@@ -432,7 +399,7 @@ mod tests {
         let other = connections.admit(Some(b)).unwrap();
         assert!(other.health_only);
         drop((first, second, third, other));
-        assert_eq!(connections.open(), 0);
+        assert_eq!(connections.open.load(Ordering::SeqCst), 0);
         assert!(connections.per_ip.lock().unwrap().is_empty(), "closed connections leave no entry");
 
         let mut held = Vec::new();
@@ -440,7 +407,11 @@ mod tests {
             held.push(connections.admit(Some(IpAddr::from([10, 1, 0, i as u8]))).unwrap());
         }
         assert!(matches!(connections.admit(Some(b)), Err(Refusal::Full)));
-        assert_eq!(connections.open(), 2 + HEALTH_RESERVE, "a refused connection is not counted");
+        assert_eq!(
+            connections.open.load(Ordering::SeqCst),
+            2 + HEALTH_RESERVE,
+            "a refused connection is not counted"
+        );
     }
 
     #[test]

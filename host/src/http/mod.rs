@@ -19,7 +19,6 @@ mod openapi;
 mod v1;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -65,8 +64,6 @@ pub struct AppState {
     in_flight: Arc<Semaphore>,
     /// The upload memory budget, in KiB.
     uploads: Arc<Semaphore>,
-    /// Classifications asked to be admitted since `trim_when_idle` last looked.
-    admitted: AtomicU64,
     settings: Settings,
 }
 
@@ -76,7 +73,6 @@ impl AppState {
             service,
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
             uploads: Arc::new(Semaphore::new(settings.max_upload_memory.div_ceil(1024))),
-            admitted: AtomicU64::new(0),
             settings,
         })
     }
@@ -89,33 +85,12 @@ impl AppState {
     /// Takes one of the `--max-in-flight` slots for a classification whose body is in, or
     /// refuses with 503. Only work holds a slot: an upload, however slow, never does.
     fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.admitted.fetch_add(1, Ordering::Relaxed);
         Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| {
             ApiError::overloaded(format!(
                 "{} requests are in flight, the limit (--max-in-flight)",
                 self.settings.max_in_flight
             ))
         })
-    }
-
-    /// Returns the allocator's freed memory to the system once work has stopped: after a whole
-    /// second in which no request was admitted and none is in flight, once per burst. Large
-    /// buffers (bodies, the model's activations) live in glibc's heap so that busy periods
-    /// reuse them (`main.rs`); trimming in a pause between two requests would make the next
-    /// forward pass fault its activations in afresh.
-    pub async fn trim_when_idle(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut worked = false;
-        loop {
-            tick.tick().await;
-            if self.admitted.swap(0, Ordering::Relaxed) > 0 {
-                worked = true;
-            } else if worked && self.in_flight() == 0 {
-                worked = false;
-                // SAFETY: malloc_trim only releases free memory; it is safe at any time.
-                tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) });
-            }
-        }
     }
 
     /// When a request received at `received` runs out of `--request-timeout`.
