@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import signal
 import socket
 import ssl
@@ -105,19 +106,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tree_peak_rss_kib(pid: int) -> int:
-    """Peak resident memory (VmHWM) of a process and its children, summed."""
-    pids = [pid]
+def tree_pids(pid: int) -> list:
+    """A process and its descendants (Triton's backend stubs are its children's children)."""
+    children = {}
     for entry in pathlib.Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(entry.name))
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    pids, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        pids.append(p)
+        stack.extend(children.get(p, []))
+    return pids
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU time (user and system, every thread) a process and its descendants have used, in s."""
     total = 0
-    for p in pids:
+    for p in tree_pids(pid):
+        try:
+            fields = pathlib.Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree_peak_rss_kib(pid: int) -> int:
+    """Peak resident memory (VmHWM) of a process and its descendants, summed."""
+    total = 0
+    for p in tree_pids(pid):
         try:
             for line in pathlib.Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -364,12 +386,20 @@ def race(args, threads: int) -> dict:
                 for c in levels:
                     out = work / f"{name}-{form}-c{c}.json"
                     headers = sum((["--header", h] for h in ask["headers"]), [])
+                    # CPU used during the point (warm-up included), as cores kept busy.
+                    wall, server_cpu = time.monotonic(), tree_cpu_s(server.process.pid)
+                    loadgen_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
                     subprocess.run([str(RELEASE / "loadgen"), "run", "--url", ask["url"], "--body", str(ask["body"]),
                                     "--content-type", ask["content_type"], *headers, "--ca", str(certs / "tls.crt"),
                                     "-c", str(c), "--warmup", str(args.warmup), "--duration",
                                     str(args.duration), "--out", str(out)], check=True)
+                    wall = time.monotonic() - wall
+                    server_cpu = tree_cpu_s(server.process.pid) - server_cpu
+                    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    loadgen_cpu = (after.ru_utime + after.ru_stime) - (loadgen_cpu.ru_utime + loadgen_cpu.ru_stime)
                     result = json.loads(out.read_text())
-                    result.update(server=name, form=form, peak_rss_mib=round(tree_peak_rss_kib(server.process.pid) / 1024, 1))
+                    result.update(server=name, form=form, peak_rss_mib=round(tree_peak_rss_kib(server.process.pid) / 1024, 1),
+                                  server_cores=round(server_cpu / wall, 2), loadgen_cores=round(loadgen_cpu / wall, 2))
                     runs.append(result)
             finally:
                 server.stop()
@@ -499,7 +529,7 @@ def targets(results: dict) -> list:
 
 def table(results: dict) -> str:
     header = ["server", "clip", "c", "req/s", "of limit", "p50 ms", "p99 ms", "instantiate", "preprocess",
-              "queue", "inference", "per row", "postprocess", "batch", "peak RSS MiB", "failed"]
+              "queue", "inference", "per row", "postprocess", "batch", "peak RSS MiB", "cores", "loadgen", "failed"]
     rows = []
     for r in results["runs"]:
         stages = r.get("stages_ms", {})
@@ -512,6 +542,8 @@ def table(results: dict) -> str:
                      stage("preprocess"), stage("queue"), stage("inference"),
                      f"{per_row:.2f}" if per_row else "-", stage("postprocess"),
                      f"{batch:.1f}" if batch else "-", f"{r['peak_rss_mib']:.0f}",
+                     f"{r['server_cores']:.2f}" if "server_cores" in r else "-",
+                     f"{r['loadgen_cores']:.2f}" if "loadgen_cores" in r else "-",
                      str(sum(r["failures"].values()))])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
@@ -534,7 +566,8 @@ def table(results: dict) -> str:
                 if "forward_bf16_ms" in floor else []),
               f"limit (1000 / (forward at 16 / 16 + native preprocessing / {m['cpus']} cores)): "
               f"{limit_rps(results, 'png'):.1f} req/s (PNG), {limit_rps(results, 'y4m'):.1f} req/s (Y4M); "
-              "'of limit' is each point's share of it", ""]
+              "'of limit' is each point's share of it; 'cores' and 'loadgen' are the CPU the server (with its "
+              "child processes) and the load generator kept busy during the point, in cores", ""]
     for t in results["targets"]:
         lines.append(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['value']} (goal {t['goal']}) - {t['detail']}")
     return "\n".join(lines)
