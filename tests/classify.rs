@@ -374,3 +374,22 @@ fn guest_code_runs_below_the_priority_of_the_forward_pass() {
     let threads = thread_priorities(&server);
     assert!(threads.iter().all(|(_, nice)| *nice == 0), "--guest-nice=0 lowers nothing: {threads:?}");
 }
+
+/// Whether the server's environment holds `entry` (`NAME=value`), from /proc.
+fn environment_has(server: &Server, entry: &str) -> bool {
+    let environ = std::fs::read(format!("/proc/{}/environ", server.pid())).unwrap();
+    environ.split(|b| *b == 0).any(|e| e == entry.as_bytes())
+}
+
+#[test]
+fn the_forward_pass_spins_briefly_between_operators_unless_the_operator_says_otherwise() {
+    // libgomp reads GOMP_SPINCOUNT as it loads, so the server starts itself again with it set;
+    // the same process, with the same arguments, serves.
+    let server = ServerBuilder::new().tls().start();
+    assert!(environment_has(&server, "GOMP_SPINCOUNT=10000"), "{}", server.log());
+    assert_eq!(post(&server, "/v1/classify", "video/x-yuv4mpeg", clips::y4m(16, 160, 90)).status(), 200);
+
+    let server = ServerBuilder::new().tls().env("GOMP_SPINCOUNT", "300000").start();
+    assert!(environment_has(&server, "GOMP_SPINCOUNT=300000"));
+    assert!(!environment_has(&server, "GOMP_SPINCOUNT=10000"));
+}

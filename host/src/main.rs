@@ -20,6 +20,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|command| command == "serve") {
+        motion_model::spin_briefly_between_operators();
+    }
     match try_main() {
         Ok(code) => code,
         Err(e) => {

@@ -10,6 +10,7 @@ mod device;
 mod error;
 mod manifest;
 mod memory;
+mod openmp;
 mod precision;
 mod registry;
 
@@ -19,5 +20,6 @@ pub use backend::{
 pub use device::DeviceKind;
 pub use error::{BackendError, ModelError};
 pub use manifest::{Manifest, TensorSpec};
+pub use openmp::spin_briefly_between_operators;
 pub use precision::Precision;
 pub use registry::ModelRegistry;

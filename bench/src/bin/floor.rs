@@ -53,6 +53,8 @@ struct Floor {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the server does, so the floor's forward passes run as the server's.
+    motion_model::spin_briefly_between_operators();
     let args = Args::parse();
     let model = BareModel::load(&args.model, args.threads as usize, args.precision)
         .with_context(|| format!("cannot load {}", args.model.display()))?;
