@@ -14,8 +14,6 @@
 //! wants it calls [`spin_briefly_between_operators`] first thing, which starts the program
 //! again with the variable set when it is not (an operator's own value is kept).
 
-use std::ffi::OsString;
-
 /// The spin count the server's forward passes run with.
 const GOMP_SPINCOUNT: &str = "10000";
 
@@ -29,6 +27,7 @@ pub fn spin_briefly_between_operators() {
     }
     #[cfg(target_os = "linux")]
     {
+        use std::ffi::OsString;
         use std::os::unix::process::CommandExt;
         let mut args = std::env::args_os();
         let arg0 = args.next().unwrap_or_else(|| OsString::from("motion-host"));
