@@ -416,6 +416,15 @@ impl Server {
         self.ca.as_deref()
     }
 
+    /// The value of one sample of `/metrics`, written as the exposition writes it
+    /// (`name{label="value"}`); 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = self.get("/metrics").text().expect("the metrics are text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Descriptors the server has open now.
     pub fn open_descriptors(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())

@@ -19,6 +19,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Latency buckets, in seconds: 0.5 ms to 30 s.
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// The stages a request can be given up in.
+const STAGES: [&str; 4] = ["body", "guest", "queue", "inference"];
 /// Rows in a forward pass: powers of two up to the most one call may carry.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
@@ -31,6 +33,9 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     pub connections_closed_idle: prometheus::IntCounter,
     pub uploads_too_slow: prometheus::IntCounter,
+    requests_cancelled: IntCounterVec,
+    requests_deadline_exceeded: IntCounterVec,
+    guest_stores_open: IntGauge,
     stage_duration: HistogramVec,
     batch_size: HistogramVec,
     guest_swaps: IntCounterVec,
@@ -108,9 +113,15 @@ impl Metrics {
         )
         .expect("a valid counter");
         registry.register(Box::new(uploads_too_slow.clone())).expect("a unique metric name");
+        let guest_stores_open = IntGauge::new(
+            "guest_stores_open",
+            "Guest stores alive now, each holding a pooled instance (requests in their guest, validations).",
+        )
+        .expect("a valid gauge");
+        registry.register(Box::new(guest_stores_open.clone())).expect("a unique metric name");
         let build = gauge(r, "build_info", "The server's version; always 1.", &["version"]);
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        Metrics {
+        let metrics = Metrics {
             http_requests: counter(
                 r,
                 "http_requests_total",
@@ -135,6 +146,21 @@ impl Metrics {
             ),
             connections_closed_idle,
             uploads_too_slow,
+            requests_cancelled: counter(
+                r,
+                "requests_cancelled_total",
+                "Inference requests whose client went away before the answer, by the stage they \
+                 had reached (body, guest, queue, inference); their work stopped there.",
+                &["stage"],
+            ),
+            requests_deadline_exceeded: counter(
+                r,
+                "requests_deadline_exceeded_total",
+                "Inference requests answered 504 at their deadline, by the stage they had reached \
+                 (body, guest, queue, inference); their work stopped there.",
+                &["stage"],
+            ),
+            guest_stores_open,
             stage_duration: histogram(
                 r,
                 "stage_duration_seconds",
@@ -189,7 +215,23 @@ impl Metrics {
             ),
             registry,
             scrape: Mutex::new(()),
+        };
+        // Every stage is shown from the start, at 0, so a rate over it is defined.
+        for stage in STAGES {
+            metrics.requests_cancelled.with_label_values(&[stage]);
+            metrics.requests_deadline_exceeded.with_label_values(&[stage]);
         }
+        metrics
+    }
+
+    /// An inference request whose client went away in `stage`.
+    pub fn request_cancelled(&self, stage: &str) {
+        self.requests_cancelled.with_label_values(&[stage]).inc();
+    }
+
+    /// An inference request stopped at its deadline in `stage`.
+    pub fn request_deadline_exceeded(&self, stage: &str) {
+        self.requests_deadline_exceeded.with_label_values(&[stage]).inc();
     }
 
     /// A forward pass of `rows` rows on `model`.
@@ -230,8 +272,9 @@ impl Metrics {
 
     /// The exposition text, with the info gauges rebuilt from what is live now (nothing while
     /// starting), gathered by the caller.
-    pub fn render(&self, models: &[ModelInfo], guests: &[GuestInfo]) -> String {
+    pub fn render(&self, models: &[ModelInfo], guests: &[GuestInfo], stores_open: usize) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.guest_stores_open.set(stores_open as i64);
         self.model_info.reset();
         self.guest_info.reset();
         for m in models {

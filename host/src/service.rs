@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::metrics::METRICS;
-use motion_model::{BackendError, Input, Model, Output};
+use motion_model::{BackendError, Input, Model, Output, Progress};
 use motion_runtime::{Classified, GuestError, GuestSet, Limits, LoadedGuest, Media, Runtime, SetError};
 
 /// Where the server is in its life.
@@ -188,13 +188,15 @@ impl Service {
     }
 
     /// Runs `guest` on one clip; a trap, timeout or limit hit is counted against the guest.
+    /// `progress` is the request's stage.
     pub async fn classify(
         &self,
         guest: &LoadedGuest,
         media: Vec<Media>,
         top_k: u32,
+        progress: &Progress,
     ) -> Result<Classified, ServiceError> {
-        let result = self.ready()?.classify(guest, media, top_k).await;
+        let result = self.ready()?.classify(guest, media, top_k, progress).await;
         match &result {
             Err(GuestError::Trap { .. }) => METRICS.guest_trapped(&guest.name),
             Err(GuestError::Timeout { .. }) => METRICS.guest_timed_out(&guest.name),
@@ -205,8 +207,13 @@ impl Service {
     }
 
     /// Runs the raw model on one FP32 input, through the same batcher as the guests' calls.
-    pub async fn infer(&self, model: &Model, input: Input) -> Result<Output, ServiceError> {
-        Ok(model.call(input).await?)
+    pub async fn infer(
+        &self,
+        model: &Model,
+        input: Input,
+        progress: &Progress,
+    ) -> Result<Output, ServiceError> {
+        Ok(model.call(input, progress).await?)
     }
 
     /// Validates `bytes` as guest `name` and makes it live; every outcome is logged and

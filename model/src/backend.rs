@@ -21,6 +21,7 @@ use crate::device::DeviceKind;
 use crate::error::BackendError;
 use crate::manifest::{Manifest, TensorSpec};
 use crate::precision::Precision;
+use crate::progress::{Progress, Stage};
 
 /// Hears of every forward pass: the model's name and the rows it ran (for a batch-size
 /// histogram, which the caller keeps).
@@ -197,6 +198,9 @@ struct Job {
     /// Settled when the inference thread takes the job, so a batch never waits for a call it
     /// already holds.
     expected: Expected,
+    /// The request's stage: the call's rows run only if it is still wanted when its forward
+    /// pass starts.
+    progress: Progress,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Output, BackendError>>,
 }
@@ -329,14 +333,28 @@ impl Model {
     }
 
     /// Runs the model on an FP32 `input`, checked first with [`Model::check_input`]; `expected`
-    /// is settled when the inference thread takes the call (or at once, if it is refused).
-    pub async fn infer(&self, input: Input, expected: &mut Expected) -> Result<Output, BackendError> {
+    /// is settled when the inference thread takes the call (or at once, if it is refused). The
+    /// call is in [`Stage::Queue`] until its forward pass starts ([`Stage::Inference`]); a
+    /// request given up on before then never has its rows run.
+    pub async fn infer(
+        &self,
+        input: Input,
+        expected: &mut Expected,
+        progress: &Progress,
+    ) -> Result<Output, BackendError> {
         if let Err(e) = self.check_input(&input.dims, true, input.data.len()) {
             expected.settle();
             return Err(e);
         }
         let (reply, answer) = oneshot::channel();
-        let job = Job { input, expected: std::mem::take(expected), enqueued: Instant::now(), reply };
+        progress.enter(Stage::Queue);
+        let job = Job {
+            input,
+            expected: std::mem::take(expected),
+            progress: progress.clone(),
+            enqueued: Instant::now(),
+            reply,
+        };
         self.jobs.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => BackendError::Busy(self.jobs.max_capacity()),
             mpsc::error::TrySendError::Closed(_) => BackendError::Stopped,
@@ -347,9 +365,9 @@ impl Model {
 
 impl Model {
     /// Runs the model on one FP32 `input` that no request announced (a raw inference call).
-    pub async fn call(&self, input: Input) -> Result<Output, BackendError> {
+    pub async fn call(&self, input: Input, progress: &Progress) -> Result<Output, BackendError> {
         let mut expected = self.expect_call();
-        self.infer(input, &mut expected).await
+        self.infer(input, &mut expected, progress).await
     }
 }
 
@@ -514,7 +532,9 @@ struct Pass {
 }
 
 /// The inference thread's loop: gather a batch, run it, answer each caller. A batch waits for
-/// more calls only while some request has announced one (`expected`) and the delay lasts.
+/// more calls only while some request has announced one (`expected`) and the delay lasts. A
+/// call whose request was given up on is dropped, whether found in the queue or while the
+/// batch waited.
 fn serve(
     pass: &Pass,
     mut staging: Staging,
@@ -535,6 +555,9 @@ fn serve(
     loop {
         let Some(mut first) = carried.take().or_else(|| queue.blocking_recv()) else { return };
         first.expected.settle();
+        if first.progress.stage() == Stage::Abandoned {
+            continue;
+        }
         let deadline = first.enqueued + delay;
         let mut rows = first.input.dims[0] as usize;
         let mut batch = vec![first];
@@ -552,6 +575,9 @@ fn serve(
             };
             let Some(mut job) = next else { break };
             job.expected.settle();
+            if job.progress.stage() == Stage::Abandoned {
+                continue;
+            }
             let n = job.input.dims[0] as usize;
             if rows + n > tuning.max_batch {
                 carried = Some(job);
@@ -560,15 +586,24 @@ fn serve(
             rows += n;
             batch.push(job);
         }
-        run_batch(pass, &mut staging, batch, rows);
+        start(pass, &mut staging, batch);
+    }
+}
+
+/// Runs the calls of `batch` whose requests still want them (the claim is taken here, as the
+/// pass starts: a request given up on while the batch gathered is left out).
+fn start(pass: &Pass, staging: &mut Staging, mut batch: Vec<Job>) {
+    batch.retain(|job| job.progress.start_forward());
+    let rows = batch.iter().map(|job| job.input.dims[0] as usize).sum();
+    if rows > 0 {
+        run_batch(pass, staging, batch, rows);
     }
 }
 
 /// Runs each call alone.
 fn serve_unbatched(pass: &Pass, staging: &mut Staging, mut queue: mpsc::Receiver<Job>) {
     while let Some(job) = queue.blocking_recv() {
-        let rows = job.input.dims[0] as usize;
-        run_batch(pass, staging, vec![job], rows);
+        start(pass, staging, vec![job]);
     }
 }
 
@@ -667,6 +702,10 @@ mod tests {
     }
 
     fn model(max_batch: usize, batch_delay: Duration) -> Arc<Model> {
+        observed_model(max_batch, batch_delay, ignore_batches())
+    }
+
+    fn observed_model(max_batch: usize, batch_delay: Duration, batches: BatchObserver) -> Arc<Model> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
         let cpu = DeviceChoice { device: DeviceKind::Cpu, reason: "test".into() };
         let tuning = Tuning {
@@ -676,7 +715,7 @@ mod tests {
             batch_delay: Some(batch_delay),
             precision: Precision::Fp32,
         };
-        let registry = ModelRegistry::load_dir(&dir, &cpu, tuning, ignore_batches()).unwrap();
+        let registry = ModelRegistry::load_dir(&dir, &cpu, tuning, batches).unwrap();
         Arc::clone(registry.get("motion-resnet18").unwrap())
     }
 
@@ -688,7 +727,9 @@ mod tests {
             .map(|input| {
                 let model = Arc::clone(model);
                 let mut expected = model.expect_call();
-                tokio::spawn(async move { model.infer(input, &mut expected).await })
+                tokio::spawn(
+                    async move { model.infer(input, &mut expected, &Progress::new(Stage::Guest)).await },
+                )
             })
             .collect();
         let mut answers = Vec::new();
@@ -716,7 +757,16 @@ mod tests {
         let model = model(4, Duration::from_millis(300));
         let alone: Vec<Vec<f32>> = (0..6)
             .map(|seed| {
-                floats(&runtime.block_on(model.infer(input(seed), &mut Expected::default())).unwrap().data)
+                floats(
+                    &runtime
+                        .block_on(model.infer(
+                            input(seed),
+                            &mut Expected::default(),
+                            &Progress::new(Stage::Guest),
+                        ))
+                        .unwrap()
+                        .data,
+                )
             })
             .collect();
 
@@ -760,7 +810,8 @@ mod tests {
             assert_eq!(model.precision, precision);
             (0..3)
                 .map(|seed| {
-                    let output = runtime.block_on(model.call(input(seed))).unwrap();
+                    let output =
+                        runtime.block_on(model.call(input(seed), &Progress::new(Stage::Guest))).unwrap();
                     assert_eq!((output.dims.clone(), output.data.len()), (vec![1, 16], 16 * 4));
                     floats(&output.data)
                 })
@@ -852,9 +903,13 @@ mod tests {
         };
         let model = traced("drops-marked-rows", drops_marked_rows, 4).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let alone = runtime.block_on(model.infer(row(1.0), &mut Expected::default())).unwrap();
+        let alone = runtime
+            .block_on(model.infer(row(1.0), &mut Expected::default(), &Progress::new(Stage::Guest)))
+            .unwrap();
         assert_eq!(alone.dims, vec![1, 16]);
-        let err = runtime.block_on(model.infer(row(5000.0), &mut Expected::default())).unwrap_err();
+        let err = runtime
+            .block_on(model.infer(row(5000.0), &mut Expected::default(), &Progress::new(Stage::Guest)))
+            .unwrap_err();
         assert!(matches!(err, BackendError::Output(_)), "{err:?}");
         assert!(err.to_string().contains("returned shape [0, 16] for 1 row(s)"), "{err}");
 
@@ -865,8 +920,38 @@ mod tests {
             let output = answers[i].as_ref().unwrap();
             assert_eq!(floats(&output.data)[0], first, "call {i} got another call's row");
         }
-        let after = runtime.block_on(model.infer(row(7.0), &mut Expected::default())).unwrap();
+        let after = runtime
+            .block_on(model.infer(row(7.0), &mut Expected::default(), &Progress::new(Stage::Guest)))
+            .unwrap();
         assert_eq!(floats(&after.data)[0], 7.0, "the thread serves after a bad batch");
+    }
+
+    #[test]
+    fn a_call_given_up_on_before_its_forward_pass_never_runs() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let passes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&passes);
+        let model = observed_model(
+            4,
+            Duration::from_secs(2),
+            Arc::new(move |_, rows| seen.lock().unwrap().push(rows)),
+        );
+        // Another request is announced, so the batch that takes the first call waits for it.
+        let announced = model.expect_call();
+        let given_up = Progress::new(Stage::Guest);
+        let first = {
+            let (model, progress) = (Arc::clone(&model), given_up.clone());
+            runtime.spawn(async move { model.infer(input(1), &mut model.expect_call(), &progress).await })
+        };
+        runtime.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+        assert_eq!(given_up.abandon(), Some(Stage::Queue));
+        drop(announced);
+        let second = runtime
+            .block_on(model.infer(input(2), &mut model.expect_call(), &Progress::new(Stage::Guest)))
+            .unwrap();
+        assert_eq!(second.batch_rows, 1, "the abandoned call's row ran beside it");
+        assert!(matches!(runtime.block_on(first).unwrap(), Err(BackendError::Stopped)));
+        assert_eq!(*passes.lock().unwrap(), vec![1], "forward passes and their rows");
     }
 
     #[test]
@@ -876,13 +961,16 @@ mod tests {
         let model = model(16, delay);
         let started = Instant::now();
         let mut expected = model.expect_call();
-        let output = runtime.block_on(model.infer(input(1), &mut expected)).unwrap();
+        let output =
+            runtime.block_on(model.infer(input(1), &mut expected, &Progress::new(Stage::Guest))).unwrap();
         assert_eq!(output.batch_rows, 1);
         assert!(output.queue < delay / 4, "a lone call waited {:?} for company", output.queue);
 
         // Another request announced but not yet here: the batch waits for it, up to the delay.
         let _other = model.expect_call();
-        let output = runtime.block_on(model.infer(input(2), &mut model.expect_call())).unwrap();
+        let output = runtime
+            .block_on(model.infer(input(2), &mut model.expect_call(), &Progress::new(Stage::Guest)))
+            .unwrap();
         assert!(output.queue >= delay - Duration::from_millis(50), "waited only {:?}", output.queue);
         assert!(started.elapsed() < delay * 3);
     }

@@ -12,6 +12,7 @@ mod manifest;
 mod memory;
 mod openmp;
 mod precision;
+mod progress;
 mod registry;
 
 pub use backend::{
@@ -22,4 +23,5 @@ pub use error::{BackendError, ModelError};
 pub use manifest::{Manifest, TensorSpec};
 pub use openmp::spin_briefly_between_operators;
 pub use precision::Precision;
+pub use progress::{Progress, Stage};
 pub use registry::ModelRegistry;

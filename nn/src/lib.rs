@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use bindings::wasi::nn::{errors, graph, inference, tensor};
-use motion_model::{BackendError, Expected, Model, ModelRegistry};
+use motion_model::{BackendError, Expected, Model, ModelRegistry, Progress, Stage};
 
 use errors::ErrorCode;
 use tensor::TensorType;
@@ -102,6 +102,8 @@ pub struct NnCtx {
     caps: Caps,
     /// The store's announced model call, settled when the inference thread takes it.
     expected: Expected,
+    /// The request's stage: queued and in inference while a compute waits for the model.
+    progress: Progress,
     /// What the store holds until its guest first waits for a model (a core to run on), then
     /// lets go of.
     held_until_compute: Option<Box<dyn Send>>,
@@ -110,9 +112,10 @@ pub struct NnCtx {
 
 impl NnCtx {
     /// A context over `models` within `caps`; `expected` is the request's announced model call
-    /// (batches being gathered wait for it), or `Expected::default()` for none.
-    pub fn new(models: Arc<ModelRegistry>, caps: Caps, expected: Expected) -> NnCtx {
-        NnCtx { models, caps, expected, held_until_compute: None, activity: Activity::default() }
+    /// (batches being gathered wait for it), or `Expected::default()` for none; `progress` is
+    /// the request's stage, which a compute moves to the queue and back.
+    pub fn new(models: Arc<ModelRegistry>, caps: Caps, expected: Expected, progress: Progress) -> NnCtx {
+        NnCtx { models, caps, expected, progress, held_until_compute: None, activity: Activity::default() }
     }
 
     /// Keeps `held` until the guest first calls `compute`, and drops it before the call waits
@@ -246,7 +249,8 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
 
         let input = motion_model::Input { dims: tensor.dims, data: tensor.data };
         self.ctx.held_until_compute = None;
-        let result = model.infer(input, &mut self.ctx.expected).await;
+        let result = model.infer(input, &mut self.ctx.expected, &self.ctx.progress).await;
+        self.ctx.progress.enter(Stage::Guest);
         self.ctx.activity.last_compute_end = Some(Instant::now());
         self.ctx.activity.computes += 1;
         match result {

@@ -38,6 +38,7 @@ pub use error::GuestError;
 pub use guest::{GuestInfo, LoadedGuest, Media, check_name, guest_digest, name_from_file};
 pub use guests::{GuestSet, HISTORY, SetError};
 pub use limits::Limits;
+pub use store::open_stores;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +55,7 @@ use cpu::Cores;
 use error::Stop;
 use fuel::FuelRefusal;
 use limits::{MAX_GUEST_MEMORIES, MemoryReset};
-use motion_model::{Expected, Model, ModelRegistry};
+use motion_model::{Expected, Model, ModelRegistry, Progress, Stage};
 use store::State;
 
 /// How often the epoch ticks: the granularity of deadlines and of yielding to the scheduler.
@@ -242,7 +243,11 @@ impl Runtime {
         let pre = MotionGuestPre::new(pre)
             .map_err(|e| rejected(vec![format!("does not export motion:guest/classifier: {e:#}")]))?;
 
-        let mut store = self.new_store(Instant::now() + self.limits.deadline, Expected::default());
+        let mut store = self.new_store(
+            Instant::now() + self.limits.deadline,
+            Expected::default(),
+            Progress::new(Stage::Guest),
+        );
         let guest = pre.instantiate_async(&mut store).await.map_err(|e| {
             rejected(vec![format!(
                 "cannot be instantiated within its limits (--guest-max-instances, --guest-max-tables, \
@@ -283,8 +288,10 @@ impl Runtime {
         }
         let media = vec![Media { content_type: "image/png".into(), data: sample::png() }];
         let labels = guest.info.labels.len() as u32;
-        let answer =
-            self.classify(guest, media, labels).await.map_err(|e| format!("self-test failed: {e}"))?;
+        let answer = self
+            .classify(guest, media, labels, &Progress::new(Stage::Guest))
+            .await
+            .map_err(|e| format!("self-test failed: {e}"))?;
         let sum: f32 = answer.top_k.iter().map(|(_, s)| s).sum();
         if (sum - 1.0).abs() > 1e-3 {
             return Err(format!("self-test: scores over all {labels} labels sum to {sum}, not 1"));
@@ -331,24 +338,28 @@ impl Runtime {
         if reasons.is_empty() { Ok(Arc::clone(model)) } else { Err(reasons) }
     }
 
-    fn new_store(&self, deadline: Instant, expected: Expected) -> Store<State> {
-        store::new_store(&self.engine, &self.models, &self.limits, deadline, expected)
+    fn new_store(&self, deadline: Instant, expected: Expected, progress: Progress) -> Store<State> {
+        store::new_store(&self.engine, &self.models, &self.limits, deadline, expected, progress)
     }
 
     /// Runs `guest` on one clip in a fresh store, once a core is free for it (`cpu.rs`); its
-    /// deadline and stage timings start then.
+    /// deadline and stage timings start then. `progress` is the request's stage: the guest's
+    /// model calls move it to the queue and back. Dropping the returned future stops the guest
+    /// where it is and frees its store.
     pub async fn classify(
         &self,
         guest: &LoadedGuest,
         media: Vec<Media>,
         top_k: u32,
+        progress: &Progress,
     ) -> Result<Classified, GuestError> {
+        progress.enter(Stage::Guest);
         // Announced before it waits for a core, so a batch being gathered waits for it too.
         let expected = guest.model.expect_call();
         let core = self.cores.take().await;
         let started = Instant::now();
         let deadline = self.limits.deadline;
-        let mut store = self.new_store(started + deadline, expected);
+        let mut store = self.new_store(started + deadline, expected, progress.clone());
         store.data_mut().nn.hold_until_compute(core);
         let mut instantiated = None;
         let request = wit::Request {

@@ -3,6 +3,7 @@
 //! the guest passes the host in one call, and an epoch deadline.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use wasmtime::component::{Linker, ResourceTable};
@@ -11,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::limits::{DeadlineExceeded, Limiter, Limits};
 use crate::output::GuestOutput;
-use motion_model::{Expected, ModelRegistry};
+use motion_model::{Expected, ModelRegistry, Progress};
 use motion_nn::{Activity, Caps, NnCtx, NnView};
 
 /// Most bytes of a guest's stdout and stderr kept per request.
@@ -22,6 +23,30 @@ const MAX_HOST_RESOURCES: usize = 1024;
 /// Handles of its own resources a guest may hold at once.
 const MAX_GUEST_HANDLES: usize = 10_000;
 
+/// Stores alive in this process: each holds a pooled instance slot until it is dropped.
+static OPEN_STORES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many guest stores are alive now (requests running a guest, validations).
+pub fn open_stores() -> usize {
+    OPEN_STORES.load(Ordering::Relaxed)
+}
+
+/// Counts a store as open while it lives.
+struct Open;
+
+impl Open {
+    fn new() -> Open {
+        OPEN_STORES.fetch_add(1, Ordering::Relaxed);
+        Open
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        OPEN_STORES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The data of one request's [`Store`].
 pub struct State {
     wasi: WasiCtx,
@@ -30,6 +55,7 @@ pub struct State {
     limiter: Limiter,
     stdout: GuestOutput,
     stderr: GuestOutput,
+    _open: Open,
 }
 
 impl WasiView for State {
@@ -59,13 +85,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> 
 }
 
 /// A fresh store for one guest call that must end by `deadline`; `expected` is the request's
-/// announced model call.
+/// announced model call, `progress` its stage.
 pub(crate) fn new_store(
     engine: &Engine,
     models: &Arc<ModelRegistry>,
     limits: &Limits,
     deadline: Instant,
     expected: Expected,
+    progress: Progress,
 ) -> Store<State> {
     let stdout = GuestOutput::new(GUEST_OUTPUT_BYTES);
     let stderr = GuestOutput::new(GUEST_OUTPUT_BYTES);
@@ -76,10 +103,11 @@ pub(crate) fn new_store(
     let state = State {
         wasi,
         table,
-        nn: NnCtx::new(Arc::clone(models), caps, expected),
+        nn: NnCtx::new(Arc::clone(models), caps, expected, progress),
         limiter: Limiter::new(limits),
         stdout,
         stderr,
+        _open: Open::new(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);

@@ -166,7 +166,7 @@ pub async fn put(
     // other checks wait for the body, so that their refusal is not sent while the client is
     // still writing (see http::v1::classify).
     authorize(&app, &headers)?;
-    let upload = app.read_body(&headers, body, app.deadline(std::time::Instant::now())).await?;
+    let upload = app.read_body(&headers, body, &app.deadline(std::time::Instant::now())).await?;
     motion_runtime::check_name(&name).map_err(ApiError::bad_request)?;
     let installed = match app.service.install(&name, upload.bytes.into(), Origin::Admin).await {
         Ok(installed) => installed,

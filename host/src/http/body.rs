@@ -24,7 +24,7 @@ impl AppState {
         &self,
         headers: &HeaderMap,
         body: Body,
-        deadline: tokio::time::Instant,
+        deadline: &super::work::Deadline,
     ) -> Result<Upload, ApiError> {
         let limit = self.settings.max_body_bytes;
         let declared = headers
@@ -50,11 +50,11 @@ impl AppState {
         let mut window_end = tokio::time::Instant::now() + UPLOAD_RATE_WINDOW;
         let mut window_start_len = 0usize;
         loop {
-            let wake = if min_rate > 0 { window_end.min(deadline) } else { deadline };
+            let wake = if min_rate > 0 { window_end.min(deadline.at) } else { deadline.at };
             let frame = match tokio::time::timeout_at(wake, body.frame()).await {
                 Ok(frame) => frame,
-                Err(_) if tokio::time::Instant::now() >= deadline => {
-                    return Err(ApiError::body_timeout(self.settings.request_timeout));
+                Err(_) if tokio::time::Instant::now() >= deadline.at => {
+                    return Err(deadline.body_timeout());
                 }
                 Err(_) => {
                     let received = (data.len() - window_start_len) as u64;
@@ -69,9 +69,7 @@ impl AppState {
             };
             let chunk = match frame {
                 None => break,
-                Some(Err(e)) => {
-                    return Err(ApiError::bad_request(format!("could not read the request body: {e}")));
-                }
+                Some(Err(e)) => return Err(ApiError::body_incomplete(e)),
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(chunk) => chunk,
                     Err(_) => continue, // trailers

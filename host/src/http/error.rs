@@ -10,6 +10,9 @@ use crate::service::ServiceError;
 use motion_model::BackendError;
 use motion_runtime::{GuestError, SetError};
 
+/// The code of a body that broke off (see [`ApiError::body_incomplete`]).
+pub const BODY_INCOMPLETE: &str = "body_incomplete";
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -78,11 +81,22 @@ impl ApiError {
         e
     }
 
-    pub fn body_timeout(limit: std::time::Duration) -> Self {
+    /// 408 for a body that did not arrive within the request's deadline (`source` names the
+    /// limit that set it).
+    pub fn body_timeout(limit: std::time::Duration, source: &str) -> Self {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
-            format!("the request body did not arrive within {} s (--request-timeout)", limit.as_secs_f64()),
+            format!("the request body did not arrive within {} s ({source})", limit.as_secs_f64()),
+        )
+    }
+
+    /// 400 for a body that broke off: the client stopped sending or reset the stream.
+    pub fn body_incomplete(reason: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            BODY_INCOMPLETE,
+            format!("could not read the request body: {reason}"),
         )
     }
 
@@ -100,11 +114,13 @@ impl ApiError {
         e
     }
 
-    pub fn request_timeout(limit: std::time::Duration) -> Self {
+    /// 504 for a request past its deadline; `source` names the limit, `during` says where it
+    /// was stopped.
+    pub fn request_timeout(limit: std::time::Duration, source: &str, during: &str) -> Self {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
             "request_timeout",
-            format!("the request took longer than {} s (--request-timeout)", limit.as_secs_f64()),
+            format!("the request took longer than {} s ({source}){during}", limit.as_secs_f64()),
         )
     }
 

@@ -4,8 +4,8 @@
 //! Architecture invariant: only this module (and `serve`, which runs the servers) knows axum;
 //! handlers turn requests into calls on the service and its answers into the documented JSON.
 //! `mod.rs` holds what every route shares: the settings, admission to a `--max-in-flight`
-//! slot, the request deadline, the router and the fallbacks; `body.rs` reads bodies within
-//! their limits; `v1.rs` is the `/health` and `/v1` API, `oip.rs` the Open Inference Protocol,
+//! slot, the router and the fallbacks; `body.rs` reads bodies within their limits; `work.rs`
+//! holds an inference request's deadline and what happens when its client goes away; `v1.rs` is the `/health` and `/v1` API, `oip.rs` the Open Inference Protocol,
 //! `admin.rs` the admin API.
 
 mod access;
@@ -17,6 +17,7 @@ mod oip;
 mod oip_codec;
 mod openapi;
 mod v1;
+mod work;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,20 +95,8 @@ impl AppState {
     }
 
     /// When a request received at `received` runs out of `--request-timeout`.
-    fn deadline(&self, received: Instant) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(received) + self.settings.request_timeout
-    }
-
-    /// Runs the rest of a request within its deadline: past it, 504 (in the error shape `E` of
-    /// the route's protocol).
-    async fn within_deadline<E: From<ApiError>>(
-        &self,
-        deadline: tokio::time::Instant,
-        handler: impl Future<Output = Result<Response, E>>,
-    ) -> Result<Response, E> {
-        tokio::time::timeout_at(deadline, handler)
-            .await
-            .unwrap_or_else(|_| Err(ApiError::request_timeout(self.settings.request_timeout).into()))
+    fn deadline(&self, received: Instant) -> work::Deadline {
+        work::Deadline::server(received, self.settings.request_timeout)
     }
 }
 
@@ -162,7 +151,7 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
             });
         }
     }
-    let body = crate::metrics::METRICS.render(&models, &guests);
+    let body = crate::metrics::METRICS.render(&models, &guests, motion_runtime::open_stores());
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 

@@ -22,9 +22,10 @@ use serde_json::json;
 
 use super::access::AccessInfo;
 use super::oip_codec::{self as wire, OutputData, WireError};
+use super::work::{self, Work};
 use super::{ApiError, AppState, VERSION};
 use crate::service::{GuestChoice, Phase, Service, ServiceError};
-use motion_model::{Input, Model};
+use motion_model::{Input, Model, Progress};
 use motion_runtime::{LoadedGuest, Media, StageTimings, media};
 
 /// The guest pipeline's model name.
@@ -221,7 +222,8 @@ async fn infer_at(
 }
 
 /// Reads the body, takes an in-flight slot and runs the request, all within its deadline, as
-/// `/v1/classify` does. The Content-Type is not read: Triton's clients send none.
+/// `/v1/classify` does (the `timeout` parameter can tighten it). The Content-Type is not read:
+/// Triton's clients send none.
 async fn serve_infer(
     app: &AppState,
     model: &str,
@@ -229,27 +231,46 @@ async fn serve_infer(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, V2Error> {
+    let work = Work::start();
+    let answer = infer_within_deadline(app, &work, model, version, headers, body).await;
+    work.finish();
+    answer
+}
+
+async fn infer_within_deadline(
+    app: &AppState,
+    work: &Work,
+    model: &str,
+    version: Option<&str>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, V2Error> {
     let received = Instant::now();
-    let deadline = app.deadline(received);
-    let upload = app.read_body(&headers, body, deadline).await?;
+    let asked = work::header_timeout(&headers);
+    let own = asked.as_ref().ok().copied().flatten();
+    let deadline = app.deadline(received).tightened(received, own, work::Source::Header);
+    let upload = app.read_body(&headers, body, &deadline).await.inspect_err(|e| work.body_failed(e))?;
+    asked?;
     let _slot = app.admit()?;
     let bytes = upload.bytes;
+    let header_length = match headers.get(wire::HEADER_LENGTH) {
+        Some(v) => Some(
+            v.to_str().map_err(|_| WireError("Inference-Header-Content-Length is not a number".into()))?,
+        ),
+        None => None,
+    };
+    let parse_started = Instant::now();
+    let request = wire::parse_request(&bytes, header_length)?;
+    let parsing = parse_started.elapsed();
+    drop(bytes);
+    let own = work::parameter_timeout(request.parameters.get("timeout"))?;
+    let deadline = deadline.tightened(received, own, work::Source::Parameter);
     let run = async {
         let target = resolve(&app.service, model, version)?;
-        let header_length = match headers.get(wire::HEADER_LENGTH) {
-            Some(v) => Some(
-                v.to_str()
-                    .map_err(|_| WireError("Inference-Header-Content-Length is not a number".into()))?,
-            ),
-            None => None,
-        };
-        let parse_started = Instant::now();
-        let request = wire::parse_request(&bytes, header_length)?;
-        let parsing = parse_started.elapsed();
-        drop(bytes);
+        let progress = work.progress();
         let (outputs, info) = match &target {
-            Target::Raw(m) => run_model(&app.service, m, &request).await?,
-            Target::Pipeline(guest) => run_pipeline(&app.service, guest, &request).await?,
+            Target::Raw(m) => run_model(&app.service, m, &request, progress).await?,
+            Target::Pipeline(guest) => run_pipeline(&app.service, guest, &request, progress).await?,
         };
         let encode_started = Instant::now();
         let selected = wire::select(outputs, &request)?;
@@ -273,7 +294,7 @@ async fn serve_infer(
         response.extensions_mut().insert(info);
         Ok::<_, V2Error>(response)
     };
-    app.within_deadline(deadline, run).await
+    work.within(&deadline, run).await
 }
 
 /// Runs the raw network on the request's one input tensor.
@@ -281,6 +302,7 @@ async fn run_model(
     service: &Service,
     model: &Model,
     request: &wire::Request,
+    progress: &Progress,
 ) -> Result<(Vec<wire::Output>, AccessInfo), V2Error> {
     let started = Instant::now();
     let spec = model.manifest.input();
@@ -292,7 +314,7 @@ async fn run_model(
             WireError(format!("input '{}' has a dimension too large: {:?}", input.name, input.shape))
         })?;
     let decoded = started.elapsed();
-    let output = service.infer(model, Input { dims, data }).await.map_err(ApiError::from)?;
+    let output = service.infer(model, Input { dims, data }, progress).await.map_err(ApiError::from)?;
     let floats = output.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     let out_spec = model.manifest.output();
     let outputs = vec![wire::Output {
@@ -321,6 +343,7 @@ async fn run_pipeline(
     service: &Service,
     guest: &LoadedGuest,
     request: &wire::Request,
+    progress: &Progress,
 ) -> Result<(Vec<wire::Output>, AccessInfo), V2Error> {
     request.only_inputs(&[MEDIA])?;
     let input = request.input(MEDIA)?;
@@ -372,7 +395,7 @@ async fn run_pipeline(
         .collect::<Result<Vec<_>, _>>()?;
 
     let labels = &guest.info.labels;
-    let classified = super::v1::run_guest(service, guest, media, labels.len() as u32).await?;
+    let classified = super::v1::run_guest(service, guest, media, labels.len() as u32, progress).await?;
     let scores = labels
         .iter()
         .map(|label| classified.top_k.iter().find(|(l, _)| l == label).map_or(0.0, |(_, s)| *s))

@@ -14,8 +14,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Serialize;
 
+use super::work::{self, Work};
 use super::{ApiError, AppState, VERSION, access, ms};
 use crate::service::{GuestChoice, Phase, Service};
+use motion_model::Progress;
 use motion_runtime::{Classified, LoadedGuest, Media};
 
 /// `top_k` when the query does not say.
@@ -156,7 +158,8 @@ pub(super) async fn classify_named(
 }
 
 /// Serves one classification with the chosen guest: reads the body, then takes an in-flight
-/// slot and classifies, all within the request's deadline.
+/// slot and classifies, all within the request's deadline. If the client goes away first, the
+/// [`Work`] dropped with this future stops what is left.
 async fn classify_upload(
     app: &AppState,
     choice: GuestChoice<'_>,
@@ -164,13 +167,30 @@ async fn classify_upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let work = Work::start();
+    let answer = classify_within_deadline(app, &work, choice, query, headers, body).await;
+    work.finish();
+    answer
+}
+
+async fn classify_within_deadline(
+    app: &AppState,
+    work: &Work,
+    choice: GuestChoice<'_>,
+    query: TopKQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let received = Instant::now();
-    let deadline = app.deadline(received);
-    let upload = app.read_body(&headers, body, deadline).await?;
+    let asked = work::header_timeout(&headers);
+    let own = asked.as_ref().ok().copied().flatten();
+    let deadline = app.deadline(received).tightened(received, own, work::Source::Header);
+    let upload = app.read_body(&headers, body, &deadline).await.inspect_err(|e| work.body_failed(e))?;
+    asked?;
     let _slot = app.admit()?;
-    app.within_deadline(deadline, async {
+    work.within(&deadline, async {
         let guest = app.service.guest(choice)?;
-        classify(&app.service, &guest, query, &headers, upload.bytes, received).await
+        classify(&app.service, &guest, query, &headers, upload.bytes, received, work.progress()).await
     })
     .await
 }
@@ -185,6 +205,7 @@ async fn classify(
     headers: &HeaderMap,
     bytes: Bytes,
     received: Instant,
+    progress: &Progress,
 ) -> Result<Response, ApiError> {
     let labels = guest.info.labels.len() as u32;
     let top_k = parse_top_k(query, labels)?;
@@ -200,7 +221,7 @@ async fn classify(
         .map(|part| Media { content_type: part.content_type, data: part.data.into() })
         .collect();
 
-    let classified = run_guest(service, guest, media, top_k).await?;
+    let classified = run_guest(service, guest, media, top_k, progress).await?;
     let mut response = Json(ClassifyResponse::new(guest, &classified, received.elapsed())).into_response();
     response.extensions_mut().insert(access::AccessInfo::guest(guest, &classified));
     Ok(response)
@@ -213,8 +234,9 @@ pub(super) async fn run_guest(
     guest: &LoadedGuest,
     media: Vec<Media>,
     top_k: u32,
+    progress: &Progress,
 ) -> Result<Classified, ApiError> {
-    service.classify(guest, media, top_k).await.map_err(|e| {
+    service.classify(guest, media, top_k, progress).await.map_err(|e| {
         let e = ApiError::from(e);
         if e.status.is_server_error() {
             tracing::warn!(guest = %guest.name, code = e.code, error = %e.message, "classification failed");
