@@ -175,7 +175,9 @@ fn clients_that_hang_up_stop_their_work_in_every_stage_and_the_others_are_served
     let lines = log.lines().filter(|l| l.contains("request cancelled: the client went away")).count();
     assert_eq!(lines, 11, "one log line per cancellation");
     drop(h2);
-    wait_until(&format!("descriptors to fall back to {fds_before}"), || server.open_descriptors() <= fds_before);
+    wait_until(&format!("descriptors to fall back to {fds_before}"), || {
+        server.open_descriptors() <= fds_before
+    });
     let rss_after = settled_rss_kib(&server);
     assert!(
         rss_after <= rss_before + rss_before / 10,
@@ -263,4 +265,204 @@ fn a_request_whose_deadline_passes_in_a_saturated_queue_gets_504_and_its_rows_ne
     assert!(counts.deadline[2] >= 3.0, "the raw calls' deadlines pass in the queue: {counts:?}");
     assert_eq!((counts.passes, counts.rows), (6.0, 6.0 * 32.0), "only the calls answered ran: {counts:?}");
     assert_eq!(counts.cancelled, [0.0; 4]);
+}
+
+fn admin(server: &Server, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+    server.client().request(method, server.url(path)).bearer_auth(motion_host_tests::ADMIN_TOKEN)
+}
+
+fn put_canary(server: &Server, percent: &str) -> reqwest::blocking::Response {
+    let wasm = std::fs::read(test_guest("hostile-fail-marked")).unwrap();
+    admin(server, reqwest::Method::PUT, &format!("/admin/guests/hostile?canary={percent}"))
+        .body(wasm)
+        .send()
+        .unwrap()
+}
+
+/// One classification with the hostile guest: the status, the version that answered
+/// (`X-Guest-Digest`) and the body.
+fn classify(server: &Server, text: &str, pin: Option<&str>) -> (u16, String, serde_json::Value) {
+    let mut request = server
+        .client()
+        .post(server.url("/v1/guests/hostile/classify"))
+        .header("content-type", "text/plain")
+        .body(text.to_string());
+    if let Some(digest) = pin {
+        request = request.header("x-guest-digest", digest);
+    }
+    let response = request.send().unwrap();
+    let digest = response.headers().get("x-guest-digest").map_or("", |v| v.to_str().unwrap()).to_string();
+    let (status, body) = json(response);
+    (status, digest, body)
+}
+
+/// The sample of `/metrics` whose line holds every one of `parts`.
+fn sample(server: &Server, parts: &[&str]) -> f64 {
+    let text = server.get("/metrics").text().unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn guests(server: &Server) -> serde_json::Value {
+    json(admin(server, reqwest::Method::GET, "/admin/guests").send().unwrap()).1["guests"][0].clone()
+}
+
+#[test]
+fn a_canary_that_fails_is_rolled_back_by_itself_while_the_live_version_serves() {
+    let server = ServerBuilder::new().guest(&hostile()).admin_token().arg("--canary-min-requests=20").start();
+    let live = guests(&server)["digest"].as_str().unwrap().to_string();
+
+    for (percent, status) in [("0", 400), ("100", 400), ("half", 400)] {
+        assert_error(put_canary(&server, percent), status, "bad_request", &["canary", "1 to 99"]);
+    }
+    let (status, entry) = json(put_canary(&server, "50"));
+    assert_eq!(status, 200, "{entry}");
+    let canary = entry["canary"]["digest"].as_str().unwrap().to_string();
+    assert_ne!(canary, live);
+    assert_eq!(
+        (entry["digest"].as_str(), entry["canary"]["percent"].as_u64()),
+        (Some(live.as_str()), Some(50))
+    );
+    let health = server.get("/health").json::<serde_json::Value>().unwrap();
+    assert_eq!(health["guests"]["hostile"]["canary"]["digest"], canary.as_str(), "{health}");
+    let public = server.get("/v1/guests").json::<serde_json::Value>().unwrap();
+    assert_eq!(public["guests"][0]["canary"]["percent"], 50, "{public}");
+
+    // A client may pin either version, outside the trial; another digest is 404.
+    assert_eq!(classify(&server, "marked", Some(&live)).0, 200);
+    let (status, digest, body) = classify(&server, "marked", Some(&canary));
+    assert_eq!(
+        (status, digest.as_str(), body["error"]["code"].as_str()),
+        (500, canary.as_str(), Some("guest_fault"))
+    );
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let (status, _, body) = classify(&server, "honest", Some(&unknown));
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains(&live), "{body}");
+    assert_eq!(
+        guests(&server)["canary"]["trial"]["canary"]["requests"],
+        0,
+        "pinned requests are not in the trial"
+    );
+
+    // Mixed traffic: every other request is marked, which only the canary fails.
+    let answers: Vec<_> = (0..4)
+        .map(|client| {
+            let (http, url) = (server.client(), server.url("/v1/guests/hostile/classify"));
+            std::thread::spawn(move || {
+                (0..40)
+                    .map(|i| {
+                        let text = if (i + client) % 2 == 0 { "marked" } else { "honest" };
+                        let r = http
+                            .post(url.as_str())
+                            .header("content-type", "text/plain")
+                            .body(text)
+                            .send()
+                            .unwrap();
+                        let digest = r.headers()["x-guest-digest"].to_str().unwrap().to_string();
+                        (r.status().as_u16(), digest)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let by = |digest: &str| answers.iter().filter(|(_, d)| d == digest).collect::<Vec<_>>();
+    let (from_live, from_canary) = (by(&live), by(&canary));
+    assert_eq!(from_live.len() + from_canary.len(), answers.len());
+    assert!(from_live.iter().all(|(s, _)| *s == 200), "the live version failed a request");
+    assert!(from_canary.iter().any(|(s, _)| *s == 500), "the canary never failed");
+    let canary_requests = from_canary.len();
+    assert!(
+        (20..=40).contains(&canary_requests),
+        "the canary answered {canary_requests} of {}",
+        answers.len()
+    );
+
+    // It was removed by itself, once, with an audit line naming both rates.
+    let entry = guests(&server);
+    assert!(entry.get("canary").is_none(), "{entry}");
+    assert_eq!(entry["digest"], live.as_str());
+    let ended = ["guest_canaries_ended_total", "automatic=\"true\"", "outcome=\"rolled_back\""];
+    assert_eq!(sample(&server, &ended), 1.0);
+    let log = server.log();
+    let audit: Vec<_> = log.lines().filter(|l| l.contains("\"canary-rollback\"")).collect();
+    assert_eq!(audit.len(), 1, "{log}");
+    assert!(
+        audit[0].contains("canary_failure_rate") && audit[0].contains("live_failure_rate"),
+        "{}",
+        audit[0]
+    );
+    // Per-version metrics: the canary's faults are its own.
+    let canary_label = format!("digest=\"{canary}\"");
+    let live_label = format!("digest=\"{live}\"");
+    assert!(sample(&server, &["guest_version_requests_total", &canary_label, "code=\"guest_fault\""]) >= 1.0);
+    assert_eq!(sample(&server, &["guest_version_requests_total", &live_label, "code=\"guest_fault\""]), 0.0);
+    assert!(sample(&server, &["guest_version_request_duration_seconds_count", &live_label]) >= 40.0);
+    // Everything goes to the live version now.
+    assert_eq!(classify(&server, "marked", None).0, 200);
+}
+
+#[test]
+fn a_healthy_canary_is_promoted_by_hand_or_by_the_flag_and_rollback_removes_one() {
+    let server = ServerBuilder::new().guest(&hostile()).admin_token().start();
+    let first = guests(&server)["digest"].as_str().unwrap().to_string();
+    let post = |path: &str| json(admin(&server, reqwest::Method::POST, path).send().unwrap());
+    let (status, body) = post("/admin/guests/hostile/promote");
+    assert_eq!(status, 409, "no canary to promote: {body}");
+    let unknown = json(
+        admin(&server, reqwest::Method::PUT, "/admin/guests/nobody?canary=10")
+            .body(std::fs::read(test_guest("hostile")).unwrap())
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(unknown.0, 409, "a canary needs a live version: {}", unknown.1);
+
+    // Rollback with a canary removes the canary and keeps the live version.
+    let canary = json(put_canary(&server, "30")).1["canary"]["digest"].as_str().unwrap().to_string();
+    let (status, entry) = post("/admin/guests/hostile/rollback");
+    assert_eq!((status, entry["digest"].as_str()), (200, Some(first.as_str())), "{entry}");
+    assert!(entry.get("canary").is_none(), "{entry}");
+
+    // Promoted by hand: the canary is live, the old version is history, rollback returns to it.
+    assert_eq!(json(put_canary(&server, "30")).0, 200);
+    let digests: Vec<String> = (0..20)
+        .map(|_| classify(&server, "honest", None))
+        .map(|(s, d, _)| {
+            assert_eq!(s, 200);
+            d
+        })
+        .collect();
+    assert_eq!(digests.iter().filter(|d| **d == canary).count(), 6, "30% of 20 requests");
+    let (status, entry) = post("/admin/guests/hostile/promote");
+    assert_eq!((status, entry["digest"].as_str()), (200, Some(canary.as_str())), "{entry}");
+    assert_eq!(entry["history"][0]["digest"], first.as_str());
+    assert_eq!(
+        sample(&server, &["guest_canaries_ended_total", "automatic=\"false\"", "outcome=\"promoted\""]),
+        1.0
+    );
+    assert_eq!(post("/admin/guests/hostile/rollback").1["digest"], first.as_str());
+    drop(server);
+
+    // Promoted by the flag once it has answered enough requests within the rate.
+    let server = ServerBuilder::new()
+        .guest(&hostile())
+        .admin_token()
+        .arg("--canary-min-requests=10")
+        .arg("--canary-auto-promote-after=10")
+        .start();
+    assert_eq!(json(put_canary(&server, "50")).0, 200);
+    for _ in 0..20 {
+        assert_eq!(classify(&server, "honest", None).0, 200);
+    }
+    let entry = guests(&server);
+    assert_eq!(entry["digest"], canary.as_str(), "{entry}");
+    assert!(entry.get("canary").is_none(), "{entry}");
+    assert!(server.log().contains("\"canary-promote\""));
+    assert_eq!(
+        sample(&server, &["guest_canaries_ended_total", "automatic=\"true\"", "outcome=\"promoted\""]),
+        1.0
+    );
 }

@@ -232,8 +232,25 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", env = "MOTION_HOST_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,
 
+    /// Canary requests before a canary's failure rate is judged (50); see
+    /// --canary-max-fault-rate.
+    #[arg(long, value_name = "N", env = "MOTION_HOST_CANARY_MIN_REQUESTS", default_value_t = 50)]
+    pub canary_min_requests: u64,
+
+    /// How far a canary's rate of guest_fault and guest_timeout answers may exceed the live
+    /// version's (0.05) before the server removes the canary by itself; 4xx answers never count.
+    #[arg(long, value_name = "RATE", env = "MOTION_HOST_CANARY_MAX_FAULT_RATE", default_value_t = 0.05)]
+    pub canary_max_fault_rate: f64,
+
+    /// Makes a canary live by itself once it has answered N requests within
+    /// --canary-max-fault-rate (at least --canary-min-requests). Unset: promotion is an
+    /// operator's decision (POST /admin/guests/{name}/promote).
+    #[arg(long, value_name = "N", env = "MOTION_HOST_CANARY_AUTO_PROMOTE_AFTER")]
+    pub canary_auto_promote_after: Option<u64>,
+
     /// Longest a request may take from its headers to its answer, body upload included; a body
-    /// still arriving then gets 408, anything else 504.
+    /// still arriving then gets 408, anything else 504. A client may ask for less with
+    /// X-Request-Timeout (seconds) or, on /v2, the 'timeout' parameter (microseconds).
     #[arg(long, value_name = "DURATION", env = "MOTION_HOST_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 

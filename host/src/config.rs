@@ -18,6 +18,7 @@ use crate::http::connections::{self, ConnectionLimits};
 use crate::http::{self, AdminToken};
 use crate::platform::tls::{self, TlsPlan};
 use crate::platform::{Source, bind};
+use crate::service::CanaryPolicy;
 use motion_runtime as runtime;
 
 /// What `serve` was asked to do, checked.
@@ -32,6 +33,7 @@ pub struct ServeConfig {
     pub admin: Option<AdminToken>,
     pub tuning: Tuning,
     pub connection_limits: ConnectionLimits,
+    pub canary: CanaryPolicy,
 }
 
 impl ServeConfig {
@@ -106,6 +108,17 @@ impl ServeConfig {
             None => connections::default_max_connections(descriptors),
         };
         motion_model::DeviceChoice::check(&args.device)?;
+        if !(0.0..=1.0).contains(&args.canary_max_fault_rate) {
+            bail!("--canary-max-fault-rate must be between 0 and 1, got {}", args.canary_max_fault_rate);
+        }
+        if args.canary_min_requests == 0 {
+            bail!("--canary-min-requests must be at least 1");
+        }
+        let canary = CanaryPolicy {
+            min_requests: args.canary_min_requests,
+            max_failure_rate: args.canary_max_fault_rate,
+            auto_promote_after: args.canary_auto_promote_after,
+        };
 
         Ok(ServeConfig {
             addrs,
@@ -120,6 +133,7 @@ impl ServeConfig {
                 per_ip: args.max_connections_per_ip,
                 idle: args.idle_timeout,
             },
+            canary,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! The info gauges are rebuilt from the live model and guest set at every scrape, so a swapped
 //! guest's old version disappears from them.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Latency buckets, in seconds: 0.5 ms to 30 s.
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// Versions no longer held whose per-version series are still shown, per guest.
+const GONE_VERSIONS_KEPT: usize = 4;
 /// The stages a request can be given up in.
 const STAGES: [&str; 4] = ["body", "guest", "queue", "inference"];
 /// Rows in a forward pass: powers of two up to the most one call may carry.
@@ -43,6 +46,12 @@ pub struct Metrics {
     guest_traps: IntCounterVec,
     guest_timeouts: IntCounterVec,
     guest_limit_hits: IntCounterVec,
+    version_requests: IntCounterVec,
+    version_duration: HistogramVec,
+    /// Per (guest, digest): the codes seen, and when it last answered (a sequence number), so
+    /// the series of versions long gone can be dropped.
+    version_codes: Mutex<BTreeMap<(String, String), (BTreeSet<&'static str>, u64)>>,
+    canaries_ended: IntCounterVec,
     model_info: IntGaugeVec,
     guest_info: IntGaugeVec,
     /// One scrape at a time: each rebuilds the info gauges.
@@ -67,6 +76,8 @@ pub struct GuestInfo<'a> {
     pub digest: &'a str,
     pub model: &'a str,
     pub default: bool,
+    /// `live`, or `canary` for a version taking a share of its name's traffic.
+    pub role: &'a str,
 }
 
 /// The process's metrics.
@@ -201,6 +212,28 @@ impl Metrics {
                 "Guest calls stopped by a resource limit, by guest and limit.",
                 &["guest", "limit"],
             ),
+            version_requests: counter(
+                r,
+                "guest_version_requests_total",
+                "Classifications answered by each guest version (live or canary), by guest, digest \
+                 and outcome code (ok, or the error code).",
+                &["guest", "digest", "code"],
+            ),
+            version_duration: histogram(
+                r,
+                "guest_version_request_duration_seconds",
+                "Time each guest version (live or canary) took to answer, by guest and digest.",
+                LATENCY_BUCKETS,
+                &["guest", "digest"],
+            ),
+            version_codes: Mutex::new(BTreeMap::new()),
+            canaries_ended: counter(
+                r,
+                "guest_canaries_ended_total",
+                "Canaries ended, by guest, outcome (promoted, rolled_back) and whether the server \
+                 did it by itself (automatic: true) or an operator asked.",
+                &["guest", "outcome", "automatic"],
+            ),
             model_info: gauge(
                 r,
                 "model_info",
@@ -210,8 +243,9 @@ impl Metrics {
             guest_info: gauge(
                 r,
                 "guest_info",
-                "Each live guest's version, digest, model and whether it is the default; always 1.",
-                &["guest", "version", "digest", "model", "default"],
+                "Each live guest's version, digest, model, whether it is the default, and its role \
+                 (live, or canary beside the live version); always 1.",
+                &["guest", "version", "digest", "model", "default", "role"],
             ),
             registry,
             scrape: Mutex::new(()),
@@ -270,6 +304,51 @@ impl Metrics {
         self.guest_limit_hits.with_label_values(&[guest, limit]).inc();
     }
 
+    /// A classification answered by version `digest` of `guest`, with `code` (`ok` or the
+    /// error code), after `elapsed`.
+    pub fn version_answered(&self, guest: &str, digest: &str, code: &'static str, elapsed: Duration) {
+        self.version_requests.with_label_values(&[guest, digest, code]).inc();
+        self.version_duration.with_label_values(&[guest, digest]).observe(elapsed.as_secs_f64());
+        let mut versions = self.version_codes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sequence = versions.values().map(|(_, last)| *last).max().unwrap_or(0) + 1;
+        let (codes, last) = versions.entry((guest.to_string(), digest.to_string())).or_default();
+        codes.insert(code);
+        *last = sequence;
+    }
+
+    /// Drops the per-version series of versions no longer held (live, canary or in history)
+    /// beyond the [`GONE_VERSIONS_KEPT`] that answered last per guest (a canary rolled back
+    /// stays visible a while), so uploads do not grow the exposition without bound.
+    pub fn keep_versions(&self, held: &[(&str, &str)]) {
+        let mut versions = self.version_codes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut gone: Vec<(u64, String, String)> = versions
+            .iter()
+            .filter(|((g, d), _)| !held.iter().any(|(hg, hd)| hg == g && hd == d))
+            .map(|((g, d), (_, last))| (*last, g.clone(), d.clone()))
+            .collect();
+        gone.sort_by_key(|(last, _, _)| std::cmp::Reverse(*last));
+        let mut kept: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, guest, digest) in gone {
+            let n = kept.entry(guest.clone()).or_default();
+            *n += 1;
+            if *n <= GONE_VERSIONS_KEPT {
+                continue;
+            }
+            if let Some((codes, _)) = versions.remove(&(guest.clone(), digest.clone())) {
+                for code in codes {
+                    let _ = self.version_requests.remove_label_values(&[guest.as_str(), &digest, code]);
+                }
+                let _ = self.version_duration.remove_label_values(&[guest.as_str(), &digest]);
+            }
+        }
+    }
+
+    /// A canary ended: `promoted` or `rolled_back`, by the server itself or an operator.
+    pub fn canary_ended(&self, guest: &str, outcome: &str, automatic: bool) {
+        let automatic = if automatic { "true" } else { "false" };
+        self.canaries_ended.with_label_values(&[guest, outcome, automatic]).inc();
+    }
+
     /// The exposition text, with the info gauges rebuilt from what is live now (nothing while
     /// starting), gathered by the caller.
     pub fn render(&self, models: &[ModelInfo], guests: &[GuestInfo], stores_open: usize) -> String {
@@ -282,7 +361,9 @@ impl Metrics {
         }
         for g in guests {
             let default = if g.default { "true" } else { "false" };
-            self.guest_info.with_label_values(&[g.name, g.version, g.digest, g.model, default]).set(1);
+            self.guest_info
+                .with_label_values(&[g.name, g.version, g.digest, g.model, default, g.role])
+                .set(1);
         }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

@@ -27,8 +27,17 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     // Everything is checked before a socket opens.
     let descriptors = connections::raise_descriptor_limit();
     let config = ServeConfig::new(&args, matches, std::env::var("PORT").ok().as_deref(), descriptors)?;
-    let ServeConfig { addrs, bind_source, plan, tls_config, guest_specs, admin, tuning, connection_limits } =
-        config;
+    let ServeConfig {
+        addrs,
+        bind_source,
+        plan,
+        tls_config,
+        guest_specs,
+        admin,
+        tuning,
+        connection_limits,
+        canary,
+    } = config;
     let max_connections = connection_limits.max;
 
     let listeners = addrs.iter().map(|&a| bind::listen(a)).collect::<Result<Vec<_>, _>>()?;
@@ -51,7 +60,7 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         min_upload_rate = args.min_upload_rate,
         "connection limits"
     );
-    let service = Service::new();
+    let service = Service::new(canary);
     let app = AppState::new(
         Arc::clone(&service),
         http::Settings {

@@ -12,7 +12,10 @@ use std::time::Instant;
 
 use crate::metrics::METRICS;
 use motion_model::{BackendError, Input, Model, Output, Progress};
-use motion_runtime::{Classified, GuestError, GuestSet, Limits, LoadedGuest, Media, Runtime, SetError};
+use motion_runtime::{
+    Classified, GuestError, GuestSet, Limits, LoadedGuest, Media, Role, RolledBack, Routed, Runtime,
+    SetError, Trial,
+};
 
 /// Where the server is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub enum ServiceError {
     NotReady(&'static str),
     #[error("no guest named '{name:.64}' (loaded: {})", loaded.join(", "))]
     UnknownGuest { name: String, loaded: Vec<String> },
+    #[error("guest '{name}' has no live or canary version with digest '{digest:.80}' (serving: {})", serving.join(", "))]
+    UnknownDigest { name: String, digest: String, serving: Vec<String> },
     #[error(transparent)]
     Guest(#[from] GuestError),
     #[error(transparent)]
@@ -74,20 +79,41 @@ pub struct Installed {
     pub replaced: bool,
 }
 
+/// When a canary leaves or stays by itself (`--canary-min-requests`,
+/// `--canary-max-fault-rate`, `--canary-auto-promote-after`).
+#[derive(Debug, Clone, Copy)]
+pub struct CanaryPolicy {
+    /// Canary requests before its failure rate is judged.
+    pub min_requests: u64,
+    /// How far the canary's failure rate may exceed the live version's before it is removed.
+    pub max_failure_rate: f64,
+    /// Canary requests after which a canary still within the rate is made live (at least
+    /// `min_requests`); `None` leaves promotion to an operator.
+    pub auto_promote_after: Option<u64>,
+}
+
+impl Default for CanaryPolicy {
+    fn default() -> Self {
+        CanaryPolicy { min_requests: 50, max_failure_rate: 0.05, auto_promote_after: None }
+    }
+}
+
 /// The server's one service; `serve` makes it before the sockets open and hands it the
 /// runtime once models and guests are loaded.
 pub struct Service {
     phase: AtomicU8,
     models_loaded: AtomicBool,
     runtime: OnceLock<Arc<Runtime>>,
+    canary: CanaryPolicy,
 }
 
 impl Service {
-    pub fn new() -> Arc<Service> {
+    pub fn new(canary: CanaryPolicy) -> Arc<Service> {
         Arc::new(Service {
             phase: AtomicU8::new(Phase::Starting as u8),
             models_loaded: AtomicBool::new(false),
             runtime: OnceLock::new(),
+            canary,
         })
     }
 
@@ -187,15 +213,44 @@ impl Service {
         found.map(Arc::clone)
     }
 
-    /// Runs `guest` on one clip; a trap, timeout or limit hit is counted against the guest.
-    /// `progress` is the request's stage.
+    /// The version a request runs: the live version of the guest it asks for, or that
+    /// guest's canary for the canary's share of requests. `pin` (a digest) picks the live or
+    /// canary version with that digest instead, outside the canary's trial.
+    pub fn route(&self, choice: GuestChoice, pin: Option<&str>) -> Result<Routed, ServiceError> {
+        let set = self.guests()?;
+        let name = match choice {
+            GuestChoice::Default => {
+                set.default_name().ok_or(ServiceError::NotReady("no default guest is loaded"))?
+            }
+            GuestChoice::Named(name) => name,
+        };
+        let unknown = || ServiceError::UnknownGuest {
+            name: name.to_string(),
+            loaded: set.names().into_iter().map(str::to_string).collect(),
+        };
+        let Some(digest) = pin else { return set.route(name).ok_or_else(unknown) };
+        let live = set.get(name).ok_or_else(unknown)?;
+        set.pinned(name, digest).ok_or_else(|| {
+            let canary = set.canary(name).map(|c| c.guest.digest.clone());
+            ServiceError::UnknownDigest {
+                name: name.to_string(),
+                digest: digest.to_string(),
+                serving: std::iter::once(live.digest.clone()).chain(canary).collect(),
+            }
+        })
+    }
+
+    /// Runs the routed version on one clip; a trap, timeout or limit hit is counted against
+    /// the guest, and the answer counts in its canary's trial, which may end it. `progress` is
+    /// the request's stage.
     pub async fn classify(
         &self,
-        guest: &LoadedGuest,
+        routed: &Routed,
         media: Vec<Media>,
         top_k: u32,
         progress: &Progress,
     ) -> Result<Classified, ServiceError> {
+        let guest = &routed.guest;
         let result = self.ready()?.classify(guest, media, top_k, progress).await;
         match &result {
             Err(GuestError::Trap { .. }) => METRICS.guest_trapped(&guest.name),
@@ -203,7 +258,74 @@ impl Service {
             Err(GuestError::Limit { limit, .. }) => METRICS.guest_hit_limit(&guest.name, limit),
             _ => {}
         }
+        if let Some(trial) = &routed.trial
+            && !matches!(result, Err(GuestError::Busy(_)))
+        {
+            trial.record(routed.role, result.as_ref().is_err_and(GuestError::blames_guest));
+            if routed.role == Role::Canary {
+                self.judge(guest, trial);
+            }
+        }
         Ok(result?)
+    }
+
+    /// Ends a canary's trial when it has run long enough: removed if its failure rate exceeds
+    /// the live version's by more than the policy allows, else made live once
+    /// `auto_promote_after` (if set) canary requests have passed.
+    fn judge(&self, canary: &LoadedGuest, trial: &Trial) {
+        let Ok(runtime) = self.ready() else { return };
+        let policy = &self.canary;
+        let (tried, live) = (&trial.canary, &trial.live);
+        if tried.requests() < policy.min_requests {
+            return;
+        }
+        let (canary_rate, live_rate) = (tried.failure_rate(), live.failure_rate());
+        if canary_rate - live_rate > policy.max_failure_rate {
+            // Only the request that removes it reports it.
+            if runtime.drop_canary(&canary.name, &canary.digest).is_ok() {
+                METRICS.canary_ended(&canary.name, "rolled_back", true);
+                tracing::warn!(
+                    target: "audit",
+                    action = "canary-rollback",
+                    guest = %canary.name,
+                    digest = %canary.digest,
+                    client = "-",
+                    canary_requests = tried.requests(),
+                    canary_failures = tried.failures(),
+                    canary_failure_rate = canary_rate,
+                    live_requests = live.requests(),
+                    live_failures = live.failures(),
+                    live_failure_rate = live_rate,
+                    max_difference = policy.max_failure_rate,
+                    outcome = "rolled back",
+                    "canary {} of guest {} rolled back automatically: failure rate {canary_rate:.4} against the live \
+                     version's {live_rate:.4} (--canary-max-fault-rate {})",
+                    canary.digest,
+                    canary.name,
+                    policy.max_failure_rate
+                );
+            }
+        } else if policy.auto_promote_after.is_some_and(|n| tried.requests() >= n)
+            && let Ok(promoted) = runtime.promote(&canary.name, Some(&canary.digest))
+        {
+            METRICS.guest_swapped(&canary.name);
+            METRICS.canary_ended(&canary.name, "promoted", true);
+            tracing::info!(
+                target: "audit",
+                action = "canary-promote",
+                guest = %promoted.name,
+                digest = %promoted.digest,
+                client = "-",
+                canary_requests = tried.requests(),
+                canary_failure_rate = canary_rate,
+                live_failure_rate = live_rate,
+                outcome = "promoted",
+                "canary {} of guest {} promoted automatically after {} requests (--canary-auto-promote-after)",
+                promoted.digest,
+                promoted.name,
+                tried.requests()
+            );
+        }
     }
 
     /// Runs the raw model on one FP32 input, through the same batcher as the guests' calls.
@@ -214,6 +336,63 @@ impl Service {
         progress: &Progress,
     ) -> Result<Output, ServiceError> {
         Ok(model.call(input, progress).await?)
+    }
+
+    /// Validates `bytes` as guest `name` and runs it beside the live version as its canary,
+    /// on `percent` of the name's traffic (replacing a canary already there).
+    pub async fn install_canary(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        percent: u8,
+    ) -> Result<Arc<LoadedGuest>, ServiceError> {
+        let runtime = self.ready()?;
+        // Checked before the upload is compiled: there must be a live version to compare with.
+        if !(1..=99).contains(&percent) {
+            return Err(SetError::Share(percent.into()).into());
+        }
+        if runtime.guests().get(name).is_none() {
+            return Err(SetError::NothingToCanary(name.to_string()).into());
+        }
+        let guest = self.validate(runtime, name, bytes, Origin::Admin).await?;
+        runtime.install_canary(Arc::clone(&guest), percent)?;
+        tracing::info!(
+            guest = %guest.name,
+            version = %guest.info.version,
+            digest = %guest.digest,
+            percent,
+            "guest loaded and self-tested; canary on {percent}% of its traffic"
+        );
+        Ok(guest)
+    }
+
+    /// Makes `name`'s canary live.
+    pub fn promote(&self, name: &str) -> Result<Arc<LoadedGuest>, ServiceError> {
+        let live = self.ready()?.promote(name, None)?;
+        METRICS.guest_swapped(name);
+        METRICS.canary_ended(name, "promoted", false);
+        Ok(live)
+    }
+
+    /// Validates `bytes` as guest `name`; a rejection is logged and counted.
+    async fn validate(
+        &self,
+        runtime: &Runtime,
+        name: &str,
+        bytes: Vec<u8>,
+        origin: Origin<'_>,
+    ) -> Result<Arc<LoadedGuest>, ServiceError> {
+        let loaded = match motion_runtime::check_name(name) {
+            Ok(()) => runtime.load(name, bytes).await,
+            Err(reason) => Err(GuestError::Rejected { name: name.to_string(), reasons: vec![reason] }),
+        };
+        loaded.map_err(|e| {
+            METRICS.guest_rejected(name);
+            let stays = if runtime.guests().get(name).is_some() { "; the running version stays" } else { "" };
+            let what = if matches!(origin, Origin::Admin) { "upload" } else { "file" };
+            tracing::warn!(guest = %name, source = %origin, error = %e, "guest {what} rejected{stays}");
+            e.into()
+        })
     }
 
     /// Validates `bytes` as guest `name` and makes it live; every outcome is logged and
@@ -228,21 +407,7 @@ impl Service {
         let runtime =
             if matches!(origin, Origin::Admin) { self.ready()? } else { self.runtime_for_install()? };
         let started = Instant::now();
-        let loaded = match motion_runtime::check_name(name) {
-            Ok(()) => runtime.load(name, bytes).await,
-            Err(reason) => Err(GuestError::Rejected { name: name.to_string(), reasons: vec![reason] }),
-        };
-        let guest = match loaded {
-            Ok(guest) => guest,
-            Err(e) => {
-                METRICS.guest_rejected(name);
-                let stays =
-                    if runtime.guests().get(name).is_some() { "; the running version stays" } else { "" };
-                let what = if matches!(origin, Origin::Admin) { "upload" } else { "file" };
-                tracing::warn!(guest = %name, source = %origin, error = %e, "guest {what} rejected{stays}");
-                return Err(e.into());
-            }
-        };
+        let guest = self.validate(runtime, name, bytes, origin).await?;
         let replaced = runtime.install(Arc::clone(&guest));
         METRICS.guest_swapped(name);
         tracing::info!(
@@ -260,11 +425,14 @@ impl Service {
         Ok(Installed { guest, replaced })
     }
 
-    /// Puts `name` back on its previous version and returns it.
-    pub fn rollback(&self, name: &str) -> Result<Arc<LoadedGuest>, ServiceError> {
-        let live = self.ready()?.rollback(name)?;
-        METRICS.guest_swapped(name);
-        Ok(live)
+    /// Removes `name`'s canary if it has one, else puts `name` back on its previous version.
+    pub fn rollback(&self, name: &str) -> Result<RolledBack, ServiceError> {
+        let done = self.ready()?.rollback(name)?;
+        match &done {
+            RolledBack::Canary(_) => METRICS.canary_ended(name, "rolled_back", false),
+            RolledBack::Previous(_) => METRICS.guest_swapped(name),
+        }
+        Ok(done)
     }
 
     /// Removes the non-default guest `name`; returns the version that was live.

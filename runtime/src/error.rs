@@ -35,6 +35,21 @@ pub enum GuestError {
     Busy(String),
 }
 
+impl GuestError {
+    /// Whether the guest is to blame: it trapped, went past a limit or its deadline, could not
+    /// run the model, or answered wrongly (what a canary's trial counts against it).
+    pub fn blames_guest(&self) -> bool {
+        matches!(
+            self,
+            GuestError::Inference { .. }
+                | GuestError::Trap { .. }
+                | GuestError::Timeout { .. }
+                | GuestError::InvalidOutput { .. }
+                | GuestError::Limit { .. }
+        )
+    }
+}
+
 /// Why a guest's call stopped with an error instead of an answer.
 pub(crate) enum Stop {
     Timeout,

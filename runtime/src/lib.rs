@@ -36,7 +36,7 @@ pub use answer::{Classified, StageTimings};
 pub use cache::{CompileCache, Compiled, sha256_hex};
 pub use error::GuestError;
 pub use guest::{GuestInfo, LoadedGuest, Media, check_name, guest_digest, name_from_file};
-pub use guests::{GuestSet, HISTORY, SetError};
+pub use guests::{Canary, GuestSet, HISTORY, Role, RolledBack, Routed, SetError, Tally, Trial};
 pub use limits::Limits;
 pub use store::open_stores;
 
@@ -173,13 +173,25 @@ impl Runtime {
         self.change(|set| Ok(set.with_installed(guest))).unwrap_or(false)
     }
 
-    /// Puts `name` back on its previous version and returns it.
-    pub fn rollback(&self, name: &str) -> Result<Arc<LoadedGuest>, SetError> {
-        self.change(|set| {
-            let next = set.with_rollback(name)?;
-            let live = Arc::clone(next.get(name).ok_or_else(|| SetError::Unknown(name.into()))?);
-            Ok((next, live))
-        })
+    /// Removes `name`'s canary if it has one, else puts `name` back on its previous version.
+    pub fn rollback(&self, name: &str) -> Result<RolledBack, SetError> {
+        self.change(|set| set.with_rollback(name))
+    }
+
+    /// Runs `guest` beside the live version of its name, on `percent` of its traffic.
+    pub fn install_canary(&self, guest: Arc<LoadedGuest>, percent: u8) -> Result<(), SetError> {
+        self.change(|set| Ok((set.with_canary(guest, percent)?, ())))
+    }
+
+    /// Makes `name`'s canary live (if it is still the version `digest`, when given) and
+    /// returns it.
+    pub fn promote(&self, name: &str, digest: Option<&str>) -> Result<Arc<LoadedGuest>, SetError> {
+        self.change(|set| set.with_promoted(name, digest))
+    }
+
+    /// Removes `name`'s canary if it is still the version `digest`.
+    pub fn drop_canary(&self, name: &str, digest: &str) -> Result<(), SetError> {
+        self.change(|set| Ok((set.without_canary(name, digest)?, ())))
     }
 
     /// Removes the non-default guest `name`; returns the version that was live.

@@ -1,17 +1,21 @@
-//! The admin API: install, list, roll back and remove guests while the server runs.
+//! The admin API: install, list, roll back and remove guests while the server runs, and run a
+//! new version as a canary beside the live one (`?canary=PERCENT`), then promote or roll it
+//! back.
 //!
 //! Protected by a bearer token read from `--admin-token-file`, compared in constant time and
 //! never logged; without a token configured every admin route answers 404. Over plain HTTP on
 //! a non-loopback address it is refused unless `--allow-insecure-admin` is given. Every action is
 //! an audit log line: action, guest, digest, client address, outcome.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path as UrlPath, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -19,7 +23,7 @@ use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
 use crate::service::{Origin, Service, ServiceError};
-use motion_runtime::{GuestSet, LoadedGuest};
+use motion_runtime::{Canary, GuestSet, LoadedGuest, RolledBack, Tally};
 
 /// The admin bearer token. Its `Debug` never shows it.
 pub struct AdminToken(Vec<u8>);
@@ -116,15 +120,64 @@ impl VersionEntry {
     }
 }
 
-/// A guest name, its live version and history, as the admin API lists it.
+/// A guest name, its live version, its canary and its history, as the admin API lists it.
 #[derive(Serialize)]
 pub struct GuestEntry {
     pub name: String,
     pub default: bool,
     #[serde(flatten)]
     pub live: VersionEntry,
+    /// The version taking a share of the traffic beside the live one, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryEntry>,
     /// Earlier versions, newest first: what rollback returns to.
     pub history: Vec<VersionEntry>,
+}
+
+/// A canary: its version, its share, and how it and the live version have done since it began.
+#[derive(Serialize)]
+pub struct CanaryEntry {
+    #[serde(flatten)]
+    pub version: VersionEntry,
+    pub percent: u8,
+    pub trial: TrialEntry,
+}
+
+#[derive(Serialize)]
+pub struct TrialEntry {
+    pub canary: TallyEntry,
+    pub live: TallyEntry,
+}
+
+/// Requests answered, and those the guest failed (guest_fault, guest_timeout).
+#[derive(Serialize)]
+pub struct TallyEntry {
+    pub requests: u64,
+    pub failures: u64,
+    pub failure_rate: f64,
+}
+
+impl TallyEntry {
+    fn of(tally: &Tally) -> Self {
+        TallyEntry {
+            requests: tally.requests(),
+            failures: tally.failures(),
+            failure_rate: tally.failure_rate(),
+        }
+    }
+}
+
+impl CanaryEntry {
+    fn of(canary: &Canary) -> Self {
+        CanaryEntry {
+            version: VersionEntry::of(&canary.guest),
+            percent: canary.percent,
+            trial: TrialEntry {
+                canary: TallyEntry::of(&canary.trial.canary),
+                live: TallyEntry::of(&canary.trial.live),
+            },
+        }
+    }
 }
 
 fn entry(set: &GuestSet, name: &str) -> Option<GuestEntry> {
@@ -133,6 +186,7 @@ fn entry(set: &GuestSet, name: &str) -> Option<GuestEntry> {
         name: name.to_string(),
         default: set.is_default(name),
         live: VersionEntry::of(live),
+        canary: set.canary(name).map(CanaryEntry::of),
         history: set.history(name).map(|g| VersionEntry::of(g)).collect(),
     })
 }
@@ -155,10 +209,25 @@ pub async fn list(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Resul
     Ok(Json(Listing { default_guest: set.default_name().map(str::to_string), guests }).into_response())
 }
 
+/// `?canary=PERCENT`: a whole percent from 1 to 99, if given.
+fn canary_share(
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Option<u8>, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    let Some(value) = params.get("canary") else { return Ok(None) };
+    match value.parse::<u8>() {
+        Ok(percent) if (1..=99).contains(&percent) => Ok(Some(percent)),
+        _ => Err(ApiError::bad_request(format!(
+            "canary '{value:.16}' is not a whole percent from 1 to 99 (the canary's share of the guest's traffic)"
+        ))),
+    }
+}
+
 pub async fn put(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     UrlPath(name): UrlPath<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -168,6 +237,18 @@ pub async fn put(
     authorize(&app, &headers)?;
     let upload = app.read_body(&headers, body, &app.deadline(std::time::Instant::now())).await?;
     motion_runtime::check_name(&name).map_err(ApiError::bad_request)?;
+    if let Some(percent) = canary_share(query)? {
+        return match app.service.install_canary(&name, upload.bytes.into(), percent).await {
+            Ok(canary) => {
+                audit("canary", &name, Some(&canary.digest), peer, &format!("canary on {percent}%"));
+                Ok(Json(live_entry(&app.service, &name)?).into_response())
+            }
+            Err(e) => {
+                audit("canary", &name, None, peer, &format!("refused: {e}"));
+                Err(e.into())
+            }
+        };
+    }
     let installed = match app.service.install(&name, upload.bytes.into(), Origin::Admin).await {
         Ok(installed) => installed,
         Err(e) => {
@@ -201,13 +282,38 @@ pub async fn rollback(
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
     match app.service.rollback(&name) {
-        Ok(live) => {
+        Ok(RolledBack::Canary(canary)) => {
+            audit("rollback", &name, Some(&canary.digest), peer, "canary removed");
+            Ok(Json(live_entry(&app.service, &name)?).into_response())
+        }
+        Ok(RolledBack::Previous(live)) => {
             audit("rollback", &name, Some(&live.digest), peer, "rolled back");
             Ok(Json(live_entry(&app.service, &name)?).into_response())
         }
         Err(e @ ServiceError::NotReady(_)) => Err(e.into()),
         Err(e) => {
             audit("rollback", &name, None, peer, &format!("refused: {e}"));
+            Err(e.into())
+        }
+    }
+}
+
+/// `POST /admin/guests/{name}/promote`: the canary becomes the live version.
+pub async fn promote(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    match app.service.promote(&name) {
+        Ok(live) => {
+            audit("promote", &name, Some(&live.digest), peer, "promoted");
+            Ok(Json(live_entry(&app.service, &name)?).into_response())
+        }
+        Err(e @ ServiceError::NotReady(_)) => Err(e.into()),
+        Err(e) => {
+            audit("promote", &name, None, peer, &format!("refused: {e}"));
             Err(e.into())
         }
     }

@@ -183,7 +183,9 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::NotReady(message) => Self::not_ready(message),
-            ServiceError::UnknownGuest { .. } => Self::not_found(e.to_string()),
+            ServiceError::UnknownGuest { .. } | ServiceError::UnknownDigest { .. } => {
+                Self::not_found(e.to_string())
+            }
             ServiceError::Guest(e) => e.into(),
             ServiceError::Model(e) => e.into(),
             ServiceError::Set(e) => e.into(),
@@ -212,9 +214,11 @@ impl From<SetError> for ApiError {
     fn from(e: SetError) -> Self {
         match e {
             SetError::Unknown(_) => Self::not_found(e.to_string()),
-            SetError::NoHistory(_) | SetError::IsDefault(_) => {
-                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
-            }
+            SetError::NoHistory(_)
+            | SetError::IsDefault(_)
+            | SetError::NoCanary(_)
+            | SetError::NothingToCanary(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            SetError::Share(_) => Self::bad_request(e.to_string()),
         }
     }
 }

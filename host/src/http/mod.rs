@@ -116,6 +116,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/guests", get(admin::list))
         .route("/admin/guests/{name}", axum::routing::put(admin::put).delete(admin::remove))
         .route("/admin/guests/{name}/rollback", post(admin::rollback))
+        .route("/admin/guests/{name}/promote", post(admin::promote))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::serve))
         .merge(oip::routes())
@@ -142,14 +143,19 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
             });
         }
         for (name, g) in set.live() {
-            guests.push(GuestInfo {
-                name,
-                version: &g.info.version,
-                digest: &g.digest,
-                model: g.model.name(),
-                default: set.is_default(name),
-            });
+            let canary = set.canary(name).map(|c| (&c.guest, "canary"));
+            for (g, role) in std::iter::once((g, "live")).chain(canary) {
+                guests.push(GuestInfo {
+                    name,
+                    version: &g.info.version,
+                    digest: &g.digest,
+                    model: g.model.name(),
+                    default: set.is_default(name),
+                    role,
+                });
+            }
         }
+        crate::metrics::METRICS.keep_versions(&set.digests());
     }
     let body = crate::metrics::METRICS.render(&models, &guests, motion_runtime::open_stores());
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()

@@ -26,7 +26,7 @@ use super::work::{self, Work};
 use super::{ApiError, AppState, VERSION};
 use crate::service::{GuestChoice, Phase, Service, ServiceError};
 use motion_model::{Input, Model, Progress};
-use motion_runtime::{LoadedGuest, Media, StageTimings, media};
+use motion_runtime::{LoadedGuest, Media, Routed, StageTimings, media};
 
 /// The guest pipeline's model name.
 pub const PIPELINE: &str = "motion-classifier";
@@ -265,12 +265,17 @@ async fn infer_within_deadline(
     drop(bytes);
     let own = work::parameter_timeout(request.parameters.get("timeout"))?;
     let deadline = deadline.tightened(received, own, work::Source::Parameter);
+    let mut served_by = None;
     let run = async {
         let target = resolve(&app.service, model, version)?;
         let progress = work.progress();
         let (outputs, info) = match &target {
             Target::Raw(m) => run_model(&app.service, m, &request, progress).await?,
-            Target::Pipeline(guest) => run_pipeline(&app.service, guest, &request, progress).await?,
+            Target::Pipeline(_) => {
+                let routed = app.service.route(GuestChoice::Default, super::v1::pinned_digest(&headers)?)?;
+                served_by = Some(routed.guest.digest.clone());
+                run_pipeline(&app.service, &routed, &request, progress).await?
+            }
         };
         let encode_started = Instant::now();
         let selected = wire::select(outputs, &request)?;
@@ -294,7 +299,11 @@ async fn infer_within_deadline(
         response.extensions_mut().insert(info);
         Ok::<_, V2Error>(response)
     };
-    work.within(&deadline, run).await
+    let answer = work.within(&deadline, run).await;
+    match served_by {
+        Some(digest) => Ok(super::v1::served_by(answer.unwrap_or_else(IntoResponse::into_response), &digest)),
+        None => answer,
+    }
 }
 
 /// Runs the raw network on the request's one input tensor.
@@ -341,10 +350,11 @@ async fn run_model(
 /// frame), several are frames in time order.
 async fn run_pipeline(
     service: &Service,
-    guest: &LoadedGuest,
+    routed: &Routed,
     request: &wire::Request,
     progress: &Progress,
 ) -> Result<(Vec<wire::Output>, AccessInfo), V2Error> {
+    let guest = &routed.guest;
     request.only_inputs(&[MEDIA])?;
     let input = request.input(MEDIA)?;
     let mut elements = input.bytes_elements()?;
@@ -395,7 +405,7 @@ async fn run_pipeline(
         .collect::<Result<Vec<_>, _>>()?;
 
     let labels = &guest.info.labels;
-    let classified = super::v1::run_guest(service, guest, media, labels.len() as u32, progress).await?;
+    let classified = super::v1::run_guest(service, routed, media, labels.len() as u32, progress).await?;
     let scores = labels
         .iter()
         .map(|label| classified.top_k.iter().find(|(l, _)| l == label).map_or(0.0, |(_, s)| *s))

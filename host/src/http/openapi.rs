@@ -92,7 +92,7 @@ mod tests {
         let doc = document(None, None);
         assert_eq!(doc["openapi"], "3.1.0");
         let app = AppState::new(
-            crate::service::Service::new(),
+            crate::service::Service::new(Default::default()),
             Settings {
                 max_body_bytes: 1024,
                 max_upload_memory: 4096,

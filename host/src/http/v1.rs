@@ -9,7 +9,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Serialize;
@@ -18,7 +18,7 @@ use super::work::{self, Work};
 use super::{ApiError, AppState, VERSION, access, ms};
 use crate::service::{GuestChoice, Phase, Service};
 use motion_model::Progress;
-use motion_runtime::{Classified, LoadedGuest, Media};
+use motion_runtime::{Classified, LoadedGuest, Media, Routed};
 
 /// `top_k` when the query does not say.
 const DEFAULT_TOP_K: u32 = 3;
@@ -38,6 +38,26 @@ struct Health {
 struct GuestRef {
     version: String,
     digest: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    canary: Option<CanaryRef>,
+}
+
+/// A canary beside a live version: which version, and its share of the traffic.
+#[derive(Serialize)]
+struct CanaryRef {
+    version: String,
+    digest: String,
+    percent: u8,
+}
+
+impl CanaryRef {
+    fn of(set: &motion_runtime::GuestSet, name: &str) -> Option<CanaryRef> {
+        set.canary(name).map(|c| CanaryRef {
+            version: c.guest.info.version.clone(),
+            digest: c.guest.digest.clone(),
+            percent: c.percent,
+        })
+    }
 }
 
 pub(super) async fn health(State(app): State<Arc<AppState>>) -> Response {
@@ -48,7 +68,8 @@ pub(super) async fn health(State(app): State<Arc<AppState>>) -> Response {
                 .live()
                 .map(|(name, live)| {
                     let version = live.info.version.clone();
-                    (name.to_string(), GuestRef { version, digest: live.digest.clone() })
+                    let canary = CanaryRef::of(&set, name);
+                    (name.to_string(), GuestRef { version, digest: live.digest.clone(), canary })
                 })
                 .collect();
             (set.default_name().map(str::to_string), guests)
@@ -86,6 +107,8 @@ struct PublicGuest<'a> {
     input_shape: &'a [i64],
     labels: &'a [String],
     accepts: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    canary: Option<CanaryRef>,
     limits: PublicLimits,
 }
 
@@ -119,6 +142,7 @@ pub(super) async fn list_guests(State(app): State<Arc<AppState>>) -> Result<Resp
             input_shape: &g.info.input_shape,
             labels: &g.info.labels,
             accepts: &g.info.accepts,
+            canary: CanaryRef::of(&set, name),
             limits: PublicLimits {
                 max_body_bytes: app.settings.max_body_bytes,
                 memory_bytes: limits.memory_bytes,
@@ -189,10 +213,34 @@ async fn classify_within_deadline(
     asked?;
     let _slot = app.admit()?;
     work.within(&deadline, async {
-        let guest = app.service.guest(choice)?;
-        classify(&app.service, &guest, query, &headers, upload.bytes, received, work.progress()).await
+        let routed = app.service.route(choice, pinned_digest(&headers)?)?;
+        let answer =
+            classify(&app.service, &routed, query, &headers, upload.bytes, received, work.progress()).await;
+        Ok(served_by(answer.unwrap_or_else(IntoResponse::into_response), &routed.guest.digest))
     })
     .await
+}
+
+/// Names the guest version that answered (`X-Guest-Digest`), failures included: with a
+/// canary running, a client can tell which version it reached.
+pub(super) fn served_by(mut response: Response, digest: &str) -> Response {
+    if let Ok(value) = axum::http::HeaderValue::from_str(digest) {
+        response.headers_mut().insert(GUEST_DIGEST, value);
+    }
+    response
+}
+
+/// The header that pins a request to one live or canary version of its guest, for debugging.
+pub(super) const GUEST_DIGEST: HeaderName = HeaderName::from_static("x-guest-digest");
+
+/// The version digest a client pinned with `X-Guest-Digest`, if any.
+pub(super) fn pinned_digest(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get(GUEST_DIGEST) {
+        None => Ok(None),
+        Some(v) => v.to_str().ok().filter(|d| d.starts_with("sha256:")).map(Some).ok_or_else(|| {
+            ApiError::bad_request("header X-Guest-Digest must be a digest like 'sha256:<64 hex digits>'")
+        }),
+    }
 }
 
 /// Classifies an upload already read. The body is read before any other check: a refusal
@@ -200,13 +248,14 @@ async fn classify_within_deadline(
 /// the answer, so only a body over the limit is refused before it is read.
 async fn classify(
     service: &Service,
-    guest: &Arc<LoadedGuest>,
+    routed: &Routed,
     query: TopKQuery,
     headers: &HeaderMap,
     bytes: Bytes,
     received: Instant,
     progress: &Progress,
 ) -> Result<Response, ApiError> {
+    let guest = &routed.guest;
     let labels = guest.info.labels.len() as u32;
     let top_k = parse_top_k(query, labels)?;
 
@@ -221,28 +270,34 @@ async fn classify(
         .map(|part| Media { content_type: part.content_type, data: part.data.into() })
         .collect();
 
-    let classified = run_guest(service, guest, media, top_k, progress).await?;
+    let classified = run_guest(service, routed, media, top_k, progress).await?;
     let mut response = Json(ClassifyResponse::new(guest, &classified, received.elapsed())).into_response();
     response.extensions_mut().insert(access::AccessInfo::guest(guest, &classified));
     Ok(response)
 }
 
-/// Runs `guest` on `media` (for `/v1` and `/v2` alike); a failure that is the server's or the
-/// guest's, not the client's, is logged.
+/// Runs the routed guest version on `media` (for `/v1` and `/v2` alike) and counts the answer
+/// against that version; a failure that is the server's or the guest's, not the client's, is
+/// logged.
 pub(super) async fn run_guest(
     service: &Service,
-    guest: &LoadedGuest,
+    routed: &Routed,
     media: Vec<Media>,
     top_k: u32,
     progress: &Progress,
 ) -> Result<Classified, ApiError> {
-    service.classify(guest, media, top_k, progress).await.map_err(|e| {
+    let guest = &routed.guest;
+    let started = Instant::now();
+    let result = service.classify(routed, media, top_k, progress).await.map_err(|e| {
         let e = ApiError::from(e);
         if e.status.is_server_error() {
-            tracing::warn!(guest = %guest.name, code = e.code, error = %e.message, "classification failed");
+            tracing::warn!(guest = %guest.name, digest = %guest.digest, role = routed.role.name(), code = e.code, error = %e.message, "classification failed");
         }
         e
-    })
+    });
+    let code = result.as_ref().map_or_else(|e| e.code, |_| "ok");
+    crate::metrics::METRICS.version_answered(&guest.name, &guest.digest, code, started.elapsed());
+    result
 }
 
 /// `top_k` from the query: an integer in 1..=labels, default 3.

@@ -31,7 +31,7 @@ mod component {
             let labels = if cfg!(feature = "many-labels") { 10_000 } else { LABELS };
             GuestInfo {
                 name: "hostile".into(),
-                version: "0.1.0".into(),
+                version: if cfg!(feature = "fail-marked") { "0.1.1-fail-marked" } else { "0.1.0" }.into(),
                 model: MODEL.into(),
                 input_shape: vec![-1, 8, 112, 112],
                 labels: (0..labels).map(|i| format!("label-{i}")).collect(),
@@ -46,6 +46,9 @@ mod component {
                 }
                 _ => String::new(),
             };
+            if cfg!(feature = "fail-marked") && command == "marked" {
+                panic!("this build fails on the marked input");
+            }
             let (attack, arg) = command.split_once(' ').unwrap_or((&command, ""));
             attack_with(attack, arg, req.top_k)
         }
