@@ -153,6 +153,22 @@ test_python() {
     export MOTION_HOST_TEST_PYTHON="$venv/bin/python"
 }
 
+# Prints the Python of a virtual environment (under the cache) with a requirements file
+# installed, making it when the file changed: the benchmark has one per requirements file
+# (the Python service's, and Triton's, whose nvidia-pytriton pins numpy below the service's).
+venv_for() {
+    local venv="$MOTION_HOST_CACHE/$1" requirements="$2" wanted
+    wanted="$(sha256sum "$requirements" | cut -d' ' -f1)"
+    if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$wanted" ]; then
+        say "installing $requirements into $venv"
+        # Its output goes to stderr: stdout is the path this prints.
+        python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" >&2
+        echo "$wanted" > "$venv/.requirements.sha256"
+    fi
+    printf '%s\n' "$venv/bin/python"
+}
+
 # Builds the default guest component (the build output is where the server looks for it).
 build_guest() {
     step build "building the default guest (wasm32-wasip2)"
