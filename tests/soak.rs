@@ -32,7 +32,8 @@ fn two_minutes_of_mixed_traffic_swaps_canaries_and_rotations_lose_nothing() {
     for outcome in ["ok", "invalid", "cancelled"] {
         assert!(outcomes[outcome].as_u64().unwrap_or(0) > 100, "too few '{outcome}' requests: {outcomes}");
     }
-    let events: Vec<&str> = result["events"].as_array().unwrap().iter().map(|e| e[1].as_str().unwrap()).collect();
+    let events: Vec<&str> =
+        result["events"].as_array().unwrap().iter().map(|e| e[1].as_str().unwrap()).collect();
     for event in ["swap", "canary", "certificate"] {
         assert!(events.contains(&event), "no '{event}' in {events:?}");
     }
