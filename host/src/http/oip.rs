@@ -269,17 +269,20 @@ async fn infer_within_deadline(
     let run = async {
         let target = resolve(&app.service, model, version)?;
         let progress = work.progress();
+        // The version that answers: a canary's may differ from the live one's.
+        let mut served_version = target.version().to_string();
         let (outputs, info) = match &target {
             Target::Raw(m) => run_model(&app.service, m, &request, progress).await?,
             Target::Pipeline(_) => {
                 let routed = app.service.route(GuestChoice::Default, super::v1::pinned_digest(&headers)?)?;
                 served_by = Some(routed.guest.digest.clone());
+                served_version.clone_from(&routed.guest.info.version);
                 run_pipeline(&app.service, &routed, &request, progress).await?
             }
         };
         let encode_started = Instant::now();
         let selected = wire::select(outputs, &request)?;
-        let encoded = wire::encode_response(model, target.version(), request.id.as_deref(), &selected);
+        let encoded = wire::encode_response(model, &served_version, request.id.as_deref(), &selected);
         let mut response = match encoded.header_length {
             Some(n) => (
                 [
