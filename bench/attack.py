@@ -11,12 +11,17 @@ Attacks (each against a fresh server on loopback, over TLS):
   idle-tls         --idle TLS connections that finish their handshake and send nothing
   flood-memory     15,000 TLS connections opened and closed (with no per-address cap); RSS
                    before, at the peak, and 5 s after they closed
+  hang-ups         16 clients that each send a 16-frame 320x180 Y4M clip and hang up 20 ms
+                   later, again and again: abandoned work the server should stop, not finish
+
+    bench/attack --attacks baseline,hang-ups     # only some of them
 """
 
 import argparse
 import http.client
 import json
 import os
+import random
 import resource
 import shutil
 import socket
@@ -199,6 +204,55 @@ def flood_memory(server, stats):
                  rss_after_mb=round(rss_kib(server.proc.pid) / 1024))
 
 
+def y4m_clip(frames=16, width=320, height=180):
+    """A Y4M clip of moving noise, as large as the benchmark's."""
+    rng = random.Random(7)
+    plane = bytes(rng.getrandbits(8) for _ in range(width * height * 2))
+    out = bytearray(f"YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg\n".encode())
+    chroma = bytes([128]) * (width * height // 2)
+    for i in range(frames):
+        out += b"FRAME\n" + plane[i * width:i * width + width * height] + chroma
+    return bytes(out)
+
+
+def hang_ups(server, stop, stats, clients=16, after=0.02):
+    clip = y4m_clip()
+    head = (f"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: video/x-yuv4mpeg\r\n"
+            f"Content-Length: {len(clip)}\r\n\r\n").encode()
+    sent = [0] * clients
+
+    def one(i):
+        while not stop.is_set():
+            try:
+                s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                s = server.context.wrap_socket(s, server_hostname="localhost")
+                s.sendall(head + clip)
+                time.sleep(after)
+                s.close()
+                sent[i] += 1
+            except OSError:
+                pass
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    stats["threads"] = threads
+    stats["sent"] = sent
+
+
+def cancelled_by_server(server):
+    """motion_host_requests_cancelled_total over its stages, where the build counts it."""
+    try:
+        c = server.connection(timeout=5)
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+        c.close()
+    except OSError:
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("motion_host_requests_cancelled_total{")]
+    return int(sum(values)) if values else None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bin", default=os.path.join(ROOT, "target/release/motion-host"))
@@ -206,6 +260,8 @@ def main():
     parser.add_argument("--idle", type=int, default=16000)
     parser.add_argument("--server-arg", action="append", default=[])
     parser.add_argument("--out", default=os.path.join(ROOT, "bench/results/attack.json"))
+    parser.add_argument("--attacks", default="baseline,slow-uploads,idle-tls,flood-memory,hang-ups",
+                        help="comma-separated, in order")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -216,7 +272,7 @@ def main():
     rows = []
     tmp = tempfile.mkdtemp(prefix="motion-host-attack.")
     try:
-        for name in ["baseline", "slow-uploads", "idle-tls", "flood-memory"]:
+        for name in args.attacks.split(","):
             extra = args.server_arg + (uncapped if name == "flood-memory" else [])
             server = Server(args.bin, tmp, extra)
             stop, stats, seen = threading.Event(), {}, {}
@@ -228,6 +284,8 @@ def main():
                 attack.start()
             elif name == "flood-memory":
                 flood_memory(server, stats)
+            elif name == "hang-ups":
+                hang_ups(server, stop, stats)
             time.sleep(1)
             peak_fds = [descriptors(server.proc.pid)]
 
@@ -239,6 +297,11 @@ def main():
             stop.set()
             if attack:
                 attack.join(60)
+            for t in stats.pop("threads", []):
+                t.join(30)
+            if "sent" in stats:
+                stats["sent"] = sum(stats["sent"])
+                stats["cancelled_by_server"] = cancelled_by_server(server)
             alive = server.proc.poll() is None
             row = dict(attack=name, **seen, server_alive=alive, peak_descriptors=max(peak_fds), **stats)
             rows.append(row)

@@ -1,7 +1,7 @@
 """Soaks motion-host: 16 clients send a mix of valid, invalid and abandoned requests over TLS
 while the default guest is swapped every 20 s, a canary runs every few minutes (promoted or
-rolled back in turn), and the certificate is rotated every minute. Resident memory, open
-descriptors and threads are sampled each minute. Prints a table and writes a JSON file (and a
+rolled back in turn), and the certificate is rotated every minute. Resident memory (the median
+of 11 readings over 5 s), open descriptors and threads are sampled each minute. Prints a table and writes a JSON file (and a
 plot, where matplotlib is installed).
 
     bench/soak [--duration 1800] [--out bench/results/soak.json]
@@ -51,6 +51,19 @@ def status_of(pid):
 
 def descriptors(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def open_files(pid):
+    """What the server's descriptors point at, counted by kind."""
+    kinds = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        kind = target.split(":")[0] if ":[" in target else target
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
 
 
 def openssl(*args):
@@ -309,7 +322,15 @@ def main():
         started = time.time()
 
         def sample():
-            rss, threads = status_of(pid)
+            # Resident memory under load moves with the requests of the last second: each
+            # sample is the median of 11 readings over 5 s.
+            readings = []
+            for i in range(11):
+                readings.append(status_of(pid))
+                if i < 10:
+                    time.sleep(0.5)
+            rss = sorted(r[0] for r in readings)[5]
+            threads = readings[-1][1]
             with tally.lock:
                 done = dict(tally.counts)
             samples.append({"t_s": round(time.time() - started), "rss_kib": rss, "fds": descriptors(pid),
@@ -322,8 +343,10 @@ def main():
         workers.append(threading.Thread(target=rotator, args=(certs, stop, events, rotate_every, started)))
         for w in workers:
             w.start()
-        while time.time() - started < args.duration:
-            time.sleep(min(sample_every, max(0.0, started + args.duration - time.time())))
+        due = started
+        while due < started + args.duration:
+            due = min(due + sample_every, started + args.duration)
+            time.sleep(max(0.0, due - time.time()))
             sample()
             s = samples[-1]
             print(f"{s['t_s']:5d} s  rss {s['rss_kib'] / 1024:7.1f} MiB  fds {s['fds']:4d}  threads {s['threads']:3d}  "
@@ -351,7 +374,7 @@ def main():
             failed.append(f"work left behind: {end}")
         if args.ci:
             if abs(end["fds"] - fds_start) > 5:
-                failed.append(f"descriptors went from {fds_start} to {end['fds']}")
+                failed.append(f"descriptors went from {fds_start} to {end['fds']}: {open_files(pid)}")
             if max(s["threads"] for s in samples) > THREAD_BOUND:
                 failed.append(f"more than {THREAD_BOUND} threads: {[s['threads'] for s in samples]}")
         else:
