@@ -11,8 +11,9 @@ Every answer is checked: a valid request must get 200 with the label that the ve
 answered (its X-Guest-Digest) gives this clip; an invalid one its documented 4xx code. A request
 that gets no answer is lost. Passes when nothing is lost or wrong and, for a full run, resident
 memory over the last 10 minutes stays within +-2 % of its mean and descriptors and threads end
-where they were at minute 10; for --ci, descriptors end within 5 of where they started and
-threads stay within a fixed bound.
+where they were at minute 10; for --ci, descriptors end within 5 of where they started (besides
+the one memory image each guest version kept for rollback holds, which must match the versions
+held) and threads stay within a fixed bound.
 """
 
 import argparse
@@ -51,6 +52,24 @@ def status_of(pid):
 
 def descriptors(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def memory_images(pid):
+    """Descriptors of guest memory images: each loaded guest version (live, canary or kept
+    for rollback) holds one."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:wasm-memory-image")
+        except OSError:
+            pass
+    return count
+
+
+def versions_held(server):
+    """Guest versions the server holds: each guest's live one, its canary and its history."""
+    _, listing = server.admin("GET", "/admin/guests")
+    return sum(1 + len(g["history"]) + ("canary" in g) for g in listing["guests"])
 
 
 def open_files(pid):
@@ -316,7 +335,7 @@ def main():
     try:
         expected = reference_labels(server, versions, clip)
         print(f"labels by version: {expected}")
-        fds_start = descriptors(pid)
+        fds_start, images_start = descriptors(pid), memory_images(pid)
         samples = []
         tally, stop, events = Tally(), threading.Event(), []
         started = time.time()
@@ -358,11 +377,14 @@ def main():
         time.sleep(3)
         end_rss, end_threads = status_of(pid)
         end = {"rss_kib": end_rss, "fds": descriptors(pid), "threads": end_threads,
+               "memory_images": memory_images(pid), "versions_held": versions_held(server),
                "in_flight": server.metric("motion_host_http_requests_in_flight"),
                "stores_open": server.metric("motion_host_guest_stores_open")}
         counts = tally.counts
         print(f"\noutcomes: {counts}\nevents: {len(events)} ({', '.join(sorted({e[1] for e in events}))})")
-        print(f"descriptors: {fds_start} at the start, {end['fds']} at the end; threads at most "
+        print(f"descriptors: {fds_start} at the start, {end['fds']} at the end ({images_start} and "
+              f"{end['memory_images']} of them guest memory images, {end['versions_held']} versions held at the end); "
+              f"threads at most "
               f"{max(s['threads'] for s in samples)}; guest stores open at the end: {end['stores_open']}")
 
         if counts.get("lost", 0) or counts.get("wrong", 0):
@@ -372,9 +394,14 @@ def main():
             failed.append(f"admin actions that failed: {bad_events}")
         if end["in_flight"] != 1 or end["stores_open"] != 0:
             failed.append(f"work left behind: {end}")
+        if end["memory_images"] != end["versions_held"]:
+            failed.append(f"{end['memory_images']} guest memory images for {end['versions_held']} versions held")
         if args.ci:
-            if abs(end["fds"] - fds_start) > 5:
-                failed.append(f"descriptors went from {fds_start} to {end['fds']}: {open_files(pid)}")
+            # Versions kept for rollback hold their memory images: the rest must come back.
+            others_start, others_end = fds_start - images_start, end["fds"] - end["memory_images"]
+            if abs(others_end - others_start) > 5:
+                failed.append(f"descriptors besides memory images went from {others_start} to {others_end}: "
+                              f"{open_files(pid)}")
             if max(s["threads"] for s in samples) > THREAD_BOUND:
                 failed.append(f"more than {THREAD_BOUND} threads: {[s['threads'] for s in samples]}")
         else:
