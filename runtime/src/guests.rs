@@ -5,8 +5,8 @@
 //! atomically, so a request that loaded the old set keeps the version it started with.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::guest::LoadedGuest;
 
@@ -70,22 +70,45 @@ impl Tally {
     }
 }
 
-/// A canary's trial: the routing counter that gives it its exact share, and how each version
-/// has done since the trial began.
-#[derive(Debug, Default)]
+/// Requests are routed in blocks of this many.
+const BLOCK: usize = 100;
+
+/// A canary's trial: how requests are routed, and how each version has done since the trial
+/// began.
+#[derive(Debug)]
 pub struct Trial {
-    routed: AtomicU64,
+    percent: u8,
+    block: Mutex<Block>,
     pub live: Tally,
     pub canary: Tally,
 }
 
+/// One block of routing decisions: `percent` of them the canary's, at random places.
+#[derive(Debug)]
+struct Block {
+    picks: [bool; BLOCK],
+    next: usize,
+}
+
 impl Trial {
-    /// Whether the next request goes to the canary: of every 100 routed, exactly `percent`
-    /// do, spread evenly.
-    fn takes_next(&self, percent: u8) -> bool {
-        let n = self.routed.fetch_add(1, Ordering::Relaxed);
-        let p = u64::from(percent);
-        (n + 1) * p / 100 > n * p / 100
+    pub fn new(percent: u8) -> Trial {
+        let block = Block { picks: [false; BLOCK], next: BLOCK };
+        Trial { percent, block: Mutex::new(block), live: Tally::default(), canary: Tally::default() }
+    }
+
+    /// Whether the next request goes to the canary. Of every 100 routed, exactly `percent`
+    /// do, at random places in the block: the share is exact, and no pattern in what clients
+    /// send (every other request a different kind, say) can line up with it.
+    fn takes_next(&self) -> bool {
+        let mut block = self.block.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if block.next == BLOCK {
+            block.picks = std::array::from_fn(|i| i < usize::from(self.percent));
+            fastrand::shuffle(&mut block.picks);
+            block.next = 0;
+        }
+        let pick = block.picks[block.next];
+        block.next += 1;
+        pick
     }
 
     /// Records an answer of `role`'s version; `failed` when the guest is to blame (it
@@ -183,7 +206,7 @@ impl GuestSet {
     pub fn route(&self, name: &str) -> Option<Routed> {
         let slot = self.slots.get(name)?;
         Some(match &slot.canary {
-            Some(c) if c.trial.takes_next(c.percent) => {
+            Some(c) if c.trial.takes_next() => {
                 Routed { guest: Arc::clone(&c.guest), role: Role::Canary, trial: Some(Arc::clone(&c.trial)) }
             }
             Some(c) => {
@@ -267,7 +290,7 @@ impl GuestSet {
         let mut next = self.clone();
         let slot =
             next.slots.get_mut(&guest.name).ok_or_else(|| SetError::NothingToCanary(guest.name.clone()))?;
-        slot.canary = Some(Canary { guest, percent, trial: Arc::default() });
+        slot.canary = Some(Canary { guest, percent, trial: Arc::new(Trial::new(percent)) });
         Ok(next)
     }
 
@@ -330,22 +353,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_canary_takes_exactly_its_share_spread_evenly() {
+    fn a_canary_takes_exactly_its_share_of_every_hundred_at_random_places() {
         for percent in [1u8, 10, 33, 50, 99] {
-            let trial = Trial::default();
-            let taken: Vec<bool> = (0..1000).map(|_| trial.takes_next(percent)).collect();
-            assert_eq!(taken.iter().filter(|t| **t).count(), usize::from(percent) * 10, "{percent}%");
-            // Within any 100 consecutive requests, the share is off by at most one.
-            for window in taken.windows(100) {
-                let n = window.iter().filter(|t| **t).count() as i64;
-                assert!((n - i64::from(percent)).abs() <= 1, "{percent}%: {n} in a window");
+            let trial = Trial::new(percent);
+            let taken: Vec<bool> = (0..1000).map(|_| trial.takes_next()).collect();
+            for block in taken.chunks(BLOCK) {
+                assert_eq!(block.iter().filter(|t| **t).count(), usize::from(percent), "{percent}%");
             }
         }
+        // At 50%, strict alternation would line up with a client that alternates what it
+        // sends; ten shuffled blocks are never all alternating (odds of 1 in C(100, 50)^10).
+        let trial = Trial::new(50);
+        let taken: Vec<bool> = (0..1000).map(|_| trial.takes_next()).collect();
+        assert!(taken.windows(2).any(|w| w[0] == w[1]), "the canary's requests alternate strictly");
     }
 
     #[test]
     fn a_trial_counts_requests_and_the_guests_failures_per_version() {
-        let trial = Trial::default();
+        let trial = Trial::new(10);
         trial.record(Role::Canary, true);
         trial.record(Role::Canary, false);
         trial.record(Role::Live, false);
