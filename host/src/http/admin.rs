@@ -281,18 +281,31 @@ pub async fn rollback(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
-    match app.service.rollback(&name) {
-        Ok(RolledBack::Canary(canary)) => {
-            audit("rollback", &name, Some(&canary.digest), peer, "canary removed");
-            Ok(Json(live_entry(&app.service, &name)?).into_response())
-        }
-        Ok(RolledBack::Previous(live)) => {
-            audit("rollback", &name, Some(&live.digest), peer, "rolled back");
-            Ok(Json(live_entry(&app.service, &name)?).into_response())
+    let done = app.service.rollback(&name).map(|done| match done {
+        RolledBack::Canary(canary) => (canary, "canary removed"),
+        RolledBack::Previous(live) => (live, "rolled back"),
+    });
+    answer_change(&app, "rollback", &name, peer, done)
+}
+
+/// Answers a change to guest `name` that the service made (or refused): an audit line with the
+/// version it concerned and the outcome, then the guest's entry as it is now. A server not yet
+/// ready refuses without one.
+fn answer_change(
+    app: &AppState,
+    action: &str,
+    name: &str,
+    peer: SocketAddr,
+    done: Result<(Arc<LoadedGuest>, &str), ServiceError>,
+) -> Result<Response, ApiError> {
+    match done {
+        Ok((guest, outcome)) => {
+            audit(action, name, Some(&guest.digest), peer, outcome);
+            Ok(Json(live_entry(&app.service, name)?).into_response())
         }
         Err(e @ ServiceError::NotReady(_)) => Err(e.into()),
         Err(e) => {
-            audit("rollback", &name, None, peer, &format!("refused: {e}"));
+            audit(action, name, None, peer, &format!("refused: {e}"));
             Err(e.into())
         }
     }
@@ -306,17 +319,8 @@ pub async fn promote(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
-    match app.service.promote(&name) {
-        Ok(live) => {
-            audit("promote", &name, Some(&live.digest), peer, "promoted");
-            Ok(Json(live_entry(&app.service, &name)?).into_response())
-        }
-        Err(e @ ServiceError::NotReady(_)) => Err(e.into()),
-        Err(e) => {
-            audit("promote", &name, None, peer, &format!("refused: {e}"));
-            Err(e.into())
-        }
-    }
+    let done = app.service.promote(&name).map(|live| (live, "promoted"));
+    answer_change(&app, "promote", &name, peer, done)
 }
 
 pub async fn remove(
