@@ -51,6 +51,37 @@ def descriptors(pid):
         return 0
 
 
+def launch(binary, tmp, args):
+    """Starts `motion-host serve` on an ephemeral loopback port, with its state file, compiled
+    guests and log in `tmp`, the repository's models, JSON logs and `args`; returns the process,
+    its log file and its port once it listens."""
+    state = os.path.join(tmp, "serve.json")
+    if os.path.exists(state):
+        os.remove(state)
+    log = open(os.path.join(tmp, "server.log"), "w")
+    proc = subprocess.Popen(
+        [binary, "serve", "--bind", "127.0.0.1:0", f"--state-file={state}", f"--compile-cache={tmp}/compiled",
+         f"--model-dir={ROOT}/models", "--log-format=json"] + args,
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not os.path.exists(state):
+        if time.time() > deadline or proc.poll() is not None:
+            sys.exit(f"the server did not start; see {log.name}")
+        time.sleep(0.1)
+    with open(state) as f:
+        return proc, log, int(json.load(f)["addresses"][0].rsplit(":", 1)[1])
+
+
+def halt(proc, log):
+    """Stops a server started by `launch`, killing it after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
 class Server:
     def __init__(self, binary, tmp, extra):
         self.cert, self.key = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
@@ -61,25 +92,10 @@ class Server:
                  "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
                  "-keyout", self.key, "-out", self.cert],
                 check=True, capture_output=True)
-        state = os.path.join(tmp, "serve.json")
-        if os.path.exists(state):
-            os.remove(state)
-        self.log = open(os.path.join(tmp, "server.log"), "w")
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--bind", "127.0.0.1:0", f"--state-file={state}",
-             f"--tls-cert={self.cert}", f"--tls-key={self.key}", f"--tls-dir={tmp}/none",
-             f"--compile-cache={tmp}/compiled", f"--model-dir={ROOT}/models",
-             f"--guest=motion={ROOT}/target/wasm32-wasip2/release/motion_guest.wasm",
-             "--log-format=json"] + extra,
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc, self.log, self.port = launch(binary, tmp, [
+            f"--tls-cert={self.cert}", f"--tls-key={self.key}", f"--tls-dir={tmp}/none",
+            f"--guest=motion={ROOT}/target/wasm32-wasip2/release/motion_guest.wasm"] + extra)
         deadline = time.time() + 120
-        while not os.path.exists(state):
-            if time.time() > deadline or self.proc.poll() is not None:
-                sys.exit(f"the server did not start; see {self.log.name}")
-            time.sleep(0.1)
-        with open(state) as f:
-            addr = json.load(f)["addresses"][0]
-        self.port = int(addr.rsplit(":", 1)[1])
         self.context = ssl.create_default_context(cafile=self.cert)
         while self.health() != 200:
             if time.time() > deadline:
@@ -101,12 +117,7 @@ class Server:
             return 0
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        halt(self.proc, self.log)
 
 
 def bystander(server, duration, out):

@@ -31,7 +31,8 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from attack import ROOT, descriptors, halt, launch
+
 TOKEN = "soak-admin-token-0123456789abcdef"
 CLIENTS = 16
 # The most threads the server may run in the --ci run: async workers, the blocking pool's
@@ -48,10 +49,6 @@ def status_of(pid):
             elif line.startswith("Threads:"):
                 threads = int(line.split()[1])
     return rss, threads
-
-
-def descriptors(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def memory_images(pid):
@@ -118,24 +115,12 @@ class Certs:
 
 class Server:
     def __init__(self, binary, tmp, certs, guest):
-        self.tmp = tmp
-        state = os.path.join(tmp, "serve.json")
         token = os.path.join(tmp, "admin-token")
         with open(token, "w") as f:
             f.write(TOKEN + "\n")
-        self.log = open(os.path.join(tmp, "server.log"), "w")
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--bind", "127.0.0.1:0", f"--state-file={state}", f"--tls-dir={certs.tls_dir}",
-             f"--compile-cache={tmp}/compiled", f"--model-dir={ROOT}/models", f"--guest=motion={guest}",
-             f"--admin-token-file={token}", "--log-format=json"],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc, self.log, self.port = launch(
+            binary, tmp, [f"--tls-dir={certs.tls_dir}", f"--guest=motion={guest}", f"--admin-token-file={token}"])
         deadline = time.time() + 120
-        while not os.path.exists(state):
-            if time.time() > deadline or self.proc.poll() is not None:
-                sys.exit(f"the server did not start; see {self.log.name}")
-            time.sleep(0.1)
-        with open(state) as f:
-            self.port = int(json.load(f)["addresses"][0].rsplit(":", 1)[1])
         self.context = ssl.create_default_context(cafile=certs.ca)
         while self.request("GET", "/health")[0] != 200:
             if time.time() > deadline or self.proc.poll() is not None:
@@ -169,12 +154,7 @@ class Server:
         return None
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        halt(self.proc, self.log)
 
 
 class Tally:
