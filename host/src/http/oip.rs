@@ -246,9 +246,7 @@ async fn infer_within_deadline(
     body: Body,
 ) -> Result<Response, V2Error> {
     let received = Instant::now();
-    let asked = work::header_timeout(&headers);
-    let own = asked.as_ref().ok().copied().flatten();
-    let deadline = app.deadline(received).tightened(received, own, work::Source::Header);
+    let (deadline, asked) = app.deadline(received).asked_by(received, &headers);
     let upload = app.read_body(&headers, body, &deadline).await.inspect_err(|e| work.body_failed(e))?;
     asked?;
     let _slot = app.admit()?;

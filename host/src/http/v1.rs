@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::work::{self, Work};
+use super::work::Work;
 use super::{ApiError, AppState, VERSION, access, ms};
 use crate::service::{GuestChoice, Phase, Service};
 use motion_model::Progress;
@@ -206,9 +206,7 @@ async fn classify_within_deadline(
     body: Body,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
-    let asked = work::header_timeout(&headers);
-    let own = asked.as_ref().ok().copied().flatten();
-    let deadline = app.deadline(received).tightened(received, own, work::Source::Header);
+    let (deadline, asked) = app.deadline(received).asked_by(received, &headers);
     let upload = app.read_body(&headers, body, &deadline).await.inspect_err(|e| work.body_failed(e))?;
     asked?;
     let _slot = app.admit()?;

@@ -59,6 +59,15 @@ impl Deadline {
         }
     }
 
+    /// This deadline tightened by the client's `X-Request-Timeout`. A malformed header leaves
+    /// it as it is and comes back as the error to answer once the body is in.
+    pub fn asked_by(self, received: Instant, headers: &HeaderMap) -> (Deadline, Result<(), ApiError>) {
+        match header_timeout(headers) {
+            Ok(own) => (self.tightened(received, own, Source::Header), Ok(())),
+            Err(e) => (self, Err(e)),
+        }
+    }
+
     /// What the client is told when its body did not arrive in time (408).
     pub fn body_timeout(&self) -> ApiError {
         ApiError::body_timeout(self.limit, self.source.name())
@@ -78,7 +87,7 @@ impl Deadline {
 }
 
 /// The client's own deadline from `X-Request-Timeout`: decimal seconds, more than zero.
-pub fn header_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+fn header_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
     let Some(value) = headers.get(REQUEST_TIMEOUT) else { return Ok(None) };
     let text = value.to_str().unwrap_or("(not text)").trim();
     seconds(text).map(Some).ok_or_else(|| {
