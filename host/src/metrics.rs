@@ -7,6 +7,7 @@
 //! guest's old version disappears from them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -51,6 +52,8 @@ pub struct Metrics {
     /// Per (guest, digest): the codes seen, and when it last answered (a sequence number), so
     /// the series of versions long gone can be dropped.
     version_codes: Mutex<BTreeMap<(String, String), (BTreeSet<&'static str>, u64)>>,
+    /// Classifications answered so far: the sequence numbers above.
+    answers: AtomicU64,
     canaries_ended: IntCounterVec,
     model_info: IntGaugeVec,
     guest_info: IntGaugeVec,
@@ -227,6 +230,7 @@ impl Metrics {
                 &["guest", "digest"],
             ),
             version_codes: Mutex::new(BTreeMap::new()),
+            answers: AtomicU64::new(0),
             canaries_ended: counter(
                 r,
                 "guest_canaries_ended_total",
@@ -309,11 +313,11 @@ impl Metrics {
     pub fn version_answered(&self, guest: &str, digest: &str, code: &'static str, elapsed: Duration) {
         self.version_requests.with_label_values(&[guest, digest, code]).inc();
         self.version_duration.with_label_values(&[guest, digest]).observe(elapsed.as_secs_f64());
+        let sequence = self.answers.fetch_add(1, Ordering::Relaxed) + 1;
         let mut versions = self.version_codes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let sequence = versions.values().map(|(_, last)| *last).max().unwrap_or(0) + 1;
         let (codes, last) = versions.entry((guest.to_string(), digest.to_string())).or_default();
         codes.insert(code);
-        *last = sequence;
+        *last = (*last).max(sequence);
     }
 
     /// Drops the per-version series of versions no longer held (live, canary or in history)
