@@ -188,7 +188,7 @@ build_test_guests() {
     build_guest
     cp "$wasm" "$out/motion.wasm"
     local hostile=target/wasm32-wasip2/release/hostile_guest.wasm
-    for feature in "" trap-info many-labels fail-marked; do
+    for feature in "" trap-info many-labels fail-marked import-in-realloc; do
         cargo build --quiet --release --locked -p hostile-guest --target wasm32-wasip2 --features "$feature"
         cp "$hostile" "$out/hostile${feature:+-$feature}.wasm"
     done

@@ -158,7 +158,10 @@ fn invalid_guests_are_rejected_and_the_live_version_keeps_serving() {
         (core_module, "does not compile"),
         (empty_component, "motion:guest/classifier"),
         (guest("motion-duplicate-label"), "label 'static' appears twice"),
-        (guest("motion-failing-classify"), "self-test failed"),
+        (guest("motion-failing-classify"), "fails every classification"),
+        // Small uploads pass; the host copying a large one in makes its allocator call out.
+        (guest("hostile-import-in-realloc"), "image/png sample"),
+        (guest("hostile-import-in-realloc"), "cannot leave component instance"),
     ];
     for (bytes, reason) in cases {
         let r = put_guest(&server, "motion", bytes);
@@ -371,6 +374,28 @@ fn guest_check_validates_offline() {
         report.contains("accepted") && report.contains("0.1.0-reversed") && report.contains("pan_left"),
         "{report}"
     );
+    // A sample of every accepted type it has one of, each at least 8 MiB, went through the guest;
+    // multipart/form-data is how frames arrive, not a format with a sample of its own.
+    for media_type in ["image/png", "image/jpeg", "image/gif", "video/x-yuv4mpeg"] {
+        let line = report
+            .lines()
+            .find(|l| l.contains(&format!("the {media_type} sample")))
+            .unwrap_or_else(|| panic!("no {media_type} sample: {report}"));
+        let bytes: usize =
+            line.split(", ").nth(1).and_then(|b| b.split(' ').next()).unwrap().parse().unwrap();
+        assert!(bytes >= 8 << 20, "{line}");
+    }
+    assert!(report.contains("unchecked multipart/form-data"), "{report}");
+
+    // A guest whose allocator calls an import when a large upload is copied in passes a check
+    // with small inputs only; the samples catch it before it goes live.
+    let out = check(&test_guest("hostile-import-in-realloc"));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("image/png sample") && report.contains("cannot leave component instance"),
+        "{report}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.wasm");
@@ -405,7 +430,7 @@ fn compiled_guests_are_cached_and_only_trusted_artifacts_are_loaded() {
     drop(server);
     let server = ServerBuilder::new().admin_token().arg(&cache_arg).start();
     let log = server.log();
-    let line = log.lines().find(|l| l.contains("guest loaded and self-tested")).expect("a guest line");
+    let line = log.lines().find(|l| l.contains("guest loaded and validated")).expect("a guest line");
     assert!(line.contains("\"code\":\"cached\""), "{line}");
 
     // An artifact that does not match its record is never loaded: it is rebuilt.

@@ -33,7 +33,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum GuestCommand {
     /// Validate a guest exactly as a server would before it goes live (compile, link, info()
-    /// against the model, self-test) and print a report; exit 0 when it would be accepted.
+    /// against the model, a sample clip of each accepted media type) and print a report; exit 0 when it would be accepted.
     Check(GuestCheckArgs),
 }
 

@@ -34,8 +34,10 @@ pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
         Ok(guest) => {
             let info = &guest.info;
             println!(
-                "  accepted ({} ms: compiled, linked, info() checked, self-test passed)",
-                guest.validation.as_millis()
+                "  accepted ({} ms: compiled, linked, info() checked, {} sample{} classified)",
+                guest.validation.as_millis(),
+                guest.samples.len(),
+                if guest.samples.len() == 1 { "" } else { "s" }
             );
             println!("  name      {} (installs as '{}')", info.name, guest.name);
             println!("  version   {}", info.version);
@@ -46,6 +48,12 @@ pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
             );
             println!("  labels    {} : {}", info.labels.len(), info.labels.join(", "));
             println!("  accepts   {}", info.accepts.join(", "));
+            for run in &guest.samples {
+                println!("  sample    {}: {:.1} ms", run.describe(), run.took.as_secs_f64() * 1e3);
+            }
+            for media_type in &guest.unsampled {
+                println!("  unchecked {media_type}: the host has no sample of it, so it was not sent");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(GuestError::Rejected { reasons, .. }) => {

@@ -199,7 +199,7 @@ impl Metrics {
             guest_validation_failures: counter(
                 r,
                 "guest_validation_failures_total",
-                "Guests refused before going live (compile, link, info() or self-test), by guest.",
+                "Guests refused before going live (compile, link, info() or a sample clip), by guest.",
                 &["guest"],
             ),
             guest_traps: counter(r, "guest_traps_total", "Guest calls that trapped, by guest.", &["guest"]),

@@ -361,7 +361,7 @@ impl Service {
             version = %guest.info.version,
             digest = %guest.digest,
             percent,
-            "guest loaded and self-tested; canary on {percent}% of its traffic"
+            "guest loaded and validated; canary on {percent}% of its traffic"
         );
         Ok(guest)
     }
@@ -419,7 +419,7 @@ impl Service {
             code = guest.compiled.as_str(),
             source = %origin,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "guest loaded and self-tested; {} from {origin}",
+            "guest loaded and validated; {} from {origin}",
             if replaced { "replaced" } else { "installed" }
         );
         Ok(Installed { guest, replaced })

@@ -47,8 +47,12 @@ pub struct LoadedGuest {
     pub size: usize,
     pub model: Arc<Model>,
     pub loaded_at: SystemTime,
-    /// How long validation took: compiling, linking, `info()` and the self-test.
+    /// How long validation took: compiling, linking, `info()` and the samples.
     pub validation: Duration,
+    /// The sample clips validation sent through it, one per accepted media type it has one of.
+    pub samples: Vec<SampleRun>,
+    /// The accepted media types the host has no sample of, so validation did not exercise.
+    pub unsampled: Vec<String>,
     /// Whether the code was compiled now or loaded from the compiled-guest cache.
     pub compiled: Compiled,
     pub(crate) pre: MotionGuestPre<State>,
@@ -86,6 +90,34 @@ pub fn check_name(name: &str) -> Result<(), String> {
 pub fn name_from_file(path: &Path) -> Result<String, String> {
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
     check_name(stem).map(|()| stem.to_string())
+}
+
+/// One sample clip that validation sent through a guest, and how long the guest took with it.
+#[derive(Debug, Clone)]
+pub struct SampleRun {
+    pub media_type: String,
+    pub bytes: usize,
+    pub parts: usize,
+    pub frames: usize,
+    pub width: u32,
+    pub height: u32,
+    pub took: Duration,
+}
+
+impl SampleRun {
+    /// "the image/png sample (5 frames of 1280×720, 13828990 bytes in 5 parts)".
+    pub fn describe(&self) -> String {
+        format!(
+            "the {} sample ({} frames of {}×{}, {} bytes in {} part{})",
+            self.media_type,
+            self.frames,
+            self.width,
+            self.height,
+            self.bytes,
+            self.parts,
+            if self.parts == 1 { "" } else { "s" }
+        )
+    }
 }
 
 /// One piece of uploaded media, as the guest receives it.

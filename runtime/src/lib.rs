@@ -14,7 +14,7 @@
 //! The live guests sit behind an atomic pointer ([`ArcSwap`]): a request holds the `Arc` of the
 //! version it started with, so replacing a guest never blocks or drops one.
 //!
-//! The modules depend one way: `limits`, `output`, `sample`, `media`, `fuel`, `cache`,
+//! The modules depend one way: `limits`, `output`, `media`, `fuel`, `cache`,
 //! `files` ← `store` ← `error`, `guest` ← `answer`, `guests` ← this file.
 
 mod answer;
@@ -29,13 +29,12 @@ mod guests;
 mod limits;
 pub mod media;
 mod output;
-mod sample;
 mod store;
 
 pub use answer::{Classified, StageTimings};
 pub use cache::{CompileCache, Compiled, sha256_hex};
 pub use error::GuestError;
-pub use guest::{GuestInfo, LoadedGuest, Media, check_name, guest_digest, name_from_file};
+pub use guest::{GuestInfo, LoadedGuest, Media, SampleRun, check_name, guest_digest, name_from_file};
 pub use guests::{Canary, GuestSet, HISTORY, Role, RolledBack, Routed, SetError, Tally, Trial};
 pub use limits::Limits;
 pub use store::open_stores;
@@ -217,7 +216,8 @@ impl Runtime {
 
     /// Compiles a component (on a blocking thread, off the request path), links it against our
     /// world, checks what it needs against the limits and its `info()` against the model it
-    /// names, and runs the self-test. Every failure is a reason; nothing goes live.
+    /// names, and sends it a sample clip of each media type it accepts. Every failure is a
+    /// reason; nothing goes live.
     pub async fn load(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<LoadedGuest>, GuestError> {
         let started = Instant::now();
         let rejected = |reasons: Vec<String>| GuestError::Rejected { name: name.to_string(), reasons };
@@ -283,32 +283,74 @@ impl Runtime {
             model,
             loaded_at: SystemTime::now(),
             validation: Duration::ZERO,
+            samples: Vec::new(),
+            unsampled: Vec::new(),
             compiled,
             pre,
         };
-        self.self_test(&guest).await.map_err(|reason| rejected(vec![reason]))?;
+        let (samples, unsampled) = self.exercise(&guest).await.map_err(rejected)?;
+        guest.samples = samples;
+        guest.unsampled = unsampled;
         guest.validation = started.elapsed();
         Ok(Arc::new(guest))
     }
 
-    /// Classifies a built-in sample frame with the guest, within its deadline, and checks that
-    /// the scores over all labels form a distribution: the whole path works (and is warm)
-    /// before the guest goes live.
-    async fn self_test(&self, guest: &LoadedGuest) -> Result<(), String> {
-        if !guest.accepts("image/png") {
-            return Err("the self-test sends an image/png frame, which info().accepts does not list".into());
-        }
-        let media = vec![Media { content_type: "image/png".into(), data: sample::png() }];
+    /// Sends a sample clip of every media type the guest accepts through it, as a request
+    /// would come (the same store, limits and deadline), and checks each answer's scores form a
+    /// distribution: the whole path works, with uploads large enough to reach every allocator
+    /// path, before the guest goes live. A type the host has no sample of is reported, not
+    /// failed; a guest none of whose types has a sample cannot be exercised and is refused.
+    async fn exercise(&self, guest: &LoadedGuest) -> Result<(Vec<SampleRun>, Vec<String>), Vec<String>> {
+        let (mut runs, mut unsampled, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
         let labels = guest.info.labels.len() as u32;
-        let answer = self
-            .classify(guest, media, labels, &Progress::new(Stage::Guest))
-            .await
-            .map_err(|e| format!("self-test failed: {e}"))?;
-        let sum: f32 = answer.top_k.iter().map(|(_, s)| s).sum();
-        if (sum - 1.0).abs() > 1e-3 {
-            return Err(format!("self-test: scores over all {labels} labels sum to {sum}, not 1"));
+        for accepted in &guest.info.accepts {
+            let media_type = motion_request::essence(accepted);
+            let wanted = media_type.clone();
+            let sample = tokio::task::spawn_blocking(move || media::sample(&wanted))
+                .await
+                .map_err(|e| vec![format!("making the {media_type} sample did not finish: {e}")])?;
+            let Some(sample) = sample else {
+                unsampled.push(media_type);
+                continue;
+            };
+            let run = SampleRun {
+                media_type: sample.media_type.to_string(),
+                bytes: sample.bytes(),
+                parts: sample.parts.len(),
+                frames: sample.frames,
+                width: sample.width,
+                height: sample.height,
+                took: Duration::ZERO,
+            };
+            let media = sample
+                .parts
+                .iter()
+                .map(|part| Media { content_type: sample.media_type.to_string(), data: part.clone() })
+                .collect();
+            drop(sample);
+            let started = Instant::now();
+            match self.classify(guest, media, labels, &Progress::new(Stage::Guest)).await {
+                Ok(answer) => {
+                    let sum: f32 = answer.top_k.iter().map(|(_, s)| s).sum();
+                    if (sum - 1.0).abs() > 1e-3 {
+                        reasons.push(format!(
+                            "{}: scores over all {labels} labels sum to {sum}, not 1",
+                            run.describe()
+                        ));
+                    }
+                    runs.push(SampleRun { took: started.elapsed(), ..run });
+                }
+                Err(e) => reasons.push(format!("{} failed: {e}", run.describe())),
+            }
         }
-        Ok(())
+        if runs.is_empty() && reasons.is_empty() {
+            reasons.push(format!(
+                "info().accepts lists no media type the host has a sample of ({}), so it cannot be \
+                 exercised before it goes live",
+                media::recognised()
+            ));
+        }
+        if reasons.is_empty() { Ok((runs, unsampled)) } else { Err(reasons) }
     }
 
     /// Checks a guest's `info()` against the model it names: the model is loaded, the input

@@ -8,7 +8,7 @@ use wasmtime::{Enabled, PoolingAllocationConfig, ResourceLimiter};
 
 /// Linear memories one guest may have (a Rust or C guest has one).
 pub(crate) const MAX_GUEST_MEMORIES: u32 = 2;
-/// Guest instances alive at once beyond the requests in flight: validations and self-tests.
+/// Guest instances alive at once beyond the requests in flight: validations.
 const SPARE_INSTANCES: u32 = 16;
 /// Bytes of linear memory a pool slot keeps resident for its next guest, where the kernel lets
 /// wasmtime find the pages a guest dirtied (`PAGEMAP_SCAN`, Linux 6.7): as much as the default

@@ -105,6 +105,20 @@ pub struct VersionEntry {
     pub validation_ms: f64,
     /// `compiled` now, or `cached` from the compiled-guest cache.
     pub code: &'static str,
+    /// The sample clips validation sent through it.
+    pub samples: Vec<SampleEntry>,
+    /// Media types it accepts that the host has no sample of, so validation did not send them.
+    pub unsampled: Vec<String>,
+}
+
+/// One sample clip validation sent through a guest version.
+#[derive(Serialize)]
+pub struct SampleEntry {
+    pub media_type: String,
+    pub bytes: usize,
+    pub frames: usize,
+    /// Its classification, from instantiation to the answer.
+    pub ms: f64,
 }
 
 impl VersionEntry {
@@ -116,6 +130,17 @@ impl VersionEntry {
             loaded_at: humantime::format_rfc3339_millis(guest.loaded_at).to_string(),
             validation_ms: super::ms(guest.validation),
             code: guest.compiled.as_str(),
+            samples: guest
+                .samples
+                .iter()
+                .map(|run| SampleEntry {
+                    media_type: run.media_type.clone(),
+                    bytes: run.bytes,
+                    frames: run.frames,
+                    ms: super::ms(run.took),
+                })
+                .collect(),
+            unsampled: guest.unsampled.clone(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A guest that behaves until asked to attack. Posted `text/plain`, the body names the attack
 //! (and its argument, after a space); anything else gets an honest classification of a blank
-//! clip, which is also how it passes the host's self-test.
+//! clip, which is also how it passes the host's validation.
 //!
 //! Attacks that probe for a capability (files, environment, sockets) report what they got in a
 //! `bad-input` error, so a test can check that nothing leaked.
@@ -270,4 +270,41 @@ mod component {
     }
 
     export!(Hostile);
+
+    /// With `import-in-realloc`, allocations above 1 MiB read the clock first, as Go's allocator
+    /// does when it grows its heap. `cabi_realloc` allocates through this allocator when the host
+    /// copies an upload in, and the component model forbids calling out of the instance there,
+    /// so such a guest traps on every large upload and on no small one.
+    #[cfg(feature = "import-in-realloc")]
+    mod allocator {
+        use std::alloc::{GlobalAlloc, Layout, System};
+
+        struct ClockReadingAllocator;
+
+        unsafe impl GlobalAlloc for ClockReadingAllocator {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                if layout.size() > 1 << 20 {
+                    std::hint::black_box(std::time::Instant::now());
+                }
+                // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: as for `alloc`: the pointer came from `System` with this layout.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                if new_size > 1 << 20 {
+                    std::hint::black_box(std::time::Instant::now());
+                }
+                // SAFETY: as for `alloc`.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        #[global_allocator]
+        static ALLOCATOR: ClockReadingAllocator = ClockReadingAllocator;
+    }
 }
