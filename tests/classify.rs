@@ -319,23 +319,23 @@ impl std::io::Read for ChunkReader {
 #[test]
 fn guest_faults_and_timeouts_are_contained() {
     // 4096×4096 is within the guest's own size limits, but decoding it needs far more than
-    // 24 MiB of guest memory, and decoding and resizing two such frames takes far longer than
-    // 250 ms (830-1,450 ms measured on a 2-core machine; one frame alone, ~375 ms since the
-    // faster resize, came too close to a 400 ms deadline).
+    // 64 MiB of guest memory, and decoding and resizing eight such frames takes far longer than
+    // 1 s (two took 530-1,450 ms on 2-core machines). Both limits leave room for validation's
+    // 8 MiB samples of 1280×720 frames (at most 26 MiB and ~260 ms, for JPEG).
     let big = clips::png(&clips::frame(4096, 4096, 0));
     let small = clips::png(&clips::frame(32, 32, 0));
 
-    let server = ServerBuilder::new().arg("--guest-memory-bytes=25165824").start();
+    let server = ServerBuilder::new().arg("--guest-memory-bytes=67108864").start();
     let r = post(&server, "/v1/classify", "image/png", big.clone());
-    assert_error(r, 500, "guest_fault", &["motion", "memory limit is 24 MiB", "--guest-memory-bytes"]);
+    assert_error(r, 500, "guest_fault", &["motion", "memory limit is 64 MiB", "--guest-memory-bytes"]);
     assert_eq!(json(server.get("/health")).0, 200);
     assert_classification(post(&server, "/v1/classify", "image/png", small.clone()), 3, 1, 1);
     drop(server);
 
-    let server = ServerBuilder::new().arg("--guest-deadline=250ms").start();
-    let second = clips::png(&clips::frame(4096, 4096, 1));
-    let r = multipart(&server, "/v1/classify", vec![(big, "image/png"), (second, "image/png")]);
-    assert_error(r, 504, "guest_timeout", &["motion", "deadline of 250 ms"]);
+    let server = ServerBuilder::new().arg("--guest-deadline=1s").start();
+    let frames = (0..8).map(|i| (clips::png(&clips::frame(4096, 4096, i)), "image/png")).collect();
+    let r = multipart(&server, "/v1/classify", frames);
+    assert_error(r, 504, "guest_timeout", &["motion", "deadline of 1000 ms"]);
     assert_eq!(json(server.get("/health")).0, 200);
     assert_classification(post(&server, "/v1/classify", "image/png", small), 3, 1, 1);
 }

@@ -8,13 +8,13 @@
 //!   every clip. Untrained weights, a preprocessing mismatch or a shifted label order fail
 //!   nearly all of them.
 //! - The training pipeline's preprocessing (`models/motion-resnet18/train/preprocess.py`) and
-//!   the guest's (`motion_guest::prepare`, the code the guest runs in wasm, built natively)
+//!   the guest's (`motion_guest_sdk::prepare`, the code the guest runs in wasm, built natively)
 //!   give the same model input for the same files, within the contract's 0.02 per element.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use motion_guest::decode::{Limits, Media};
+use motion_guest_sdk::decode::{Limits, Media};
 use motion_host_tests::{LABELS, Server, ServerBuilder, json, repo_root, test_python};
 use reqwest::blocking::multipart::{Form, Part};
 
@@ -112,7 +112,7 @@ fn training_input(files: &[PathBuf]) -> Vec<f32> {
 fn guest_input(files: &[PathBuf], content_type: &str) -> Vec<f32> {
     let data: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect();
     let media: Vec<Media> = data.iter().map(|d| Media { content_type, data: d }).collect();
-    motion_guest::prepare(&media, &Limits::default(), false).unwrap().input
+    motion_guest_sdk::prepare(&media, &Limits::default()).unwrap().input
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use motion_guest::decode::{Limits, Media};
+use motion_guest_sdk::decode::{Limits, Media};
 use motion_host_tests::{ServerBuilder, json, repo_root, test_python};
 
 fn clip(name: &str) -> PathBuf {
@@ -17,7 +17,7 @@ fn clip(name: &str) -> PathBuf {
 fn prepared(path: &Path) -> Vec<f32> {
     let data = std::fs::read(path).unwrap();
     let media = [Media { content_type: "image/gif", data: &data }];
-    motion_guest::prepare(&media, &Limits::default(), false).unwrap().input
+    motion_guest_sdk::prepare(&media, &Limits::default()).unwrap().input
 }
 
 fn floats(value: &serde_json::Value) -> Vec<f32> {

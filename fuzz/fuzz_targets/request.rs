@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use motion_guest::decode::Media;
+use motion_guest_sdk::decode::Media;
 
 fuzz_target!(|data: &[u8]| {
     let mut lines = data.splitn(3, |&b| b == b'\n');

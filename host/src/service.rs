@@ -419,6 +419,7 @@ impl Service {
             code = guest.compiled.as_str(),
             source = %origin,
             elapsed_ms = started.elapsed().as_millis() as u64,
+            samples = %samples_line(&guest),
             "guest loaded and validated; {} from {origin}",
             if replaced { "replaced" } else { "installed" }
         );
@@ -453,4 +454,11 @@ impl Service {
             .map(|r| &**r)
             .ok_or(ServiceError::NotReady("the server is starting: the model and guests are loading"))
     }
+}
+
+/// The samples validation sent through a guest, for its log line: "image/png 158 ms, …".
+fn samples_line(guest: &LoadedGuest) -> String {
+    let runs = guest.samples.iter().map(|run| format!("{} {} ms", run.media_type, run.took.as_millis()));
+    let unsampled = guest.unsampled.iter().map(|t| format!("{t} not sampled"));
+    runs.chain(unsampled).collect::<Vec<_>>().join(", ")
 }

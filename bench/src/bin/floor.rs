@@ -1,6 +1,6 @@
 //! The benchmark's floor: what the work costs with no server around it. Times a bare tch
 //! forward pass of the model at batch 1 and 16, and the default guest's preprocessing
-//! (`motion_guest::prepare`, the code the guest runs in wasm) compiled natively, on the
+//! (`motion_guest_sdk::prepare`, the code the guest runs in wasm) compiled natively, on the
 //! benchmark clip; writes medians as JSON.
 //!
 //!     floor --model models/motion-resnet18/model.pt --png a.png --png b.png --y4m clip.y4m --out f.json
@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use motion_guest::decode::{Limits, Media};
+use motion_guest_sdk::decode::{Limits, Media};
 use motion_model::{BareModel, Precision};
 use serde::Serialize;
 
@@ -87,9 +87,9 @@ fn main() -> anyhow::Result<()> {
     }
     for (form, files) in &forms {
         let media: Vec<Media> = files.iter().map(|(t, d)| Media { content_type: t, data: d }).collect();
-        motion_guest::prepare(&media, &limits, false).map_err(|e| anyhow::anyhow!("{form}: {e}"))?;
+        motion_guest_sdk::prepare(&media, &limits).map_err(|e| anyhow::anyhow!("{form}: {e}"))?;
         let ms = median_ms(args.iterations, || {
-            motion_guest::prepare(&media, &limits, false).map(drop).map_err(|e| anyhow::anyhow!("{e}"))
+            motion_guest_sdk::prepare(&media, &limits).map(drop).map_err(|e| anyhow::anyhow!("{e}"))
         })?;
         prepare_ms.insert(form.clone(), ms);
     }

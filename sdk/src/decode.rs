@@ -12,7 +12,7 @@ use image::{DynamicImage, ImageFormat, ImageReader};
 
 use crate::preprocess::{Frame, luma};
 
-/// Media types this guest accepts.
+/// The media types these decoders read (and the default guest accepts).
 pub const ACCEPTS: [&str; 5] =
     ["multipart/form-data", "image/png", "image/jpeg", "image/gif", "video/x-yuv4mpeg"];
 
@@ -49,7 +49,7 @@ impl Default for Limits {
 /// Why media could not become frames.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DecodeError {
-    /// The media type is not one this guest reads.
+    /// The media type is not one these decoders read.
     Unsupported(String),
     /// The media is malformed, empty or over the limits.
     Malformed(String),
@@ -657,11 +657,11 @@ mod tests {
         // Decoding used to composite every frame over the whole canvas: 3,000 one-pixel frames
         // on 4096×4096 were 50 billion pixel copies. Now each frame costs its own rectangle.
         let data = patchy_gif(4096, 4096, 3000);
-        let prepared = crate::prepare(&[media("image/gif", &data)], &Limits::default(), false).unwrap();
+        let prepared = crate::prepare(&[media("image/gif", &data)], &Limits::default()).unwrap();
         assert_eq!((prepared.frames_total, prepared.frames_used), (3000, 8));
         // The fuzzer's find: a wide canvas and small frames, once over 10 s to decode.
         let found = include_bytes!("../../fuzz/regressions/decode_gif/full-canvas-per-frame.gif");
-        let _ = crate::prepare(&[media("image/gif", found)], &Limits::default(), false);
+        let _ = crate::prepare(&[media("image/gif", found)], &Limits::default());
     }
 
     #[test]
@@ -685,7 +685,7 @@ mod tests {
         let clip = open(&[media("video/x-yuv4mpeg", &data)]).unwrap();
         assert_eq!(clip.frame_count(), 1);
         let found = include_bytes!("../../fuzz/regressions/decode_y4m/multibyte-header-field.y4m");
-        assert!(crate::prepare(&[media("video/x-yuv4mpeg", found)], &Limits::default(), false).is_err());
+        assert!(crate::prepare(&[media("video/x-yuv4mpeg", found)], &Limits::default()).is_err());
     }
 
     #[test]

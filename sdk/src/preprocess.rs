@@ -119,13 +119,13 @@ pub fn normalise(x: f32) -> f32 {
     (x - MEAN) / STD
 }
 
-/// Builds the model input `[1, 8, 112, 112]` from the clip's sampled frames, already resized.
+/// Builds the model input from the clip's sampled frames, already resized: one normalised plane
+/// per index, in order (`[1, 8, 112, 112]` for the 8 indices of [`sample_indices`]).
 ///
-/// `indices` are the 8 sampled frame numbers (from [`sample_indices`]); `planes` holds each
-/// distinct sampled frame once, resized to `SIZE`×`SIZE` and keyed by its frame number, so a
-/// repeated frame is resized once.
-pub fn model_input(indices: &[usize; FRAMES], planes: &[(usize, Vec<f32>)]) -> Result<Vec<f32>, String> {
-    let mut input = Vec::with_capacity(INPUT_LEN);
+/// `planes` holds each distinct sampled frame once, resized to `SIZE`×`SIZE` and keyed by its
+/// frame number, so a repeated frame is resized once.
+pub fn model_input(indices: &[usize], planes: &[(usize, Vec<f32>)]) -> Result<Vec<f32>, String> {
+    let mut input = Vec::with_capacity(indices.len() * (SIZE * SIZE) as usize);
     for &index in indices {
         let (_, plane) = planes
             .iter()
@@ -137,7 +137,7 @@ pub fn model_input(indices: &[usize; FRAMES], planes: &[(usize, Vec<f32>)]) -> R
 }
 
 /// The distinct frame numbers in `indices`, ascending.
-pub fn distinct(indices: &[usize; FRAMES]) -> Vec<usize> {
+pub fn distinct(indices: &[usize]) -> Vec<usize> {
     let mut unique = indices.to_vec();
     unique.sort_unstable();
     unique.dedup();

@@ -1,0 +1,88 @@
+//! The `motion:guest` world: the types a guest exchanges with its host, the [`Guest`] trait
+//! whose implementation the host calls, and [`export_guest!`](crate::export_guest) to export it.
+
+/// The world's bindings, generated from the WIT this crate carries. A guest needs them only for
+/// what this module does not re-export.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "motion-guest",
+        path: "wit",
+        generate_all,
+        pub_export_macro: true,
+        export_macro_name: "export_guest",
+        default_bindings_module: "motion_guest_sdk::bindings",
+    });
+}
+
+/// Exports a type implementing [`Guest`] as the component's `motion:guest/classifier`:
+/// `motion_guest_sdk::export_guest!(MyGuest);` once, at the top level of the guest crate.
+pub use bindings::export_guest;
+pub use bindings::exports::motion::guest::classifier::Guest;
+pub use bindings::motion::guest::types::{Classification, Error, GuestInfo, LabelScore, Request};
+
+use crate::decode::{Clip, DecodeError, Media};
+use crate::postprocess::{softmax, top_k};
+use crate::preprocess::{FRAMES, SIZE, distinct};
+
+/// The request's media as the decoders read them: borrowed, not copied.
+pub fn media(req: &Request) -> Vec<Media<'_>> {
+    req.media.iter().map(|m| Media { content_type: &m.content_type, data: &m.data }).collect()
+}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Unsupported(m) => Error::UnsupportedMedia(m),
+            DecodeError::Malformed(m) => Error::BadInput(m),
+        }
+    }
+}
+
+impl GuestInfo {
+    /// The description of a guest for the default model (`motion-resnet18`, input
+    /// `[-1, 8, 112, 112]`) with its own name, version, labels and accepted media types.
+    pub fn new(name: &str, version: &str, labels: &[&str], accepts: &[&str]) -> GuestInfo {
+        GuestInfo {
+            name: name.into(),
+            version: version.into(),
+            model: crate::MODEL.into(),
+            input_shape: vec![-1, FRAMES as i64, i64::from(SIZE), i64::from(SIZE)],
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            accepts: accepts.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+}
+
+impl Classification {
+    /// The answer from a model's logits: softmax over them, the request's `top_k` best labels,
+    /// and the frames counted from `clip` and the `frames` that fed the model.
+    pub fn from_logits(
+        logits: &[f32],
+        labels: &[&str],
+        req: &Request,
+        clip: &Clip,
+        frames: &[usize],
+    ) -> Result<Classification, Error> {
+        if logits.len() != labels.len() {
+            return Err(Error::Inference(format!(
+                "the model returned {} logits; this guest names {} labels",
+                logits.len(),
+                labels.len()
+            )));
+        }
+        let scores = softmax(logits).map_err(Error::Inference)?;
+        let k = (req.top_k as usize).clamp(1, labels.len());
+        let top: Vec<LabelScore> = top_k(&scores, k)
+            .into_iter()
+            .map(|i| LabelScore { label: labels[i].to_string(), score: scores[i] })
+            .collect();
+        Ok(Classification {
+            label: top[0].label.clone(),
+            score: top[0].score,
+            top_k: top,
+            frames_total: u32::try_from(clip.frame_count()).unwrap_or(u32::MAX),
+            frames_used: distinct(frames).len() as u32,
+        })
+    }
+}
