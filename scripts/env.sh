@@ -169,10 +169,40 @@ venv_for() {
     printf '%s\n' "$venv/bin/python"
 }
 
+# The toolchains of the guest templates (host/templates), at the versions the templates pin, in
+# the cache: componentize-py and wasm-tools in a virtual environment (from the Python template's
+# requirements), jco and componentize-js under node_modules (from the JavaScript template's
+# package.json). Exports MOTION_HOST_GUEST_TOOLS, the cache directory, for the tests that build
+# the templates.
+guest_toolchains() {
+    local tools="$MOTION_HOST_CACHE/guest-tools"
+    local venv="$tools/venv" requirements=host/templates/python/requirements.txt wanted
+    wanted="$(sha256sum "$requirements" | cut -d' ' -f1)"
+    if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$wanted" ]; then
+        step download "installing the Python guest toolchain (componentize-py, wasm-tools) into $venv"
+        needs_network "the Python guest toolchain"
+        python3 -m venv --clear "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+        echo "$wanted" > "$venv/.requirements.sha256"
+    fi
+    local node="$tools/node" package=host/templates/js/package.json
+    wanted="$(sha256sum "$package" | cut -d' ' -f1)"
+    if [ "$(cat "$node/.package.sha256" 2>/dev/null)" != "$wanted" ]; then
+        step download "installing the JavaScript guest toolchain (jco, componentize-js) into $node"
+        needs_network "the JavaScript guest toolchain"
+        rm -rf "$node"
+        mkdir -p "$node"
+        sed 's/{{name}}/guest-tools/' "$package" > "$node/package.json"
+        (cd "$node" && npm install --silent --no-audit --no-fund)
+        echo "$wanted" > "$node/.package.sha256"
+    fi
+    export MOTION_HOST_GUEST_TOOLS="$tools"
+}
+
 # Builds the default guest component (the build output is where the server looks for it).
 build_guest() {
-    step build "building the default guest (wasm32-wasip2)"
-    cargo build --quiet --release --locked -p motion-guest --target wasm32-wasip2
+    step build "building the default guest and the toolkit (wasm32-wasip2)"
+    cargo build --quiet --release --locked -p motion-guest -p motion-toolkit --target wasm32-wasip2
 }
 
 # Builds the guest variants the tests swap between, into target/test-guests/.

@@ -35,6 +35,57 @@ pub enum GuestCommand {
     /// Validate a guest exactly as a server would before it goes live (compile, link, info()
     /// against the model, a sample clip of each accepted media type) and print a report; exit 0 when it would be accepted.
     Check(GuestCheckArgs),
+    /// Write a new guest project (source, WIT, build script, README with the build, check and
+    /// ship commands) that builds outside this repository.
+    New(GuestNewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GuestNewArgs {
+    /// The guest's name: lower-case letters, digits and '-'. It names the project, its
+    /// package, the component it builds and the name it installs under.
+    pub name: String,
+
+    /// The language of the guest: rust (on the motion-guest-sdk crate), python
+    /// (componentize-py) or js (jco); python and js guests decode through the toolkit component.
+    #[arg(long, value_enum)]
+    pub lang: GuestLang,
+
+    /// Where to write the project (default ./NAME); it must be absent or empty.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// The toolkit component copied into python and js projects (default: the build output
+    /// beside the default guest; the container image sets it).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "MOTION_HOST_TOOLKIT",
+        default_value = "target/wasm32-wasip2/release/motion_toolkit.wasm"
+    )]
+    pub toolkit: PathBuf,
+
+    /// For rust: depend on the motion-guest-sdk at this path (the sdk/ directory of a checkout)
+    /// instead of the crates.io release of this server's version.
+    #[arg(long, value_name = "DIR")]
+    pub sdk_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GuestLang {
+    Rust,
+    Python,
+    Js,
+}
+
+impl GuestLang {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestLang::Rust => "rust",
+            GuestLang::Python => "python",
+            GuestLang::Js => "js",
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod guest_check;
 mod guest_dir;
+mod guest_new;
 mod healthcheck;
 mod http;
 mod logging;
@@ -50,5 +51,8 @@ fn try_main() -> anyhow::Result<ExitCode> {
         }
         cli::Command::Healthcheck(args) => Ok(runtime.block_on(healthcheck::run(&args))),
         cli::Command::Guest(cli::GuestCommand::Check(args)) => runtime.block_on(guest_check::run(&args)),
+        cli::Command::Guest(cli::GuestCommand::New(args)) => {
+            guest_new::run(&args).map(|()| ExitCode::SUCCESS)
+        }
     }
 }

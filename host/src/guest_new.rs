@@ -1,0 +1,155 @@
+//! `motion-host guest new NAME --lang rust|python|js`: writes a guest project that builds
+//! outside this repository, from the templates in `host/templates/` (compiled into the binary,
+//! with the WIT they need), so the project matches the server that wrote it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::cli::{GuestLang, GuestNewArgs};
+
+/// A file of a template: its path in the project and its text, with `{{…}}` placeholders.
+type File = (&'static str, &'static str);
+
+const RUST: &[File] = &[
+    ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
+    ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+    ("build.sh", include_str!("../templates/rust/build.sh")),
+    ("README.md", include_str!("../templates/rust/README.md")),
+    (".gitignore", include_str!("../templates/rust/gitignore")),
+];
+
+const PYTHON: &[File] = &[
+    ("app.py", include_str!("../templates/python/app.py")),
+    ("requirements.txt", include_str!("../templates/python/requirements.txt")),
+    ("build.sh", include_str!("../templates/python/build.sh")),
+    ("README.md", include_str!("../templates/python/README.md")),
+    (".gitignore", include_str!("../templates/python/gitignore")),
+];
+
+const JS: &[File] = &[
+    ("guest.js", include_str!("../templates/js/guest.js")),
+    ("package.json", include_str!("../templates/js/package.json")),
+    ("build.sh", include_str!("../templates/js/build.sh")),
+    ("README.md", include_str!("../templates/js/README.md")),
+    (".gitignore", include_str!("../templates/js/gitignore")),
+];
+
+/// The WIT of a guest built on the toolkit: its world, and the packages that world names.
+const TOOLKIT_WIT: &[File] = &[
+    ("wit/world.wit", include_str!("../templates/common/world.wit")),
+    ("wit/deps/motion-guest/motion-guest.wit", include_str!("../../wit/motion-guest.wit")),
+    ("wit/deps/toolkit/toolkit.wit", include_str!("../../wit/toolkit/toolkit.wit")),
+    ("wit/deps/wasi-nn/wasi-nn.wit", include_str!("../../wit/deps/wasi-nn/wasi-nn.wit")),
+    ("wit/deps/wasi-nn/README.md", include_str!("../../wit/deps/wasi-nn/README.md")),
+];
+
+/// The version of motion-guest-sdk a Rust project depends on: this server's own.
+const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub fn run(args: &GuestNewArgs) -> anyhow::Result<()> {
+    check_name(&args.name)?;
+    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(&args.name));
+    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("'{}' already exists and is not empty; choose another --dir", dir.display());
+    }
+    let sdk = match &args.sdk_path {
+        Some(path) => {
+            let path =
+                std::path::absolute(path).with_context(|| format!("cannot resolve '{}'", path.display()))?;
+            if !path.join("Cargo.toml").is_file() {
+                bail!(
+                    "--sdk-path '{}' holds no Cargo.toml (it names the sdk/ directory of a checkout)",
+                    path.display()
+                );
+            }
+            format!("{{ version = \"{SDK_VERSION}\", path = \"{}\" }}", path.display())
+        }
+        None => format!("\"{SDK_VERSION}\""),
+    };
+    let substitute = |text: &str| {
+        text.replace("{{name}}", &args.name)
+            .replace("{{crate}}", &args.name.replace('-', "_"))
+            .replace("{{sdk}}", &sdk)
+    };
+
+    let toolkit = match args.lang {
+        GuestLang::Rust => None,
+        GuestLang::Python | GuestLang::Js => Some(std::fs::read(&args.toolkit).with_context(|| {
+            format!(
+                "cannot read the toolkit component '{}' (build it with `cargo build --release -p motion-toolkit \
+                 --target wasm32-wasip2`, or name it with --toolkit)",
+                args.toolkit.display()
+            )
+        })?),
+    };
+    let files: Vec<File> = match args.lang {
+        GuestLang::Rust => RUST.to_vec(),
+        GuestLang::Python => [PYTHON, TOOLKIT_WIT].concat(),
+        GuestLang::Js => [JS, TOOLKIT_WIT].concat(),
+    };
+    for (path, text) in files {
+        write(&dir.join(path), substitute(text).as_bytes())?;
+    }
+    if let Some(toolkit) = toolkit {
+        write(&dir.join("toolkit.wasm"), &toolkit)?;
+    }
+    make_executable(&dir.join("build.sh"))?;
+
+    println!("wrote a {} guest in {}", args.lang.as_str(), dir.display());
+    println!("  build:  {}/build.sh   (see its README.md for the tools it needs)", dir.display());
+    println!("  check:  motion-host guest check {}/{}.wasm", dir.display(), args.name);
+    println!("  ship:   PUT it to /admin/guests/{} or copy it into the server's --guest-dir", args.name);
+    Ok(())
+}
+
+/// A name that is a guest name, a crate name, an npm package name and a file name at once.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let valid = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-');
+    if !valid {
+        bail!(
+            "guest name '{name:.80}' must be 1-64 lower-case letters, digits and '-', starting with a letter \
+             (it names the guest, its package and its file)"
+        );
+    }
+    Ok(())
+}
+
+fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create '{}'", parent.display()))?;
+    }
+    std::fs::write(path, bytes).with_context(|| format!("cannot write '{}'", path.display()))
+}
+
+fn make_executable(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot make '{}' executable", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_suit_every_language() {
+        for good in ["a", "motion-py", "v2-guest", "x1"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Motion", "1guest", "-x", "x-", "a_b", "a.b", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_placeholder_is_filled() {
+        for (path, text) in [RUST, PYTHON, JS, TOOLKIT_WIT].concat() {
+            let filled = text.replace("{{name}}", "n").replace("{{crate}}", "n").replace("{{sdk}}", "\"0\"");
+            assert!(!filled.contains("{{"), "{path} has a placeholder left");
+        }
+    }
+}
