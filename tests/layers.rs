@@ -1,5 +1,6 @@
 //! The layering ARCHITECTURE.md states, held by crate boundaries and checked here from
-//! `cargo metadata` and the sources: each workspace crate depends only on the crates below it;
+//! `cargo metadata` and the sources: each workspace crate depends only on the crates below it,
+//! and the guest side (the SDK, the default guest, the toolkit) and the server share none;
 //! only `motion-model` depends on tch (the benchmark's floor goes through it too), and no tch
 //! type or re-export leaves it; only `motion-nn` and `motion-runtime` depend on wasmtime; no
 //! crate below the binary reaches the HTTP stack; and the binary's modules import each other
@@ -19,6 +20,11 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("motion-nn", &["motion-model"]),
     ("motion-runtime", &["motion-model", "motion-nn", "motion-request"]),
     ("motion-host", &["motion-model", "motion-request", "motion-runtime"]),
+    // The guest side: the SDK, and the two components built on it. None of them may reach a
+    // server crate, and no server crate may reach them (the host decodes nothing).
+    ("motion-guest-sdk", &[]),
+    ("motion-guest", &["motion-guest-sdk"]),
+    ("motion-toolkit", &["motion-guest-sdk"]),
 ];
 const HTTP_STACK: &[&str] = &["axum", "axum-server", "hyper", "hyper-util", "tower", "tower-service", "h2"];
 

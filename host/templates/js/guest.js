@@ -14,8 +14,9 @@ const LABELS = [
   'roll_clockwise', 'roll_counterclockwise', 'truck_left', 'truck_right', 'pedestal_up',
   'pedestal_down', 'dolly_in', 'dolly_out', 'shake',
 ];
-// The media types this guest accepts; validation sends a sample of each.
-const ACCEPTS = ['image/png', 'image/jpeg', 'image/gif', 'video/x-yuv4mpeg'];
+// The media types this guest accepts (multipart/form-data: PNG or JPEG frames, one per part);
+// validation sends a sample of each.
+const ACCEPTS = ['multipart/form-data', 'image/png', 'image/jpeg', 'image/gif', 'video/x-yuv4mpeg'];
 
 // An import's error arrives as a thrown value whose `payload` is the error. Throwing a plain
 // { tag, val } object from classify returns that error; throwing an Error traps instead.

@@ -17,8 +17,9 @@ LABELS = [
     "roll_clockwise", "roll_counterclockwise", "truck_left", "truck_right", "pedestal_up",
     "pedestal_down", "dolly_in", "dolly_out", "shake",
 ]
-# The media types this guest accepts; validation sends a sample of each.
-ACCEPTS = ["image/png", "image/jpeg", "image/gif", "video/x-yuv4mpeg"]
+# The media types this guest accepts (multipart/form-data: PNG or JPEG frames, one per part);
+# validation sends a sample of each.
+ACCEPTS = ["multipart/form-data", "image/png", "image/jpeg", "image/gif", "video/x-yuv4mpeg"]
 
 
 class Classifier(exports.Classifier):

@@ -9,8 +9,9 @@ use motion_guest_sdk::{Classification, Clip, Error, Guest, GuestInfo, MODEL, Mod
 const LABELS: &str = "static pan_left pan_right tilt_up tilt_down zoom_in zoom_out roll_clockwise \
     roll_counterclockwise truck_left truck_right pedestal_up pedestal_down dolly_in dolly_out shake";
 
-/// The media types this guest accepts; validation sends a sample of each.
-const ACCEPTS: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "video/x-yuv4mpeg"];
+/// The media types this guest accepts (multipart/form-data: PNG or JPEG frames, one per part);
+/// validation sends a sample of each.
+const ACCEPTS: [&str; 5] = ["multipart/form-data", "image/png", "image/jpeg", "image/gif", "video/x-yuv4mpeg"];
 
 struct Component;
 
