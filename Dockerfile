@@ -47,14 +47,15 @@ ARG MOTION_HOST_CACHE
 RUN --mount=type=secret,id=ca_bundle with-build-ca bash -eEuo pipefail -c '\
     if [ "$OFFLINE" = true ]; then export MOTION_HOST_OFFLINE=1; lock=--frozen; else lock=--locked; fi; \
     source scripts/env.sh; \
-    step build "building the default guest ($lock)"; \
-    cargo build --release $lock -p motion-guest --target wasm32-wasip2; \
+    step build "building the default guest and the toolkit ($lock)"; \
+    cargo build --release $lock -p motion-guest -p motion-toolkit --target wasm32-wasip2; \
     step build "building motion-host ($lock)"; \
     cargo build --release $lock -p motion-host; \
     step build "staging the image contents in /out"; \
-    mkdir -p /out/bin /out/lib /out/guests /out/models /out/licenses; \
+    mkdir -p /out/bin /out/lib /out/guests /out/toolkit /out/models /out/licenses; \
     objcopy --strip-debug target/release/motion-host /out/bin/motion-host; \
     cp target/wasm32-wasip2/release/motion_guest.wasm /out/guests/motion.wasm; \
+    cp target/wasm32-wasip2/release/motion_toolkit.wasm /out/toolkit/toolkit.wasm; \
     for so in libtorch_cpu.so libc10.so libgomp.so.1 libcudart.so.13 libcupti.so.13; do \
         cp "$LIBTORCH/lib/$so" /out/lib/; \
     done; \
@@ -97,10 +98,12 @@ RUN echo /opt/motion-host/lib > /etc/ld.so.conf.d/motion-host.conf && ldconfig
 COPY --from=builder /out/models/ /opt/motion-host/models/
 COPY --from=builder /out/licenses/ /usr/share/doc/motion-host/
 COPY --from=builder /out/guests/ /opt/motion-host/guests/
+COPY --from=builder /out/toolkit/ /opt/motion-host/toolkit/
 COPY --from=builder /out/bin/motion-host /usr/local/bin/motion-host
 ENV LIBTORCH=/opt/motion-host \
     MOTION_HOST_MODEL_DIR=/opt/motion-host/models \
     MOTION_HOST_GUEST=motion=/opt/motion-host/guests/motion.wasm \
+    MOTION_HOST_TOOLKIT=/opt/motion-host/toolkit/toolkit.wasm \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 WORKDIR /opt/motion-host
@@ -129,10 +132,12 @@ RUN echo /opt/motion-host/lib > /etc/ld.so.conf.d/motion-host.conf && ldconfig
 COPY --from=builder /out/models/ /opt/motion-host/models/
 COPY --from=builder /out/licenses/ /usr/share/doc/motion-host/
 COPY --from=builder /out/guests/ /opt/motion-host/guests/
+COPY --from=builder /out/toolkit/ /opt/motion-host/toolkit/
 COPY --from=builder /out/bin/motion-host /usr/local/bin/motion-host
 ENV LIBTORCH=/opt/motion-host \
     MOTION_HOST_MODEL_DIR=/opt/motion-host/models \
-    MOTION_HOST_GUEST=motion=/opt/motion-host/guests/motion.wasm
+    MOTION_HOST_GUEST=motion=/opt/motion-host/guests/motion.wasm \
+    MOTION_HOST_TOOLKIT=/opt/motion-host/toolkit/toolkit.wasm
 WORKDIR /opt/motion-host
 USER 10001:10001
 VOLUME ["/tmp"]

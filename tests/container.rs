@@ -211,6 +211,24 @@ fn the_image_is_lean_non_root_and_exec_form() {
     for licence in ["LICENSE", "LICENSE.libtorch", "LICENSE.wasi-nn-wit", "LICENSE.jemalloc"] {
         assert!(listing.lines().any(|l| l == licence), "licence {licence} missing: {listing}");
     }
+
+    // The image can start a guest project: the toolkit that Python and JavaScript guests
+    // compose in is where MOTION_HOST_TOOLKIT says.
+    let out = podman(&[
+        "run",
+        "--rm",
+        "--pull=never",
+        "--entrypoint",
+        "sh",
+        &self::image(),
+        "-c",
+        "motion-host guest new demo --lang python --dir /tmp/demo && cmp /tmp/demo/toolkit.wasm \"$MOTION_HOST_TOOLKIT\" && ls /tmp/demo /tmp/demo/wit/deps",
+    ]);
+    let listing = text(&out);
+    assert!(out.status.success(), "{listing}");
+    for file in ["app.py", "build.sh", "toolkit.wasm", "motion-guest", "toolkit", "wasi-nn"] {
+        assert!(listing.lines().any(|l| l == file), "{file} missing: {listing}");
+    }
 }
 
 /// The CA bundle the image was built with reached no layer, no history entry and no setting of
