@@ -60,6 +60,13 @@ fn new_and_build(lang: &str, name: &str, dir: &Path) -> Vec<u8> {
             .env("CARGO_TARGET_DIR", repo_root().join("target/guest-templates"))
             .env("CARGO_NET_OFFLINE", "true");
     }
+    if lang == "rust" {
+        // The whole guest, rustfmt'd as its author's editor would leave it, in about 40 lines.
+        let source = project.join("src/lib.rs");
+        run(Command::new("rustfmt").args(["--check", "--edition", "2024"]).arg(&source), "rustfmt --check");
+        let lines = std::fs::read_to_string(&source).unwrap().lines().count();
+        assert!(lines <= 40, "the Rust template is {lines} lines");
+    }
     let started = Instant::now();
     run(&mut build, &format!("{lang}'s build.sh"));
     let wasm = project.join(format!("{name}.wasm"));

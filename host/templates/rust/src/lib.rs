@@ -1,7 +1,7 @@
 //! {{name}}: a motion-host guest. It chooses the frames, names the labels and answers; the SDK
 //! decodes, preprocesses and calls the model.
 
-use motion_guest_sdk::decode::Limits;
+use motion_guest_sdk::decode::{ACCEPTS, Limits};
 use motion_guest_sdk::preprocess::sample_indices;
 use motion_guest_sdk::{Classification, Clip, Error, Guest, GuestInfo, MODEL, Model, Request};
 
@@ -9,15 +9,13 @@ use motion_guest_sdk::{Classification, Clip, Error, Guest, GuestInfo, MODEL, Mod
 const LABELS: &str = "static pan_left pan_right tilt_up tilt_down zoom_in zoom_out roll_clockwise \
     roll_counterclockwise truck_left truck_right pedestal_up pedestal_down dolly_in dolly_out shake";
 
-/// The media types this guest accepts (multipart/form-data: PNG or JPEG frames, one per part);
-/// validation sends a sample of each.
-const ACCEPTS: [&str; 5] = ["multipart/form-data", "image/png", "image/jpeg", "image/gif", "video/x-yuv4mpeg"];
-
 struct Component;
 
 impl Guest for Component {
     fn info() -> GuestInfo {
         let labels: Vec<&str> = LABELS.split_whitespace().collect();
+        // Every type the SDK decodes (PNG and JPEG frames, as parts of multipart/form-data or
+        // alone; GIF; Y4M): list fewer to accept fewer. Validation sends a sample of each.
         GuestInfo::new("{{name}}", env!("CARGO_PKG_VERSION"), &labels, &ACCEPTS)
     }
 
