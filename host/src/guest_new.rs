@@ -14,6 +14,8 @@ type File = (&'static str, &'static str);
 const RUST: &[File] = &[
     ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
     ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+    ("build.rs", include_str!("../templates/rust/build.rs")),
+    (".cargo/config.toml", include_str!("../templates/rust/cargo/config.toml")),
     ("build.sh", include_str!("../templates/rust/build.sh")),
     ("README.md", include_str!("../templates/rust/README.md")),
     (".gitignore", include_str!("../templates/rust/gitignore")),

@@ -62,6 +62,15 @@ pub const INPUT_TENSOR: &str = "input";
 /// The name of the default model's output tensor, `[N, labels]` FP32 logits.
 pub const OUTPUT_TENSOR: &str = "logits";
 
+/// The bytes of `values` as a wasi:nn FP32 tensor holds them (little-endian): on wasm, whose
+/// memory is little-endian, a view of the values' memory, not a copy.
+#[cfg(target_endian = "little")]
+pub fn le_bytes(values: &[f32]) -> &[u8] {
+    // SAFETY: the slice covers exactly the memory of `values`, which lives as long as it; an f32
+    // has no padding and every byte is a valid u8.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values)) }
+}
+
 /// A clip turned into the model input.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {

@@ -3,7 +3,7 @@
 
 use crate::bindings::wasi::nn::{errors, graph, tensor};
 use crate::guest::Error;
-use crate::{FRAMES, INPUT_TENSOR, OUTPUT_TENSOR, SIZE};
+use crate::{FRAMES, INPUT_TENSOR, OUTPUT_TENSOR, SIZE, le_bytes};
 
 /// A model the host serves, loaded by name.
 pub struct Model {
@@ -116,14 +116,4 @@ impl Outputs {
     pub fn dims(&self, name: &str) -> Option<Vec<u32>> {
         self.0.iter().find(|(n, _)| n == name).map(|(_, t)| t.dimensions())
     }
-}
-
-// wasi:nn tensors are little-endian, as wasm always is, so the values' memory is the tensor.
-const _: () = assert!(cfg!(target_endian = "little"));
-
-/// The bytes of `values` as they lie in memory: a view, not a copy.
-fn le_bytes(values: &[f32]) -> &[u8] {
-    // SAFETY: the slice covers exactly the memory of `values`, which lives as long as it; an f32
-    // has no padding and every byte is a valid u8.
-    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values)) }
 }

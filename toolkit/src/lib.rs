@@ -63,8 +63,7 @@ mod component {
         fn planes(&self, indices: Vec<u32>) -> Result<Vec<u8>, Error> {
             let indices: Vec<usize> = indices.into_iter().map(|i| i as usize).collect();
             let values = self.open()?.planes(&indices, &Limits::default()).map_err(error)?;
-            // wasm is little-endian: each f32's bytes in memory order are the tensor's.
-            Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+            Ok(motion_guest_sdk::le_bytes(&values).to_vec())
         }
     }
 
