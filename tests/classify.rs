@@ -321,7 +321,7 @@ fn guest_faults_and_timeouts_are_contained() {
     // 4096×4096 is within the guest's own size limits, but decoding it needs far more than
     // 64 MiB of guest memory, and decoding and resizing eight such frames takes far longer than
     // 1 s (two took 530-1,450 ms on 2-core machines). Both limits leave room for validation's
-    // 8 MiB samples of 1280×720 frames (at most 26 MiB and ~260 ms, for JPEG).
+    // 8 MiB samples (at most 52 MiB, for the 2560×1920 JPEG, and ~300 ms).
     let big = clips::png(&clips::frame(4096, 4096, 0));
     let small = clips::png(&clips::frame(32, 32, 0));
 

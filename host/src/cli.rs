@@ -66,7 +66,7 @@ pub struct GuestNewArgs {
     pub toolkit: PathBuf,
 
     /// For rust: depend on the motion-guest-sdk at this path (the sdk/ directory of a checkout)
-    /// instead of the crates.io release of this server's version.
+    /// instead of the copy of this server's SDK written into the project's vendor/ directory.
     #[arg(long, value_name = "DIR")]
     pub sdk_path: Option<PathBuf>,
 }
@@ -106,7 +106,9 @@ pub struct RuntimeArgs {
     #[arg(long, value_name = "DIR", env = "MOTION_HOST_MODEL_DIR", default_value = "models")]
     pub model_dir: PathBuf,
 
-    /// Most linear memory one guest instance may grow to, in bytes (256 MiB).
+    /// Most linear memory one guest instance may grow to, in bytes (256 MiB). Validation's
+    /// sample uploads (8 MiB or more each) run within it too: the default guest needs about
+    /// 52 MiB for them.
     #[arg(long, value_name = "BYTES", env = "MOTION_HOST_GUEST_MEMORY_BYTES", default_value_t = Limits::defaults().memory_bytes)]
     pub guest_memory_bytes: usize,
 
@@ -124,6 +126,7 @@ pub struct RuntimeArgs {
 
     /// Longest a guest may run for one request (e.g. `5s`, `500ms`); past it the request gets
     /// 504 guest_timeout. Guest code yields every 10 ms, so a spinning guest holds no thread.
+    /// Validation's sample uploads run within it too (the default guest takes up to ~300 ms).
     #[arg(long, value_name = "DURATION", env = "MOTION_HOST_GUEST_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub guest_deadline: Duration,
 

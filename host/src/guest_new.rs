@@ -46,8 +46,30 @@ const TOOLKIT_WIT: &[File] = &[
     ("wit/deps/wasi-nn/README.md", include_str!("../../wit/deps/wasi-nn/README.md")),
 ];
 
+/// The SDK a Rust project carries (until it depends on the crates.io release): its source and
+/// WIT as this binary was built with them, under `vendor/motion-guest-sdk/`.
+const SDK: &[File] = &[
+    ("vendor/motion-guest-sdk/Cargo.toml", include_str!("../templates/rust/sdk-Cargo.toml")),
+    ("vendor/motion-guest-sdk/README.md", include_str!("../../sdk/README.md")),
+    ("vendor/motion-guest-sdk/src/lib.rs", include_str!("../../sdk/src/lib.rs")),
+    ("vendor/motion-guest-sdk/src/decode.rs", include_str!("../../sdk/src/decode.rs")),
+    ("vendor/motion-guest-sdk/src/preprocess.rs", include_str!("../../sdk/src/preprocess.rs")),
+    ("vendor/motion-guest-sdk/src/postprocess.rs", include_str!("../../sdk/src/postprocess.rs")),
+    ("vendor/motion-guest-sdk/src/guest.rs", include_str!("../../sdk/src/guest.rs")),
+    ("vendor/motion-guest-sdk/src/nn.rs", include_str!("../../sdk/src/nn.rs")),
+    ("vendor/motion-guest-sdk/wit/motion-guest.wit", include_str!("../../wit/motion-guest.wit")),
+    (
+        "vendor/motion-guest-sdk/wit/deps/wasi-nn/wasi-nn.wit",
+        include_str!("../../wit/deps/wasi-nn/wasi-nn.wit"),
+    ),
+    ("vendor/motion-guest-sdk/wit/deps/wasi-nn/README.md", include_str!("../../wit/deps/wasi-nn/README.md")),
+];
+
 /// The version of motion-guest-sdk a Rust project depends on: this server's own.
 const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What every project's README ends with: how to check and ship the guest.
+const CHECK_AND_SHIP: &str = include_str!("../templates/common/check-and-ship.md");
 
 pub fn run(args: &GuestNewArgs) -> anyhow::Result<()> {
     check_name(&args.name)?;
@@ -55,7 +77,7 @@ pub fn run(args: &GuestNewArgs) -> anyhow::Result<()> {
     if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("'{}' already exists and is not empty; choose another --dir", dir.display());
     }
-    let sdk = match &args.sdk_path {
+    let sdk_path = match &args.sdk_path {
         Some(path) => {
             let path =
                 std::path::absolute(path).with_context(|| format!("cannot resolve '{}'", path.display()))?;
@@ -65,14 +87,17 @@ pub fn run(args: &GuestNewArgs) -> anyhow::Result<()> {
                     path.display()
                 );
             }
-            format!("{{ version = \"{SDK_VERSION}\", path = \"{}\" }}", path.display())
+            toml_string(&path.display().to_string())
         }
-        None => format!("\"{SDK_VERSION}\""),
+        None => toml_string("vendor/motion-guest-sdk"),
     };
+    let sdk = format!("{{ version = \"{SDK_VERSION}\", path = {sdk_path} }}");
     let substitute = |text: &str| {
-        text.replace("{{name}}", &args.name)
+        text.replace("{{check-and-ship}}", CHECK_AND_SHIP)
+            .replace("{{name}}", &args.name)
             .replace("{{crate}}", &args.name.replace('-', "_"))
             .replace("{{sdk}}", &sdk)
+            .replace("{{sdk_version}}", SDK_VERSION)
     };
 
     let toolkit = match args.lang {
@@ -86,7 +111,8 @@ pub fn run(args: &GuestNewArgs) -> anyhow::Result<()> {
         })?),
     };
     let files: Vec<File> = match args.lang {
-        GuestLang::Rust => RUST.to_vec(),
+        GuestLang::Rust if args.sdk_path.is_some() => RUST.to_vec(),
+        GuestLang::Rust => [RUST, SDK].concat(),
         GuestLang::Python => [PYTHON, TOOLKIT_WIT].concat(),
         GuestLang::Js => [JS, TOOLKIT_WIT].concat(),
     };
@@ -100,24 +126,45 @@ pub fn run(args: &GuestNewArgs) -> anyhow::Result<()> {
 
     println!("wrote a {} guest in {}", args.lang.as_str(), dir.display());
     println!("  build:  {}/build.sh   (see its README.md for the tools it needs)", dir.display());
-    println!("  check:  motion-host guest check {}/{}.wasm", dir.display(), args.name);
+    println!(
+        "  check:  motion-host guest check --model-dir MODELS {}/{}.wasm   (MODELS: the server's model directory)",
+        dir.display(),
+        args.name
+    );
     println!("  ship:   PUT it to /admin/guests/{} or copy it into the server's --guest-dir", args.name);
     Ok(())
 }
 
-/// A name that is a guest name, a crate name, an npm package name and a file name at once.
+/// A name that is a guest name, a crate name, an npm package name and a file name at once: a
+/// guest name that also starts with a letter and holds only lower-case letters, digits and
+/// inner '-'.
 fn check_name(name: &str) -> anyhow::Result<()> {
-    let valid = name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
+    motion_runtime::check_name(name).map_err(anyhow::Error::msg)?;
+    let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.ends_with('-');
     if !valid {
         bail!(
-            "guest name '{name:.80}' must be 1-64 lower-case letters, digits and '-', starting with a letter \
-             (it names the guest, its package and its file)"
+            "guest name '{name:.80}' must be lower-case letters, digits and '-', starting with a letter and \
+             not ending with '-' (it names the guest, its package and its file)"
         );
     }
     Ok(())
+}
+
+/// `text` as a TOML basic string, quoted and escaped.
+fn toml_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -149,9 +196,33 @@ mod tests {
 
     #[test]
     fn every_placeholder_is_filled() {
-        for (path, text) in [RUST, PYTHON, JS, TOOLKIT_WIT].concat() {
-            let filled = text.replace("{{name}}", "n").replace("{{crate}}", "n").replace("{{sdk}}", "\"0\"");
+        for (path, text) in [RUST, SDK, PYTHON, JS, TOOLKIT_WIT].concat() {
+            let filled = text
+                .replace("{{check-and-ship}}", CHECK_AND_SHIP)
+                .replace("{{name}}", "n")
+                .replace("{{crate}}", "n")
+                .replace("{{sdk}}", "\"0\"")
+                .replace("{{sdk_version}}", "0");
             assert!(!filled.contains("{{"), "{path} has a placeholder left");
         }
+    }
+
+    #[test]
+    fn the_vendored_sdk_has_the_sdks_dependencies() {
+        let section = |manifest: &'static str, header: &str| -> Vec<&'static str> {
+            let start = manifest.find(header).unwrap_or_else(|| panic!("no {header}")) + header.len();
+            manifest[start..].lines().skip(1).take_while(|l| !l.trim().is_empty()).collect()
+        };
+        let ours = include_str!("../../sdk/Cargo.toml");
+        let vendored = include_str!("../templates/rust/sdk-Cargo.toml");
+        for header in ["[dependencies]", "[target.'cfg(target_arch = \"wasm32\")'.dependencies]"] {
+            assert_eq!(section(ours, header), section(vendored, header), "{header}");
+        }
+    }
+
+    #[test]
+    fn paths_are_written_as_toml_strings() {
+        assert_eq!(toml_string("/a b/c"), "\"/a b/c\"");
+        assert_eq!(toml_string("C:\\x\"y"), "\"C:\\\\x\\\"y\"");
     }
 }

@@ -25,7 +25,7 @@ pub enum GuestError {
     Inference { guest: String, message: String },
     #[error("guest '{guest}' trapped: {message}")]
     Trap { guest: String, message: String },
-    #[error("guest '{guest}' ran past its deadline of {} ms", limit.as_millis())]
+    #[error("guest '{guest}' ran past its deadline of {} ms (--guest-deadline)", limit.as_millis())]
     Timeout { guest: String, limit: Duration },
     #[error("guest '{guest}' returned an invalid result: {message}")]
     InvalidOutput { guest: String, message: String },
@@ -91,7 +91,9 @@ impl Stop {
     /// A sentence for a validation report.
     pub(crate) fn describe(&self, limits: &Limits) -> String {
         match self {
-            Stop::Timeout => format!("it ran past its deadline of {} ms", limits.deadline.as_millis()),
+            Stop::Timeout => {
+                format!("it ran past its deadline of {} ms (--guest-deadline)", limits.deadline.as_millis())
+            }
             Stop::Limit { message, .. } => format!("it exceeded a limit: {message}"),
             Stop::Busy(message) | Stop::Trap(message) => message.clone(),
         }

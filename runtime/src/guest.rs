@@ -105,22 +105,25 @@ pub struct SampleRun {
 }
 
 impl SampleRun {
-    /// "the image/png sample (5 frames of 1280×720, 13828990 bytes in 5 parts)".
+    /// "the multipart/form-data sample (4 frames of 1280×720, 11063192 bytes in 4 parts)".
     pub fn describe(&self) -> String {
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
         format!(
-            "the {} sample ({} frames of {}×{}, {} bytes in {} part{})",
+            "the {} sample ({} frame{} of {}×{}, {} bytes in {} part{})",
             self.media_type,
             self.frames,
+            plural(self.frames),
             self.width,
             self.height,
             self.bytes,
             self.parts,
-            if self.parts == 1 { "" } else { "s" }
+            plural(self.parts)
         )
     }
 }
 
 /// One piece of uploaded media, as the guest receives it.
+#[derive(Clone)]
 pub struct Media {
     pub content_type: String,
     pub data: Vec<u8>,

@@ -288,7 +288,7 @@ impl Runtime {
             compiled,
             pre,
         };
-        let (samples, unsampled) = self.exercise(&guest).await.map_err(rejected)?;
+        let (samples, unsampled) = self.exercise(&guest).await?;
         guest.samples = samples;
         guest.unsampled = unsampled;
         guest.validation = started.elapsed();
@@ -300,15 +300,23 @@ impl Runtime {
     /// distribution: the whole path works, with uploads large enough to reach every allocator
     /// path, before the guest goes live. A type the host has no sample of is reported, not
     /// failed; a guest none of whose types has a sample cannot be exercised and is refused.
-    async fn exercise(&self, guest: &LoadedGuest) -> Result<(Vec<SampleRun>, Vec<String>), Vec<String>> {
+    async fn exercise(&self, guest: &LoadedGuest) -> Result<(Vec<SampleRun>, Vec<String>), GuestError> {
+        let rejected = |reasons| GuestError::Rejected { name: guest.name.clone(), reasons };
         let (mut runs, mut unsampled, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
         let labels = guest.info.labels.len() as u32;
-        for accepted in &guest.info.accepts {
-            let media_type = motion_request::essence(accepted);
+        let mut accepted: Vec<String> = Vec::new();
+        for media_type in guest.info.accepts.iter().map(|a| motion_request::essence(a)) {
+            if !accepted.iter().any(|seen| seen.eq_ignore_ascii_case(&media_type)) {
+                accepted.push(media_type);
+            }
+        }
+        for media_type in accepted {
             let wanted = media_type.clone();
             let sample = tokio::task::spawn_blocking(move || media::sample(&wanted))
                 .await
-                .map_err(|e| vec![format!("making the {media_type} sample did not finish: {e}")])?;
+                .map_err(|e| format!("making the {media_type} sample did not finish: {e}"))
+                .and_then(|made| made)
+                .map_err(|reason| rejected(vec![reason]))?;
             let Some(sample) = sample else {
                 unsampled.push(media_type);
                 continue;
@@ -322,15 +330,36 @@ impl Runtime {
                 height: sample.height,
                 took: Duration::ZERO,
             };
-            let media = sample
+            let media: Vec<Media> = sample
                 .parts
                 .iter()
-                .map(|part| Media { content_type: sample.media_type.to_string(), data: part.clone() })
+                .map(|(content_type, data)| Media {
+                    content_type: content_type.to_string(),
+                    data: data.clone(),
+                })
                 .collect();
             drop(sample);
-            let started = Instant::now();
-            match self.classify(guest, media, labels, &Progress::new(Stage::Guest)).await {
-                Ok(answer) => {
+            // A full queue is the server's state, not the guest's fault: wait for room, and say
+            // so if there is none.
+            let mut busy_since = None;
+            let answer = loop {
+                let started = Instant::now();
+                match self.classify(guest, media.clone(), labels, &Progress::new(Stage::Guest)).await {
+                    Err(GuestError::Busy(message)) => {
+                        let since = *busy_since.get_or_insert(started);
+                        if since.elapsed() > self.limits.deadline {
+                            return Err(GuestError::Busy(format!(
+                                "validation could not run {}: {message}",
+                                run.describe()
+                            )));
+                        }
+                        tokio::time::sleep(EPOCH_TICK * 10).await;
+                    }
+                    outcome => break outcome.map(|answer| (answer, started.elapsed())),
+                }
+            };
+            match answer {
+                Ok((answer, took)) => {
                     let sum: f32 = answer.top_k.iter().map(|(_, s)| s).sum();
                     if (sum - 1.0).abs() > 1e-3 {
                         reasons.push(format!(
@@ -338,7 +367,7 @@ impl Runtime {
                             run.describe()
                         ));
                     }
-                    runs.push(SampleRun { took: started.elapsed(), ..run });
+                    runs.push(SampleRun { took, ..run });
                 }
                 Err(e) => reasons.push(format!("{} failed: {e}", run.describe())),
             }
@@ -347,10 +376,10 @@ impl Runtime {
             reasons.push(format!(
                 "info().accepts lists no media type the host has a sample of ({}), so it cannot be \
                  exercised before it goes live",
-                media::recognised()
+                media::sampled_types().join(", ")
             ));
         }
-        if reasons.is_empty() { Ok((runs, unsampled)) } else { Err(reasons) }
+        if reasons.is_empty() { Ok((runs, unsampled)) } else { Err(rejected(reasons)) }
     }
 
     /// Checks a guest's `info()` against the model it names: the model is loaded, the input

@@ -1,61 +1,32 @@
 //! What the host knows of media formats, in one place: how to recognise one from its first
 //! bytes, for requests that carry no media type (the Open Inference Protocol's BYTES tensors),
-//! and how to make a sample clip of it, which validation sends through a guest as traffic
-//! would. Decoding is the guest's, and a guest's `info()` says which types it accepts.
+//! and how to make a sample upload of each type, which validation sends through a guest as a
+//! request would. Decoding is the guest's, and a guest's `info()` says which types it accepts.
 
 use std::sync::{Arc, Mutex, Weak};
 
-/// A format the host recognises: its first bytes, media type, short name and sample.
-struct Format {
-    magic: &'static [&'static [u8]],
-    media_type: &'static str,
-    name: &'static str,
-    /// The sample's media, from the sample clip's frames.
-    encode: fn(&Frames) -> Vec<Vec<u8>>,
-    /// The sample while a validation holds it: tens of MiB, made again for a later validation
-    /// rather than kept for the life of the server.
-    sample: Mutex<Weak<Sample>>,
-}
-
-static FORMATS: [Format; 4] = [
-    Format {
-        magic: &[b"GIF87a", b"GIF89a"],
-        media_type: "image/gif",
-        name: "GIF",
-        encode: gif,
-        sample: Mutex::new(Weak::new()),
-    },
-    Format {
-        magic: &[b"\x89PNG\r\n\x1a\n"],
-        media_type: "image/png",
-        name: "PNG",
-        encode: png_frames,
-        sample: Mutex::new(Weak::new()),
-    },
-    Format {
-        magic: &[b"\xff\xd8\xff"],
-        media_type: "image/jpeg",
-        name: "JPEG",
-        encode: jpeg_frames,
-        sample: Mutex::new(Weak::new()),
-    },
-    Format {
-        magic: &[b"YUV4MPEG2 "],
-        media_type: "video/x-yuv4mpeg",
-        name: "Y4M",
-        encode: y4m,
-        sample: Mutex::new(Weak::new()),
-    },
+/// The formats recognised: their first bytes, media type and short name.
+const FORMATS: &[(&[u8], &str, &str)] = &[
+    (b"GIF87a", "image/gif", "GIF"),
+    (b"GIF89a", "image/gif", "GIF"),
+    (b"\x89PNG\r\n\x1a\n", "image/png", "PNG"),
+    (b"\xff\xd8\xff", "image/jpeg", "JPEG"),
+    (b"YUV4MPEG2 ", "video/x-yuv4mpeg", "Y4M"),
 ];
 
 /// The media type of an encoded file, from its first bytes.
 pub fn sniff(data: &[u8]) -> Option<&'static str> {
-    FORMATS.iter().find(|f| f.magic.iter().any(|m| data.starts_with(m))).map(|f| f.media_type)
+    FORMATS.iter().find(|(magic, _, _)| data.starts_with(magic)).map(|(_, kind, _)| *kind)
 }
 
 /// The formats [`sniff`] recognises, for messages: "GIF, PNG, JPEG or Y4M".
 pub fn recognised() -> String {
-    let names: Vec<&str> = FORMATS.iter().map(|f| f.name).collect();
+    let mut names: Vec<&str> = Vec::new();
+    for (_, _, name) in FORMATS {
+        if !names.contains(name) {
+            names.push(name);
+        }
+    }
     match names.split_last() {
         Some((last, [])) => last.to_string(),
         Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
@@ -68,12 +39,15 @@ pub fn recognised() -> String {
 /// take every allocator past its small-allocation paths when the host copies it in.
 pub const SAMPLE_MIN_BYTES: usize = 8 << 20;
 
-/// A sample clip in one format, as a client would upload it: a camera panning over a detailed
-/// scene, 1280×720, in as many frames as make [`SAMPLE_MIN_BYTES`] in that format.
+/// A sample upload of one media type, as a client would send it: a camera panning over a
+/// detailed scene (detail at every scale, so no format compresses it much), at least
+/// [`SAMPLE_MIN_BYTES`] in all.
 pub struct Sample {
+    /// The type the upload is sent as.
     pub media_type: &'static str,
-    /// The media: one whole clip (GIF, Y4M) or one part per frame (PNG, JPEG).
-    pub parts: Vec<Vec<u8>>,
+    /// The media the guest receives: the whole body, or one part per frame for
+    /// `multipart/form-data`, each with its own type.
+    pub parts: Vec<(&'static str, Vec<u8>)>,
     pub frames: usize,
     pub width: u32,
     pub height: u32,
@@ -82,56 +56,86 @@ pub struct Sample {
 impl Sample {
     /// Bytes in all its parts.
     pub fn bytes(&self) -> usize {
-        self.parts.iter().map(Vec::len).sum()
+        self.parts.iter().map(|(_, data)| data.len()).sum()
     }
 }
 
-/// The sample for a media type (made in a fraction of a second, and shared while it is held);
-/// `None` when the host has no sample of that type.
-pub fn sample(media_type: &str) -> Option<Arc<Sample>> {
-    let format = FORMATS.iter().find(|f| f.media_type.eq_ignore_ascii_case(media_type))?;
-    let mut held = format.sample.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+/// How the sample of a media type is made: frames of a size, and how they are sent.
+struct Recipe {
+    media_type: &'static str,
+    width: u32,
+    height: u32,
+    frames: usize,
+    make: fn(&Recipe) -> Result<Vec<(&'static str, Vec<u8>)>, String>,
+}
+
+/// One sample per media type the host can make. Sizes are chosen for at least
+/// [`SAMPLE_MIN_BYTES`] in each format (a unit test holds it): a still is one large frame, as a
+/// single upload carries one; clips and multipart uploads are frames of 1280×720.
+const RECIPES: [Recipe; 5] = [
+    Recipe { media_type: "image/png", width: 2048, height: 1536, frames: 1, make: png_parts },
+    Recipe { media_type: "image/jpeg", width: 2560, height: 1920, frames: 1, make: jpeg_parts },
+    Recipe { media_type: "image/gif", width: 1280, height: 720, frames: 8, make: gif },
+    Recipe { media_type: "video/x-yuv4mpeg", width: 1280, height: 720, frames: 8, make: y4m },
+    Recipe { media_type: "multipart/form-data", width: 1280, height: 720, frames: 4, make: png_parts },
+];
+
+/// Each sample while a validation holds it: tens of MiB, made again for a later validation
+/// rather than kept for the life of the server.
+static HELD: [Mutex<Weak<Sample>>; 5] = [const { Mutex::new(Weak::new()) }; 5];
+
+/// The media types the host has a sample of, for messages.
+pub fn sampled_types() -> Vec<&'static str> {
+    RECIPES.iter().map(|r| r.media_type).collect()
+}
+
+/// The sample upload of a media type (made in a fraction of a second, and shared while it is
+/// held); `Ok(None)` when the host has no sample of that type, `Err` when it could not make one.
+pub fn sample(media_type: &str) -> Result<Option<Arc<Sample>>, String> {
+    let Some(index) = RECIPES.iter().position(|r| r.media_type.eq_ignore_ascii_case(media_type)) else {
+        return Ok(None);
+    };
+    let recipe = &RECIPES[index];
+    let mut held = HELD[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(sample) = held.upgrade() {
-        return Some(sample);
+        return Ok(Some(sample));
     }
-    let sample = Arc::new(make_sample(format));
+    let parts = (recipe.make)(recipe)
+        .map_err(|e| format!("the host could not make its {} sample: {e}", recipe.media_type))?;
+    let sample = Arc::new(Sample {
+        media_type: recipe.media_type,
+        parts,
+        frames: recipe.frames,
+        width: recipe.width,
+        height: recipe.height,
+    });
     *held = Arc::downgrade(&sample);
-    Some(sample)
+    Ok(Some(sample))
 }
 
-const WIDTH: u32 = 1280;
-const HEIGHT: u32 = 720;
 /// How far the scene moves between frames, in pixels.
 const PAN: u32 = 8;
-/// No sample needs more frames: every format reaches the size in fewer.
-const MAX_FRAMES: usize = 64;
 
-/// RGB frames of the sample clip, made as they are needed.
-struct Frames {
-    count: usize,
+/// Frame `t` of a recipe, RGB: the scene moved `t·PAN` pixels right, as when the camera pans
+/// left. The scene is a hash of its coordinates.
+fn rgb(recipe: &Recipe, t: usize) -> Vec<u8> {
+    let shift = t as u32 * PAN;
+    let mut out = Vec::with_capacity((recipe.width * recipe.height * 3) as usize);
+    for y in 0..recipe.height {
+        for x in 0..recipe.width {
+            let h = scene(x.wrapping_sub(shift), y);
+            out.extend_from_slice(&[h as u8, (h >> 8) as u8, (h >> 16) as u8]);
+        }
+    }
+    out
 }
 
-impl Frames {
-    /// Frame `t`: the scene moved `t·PAN` pixels right, as when the camera pans left. The scene is
-    /// a hash of its coordinates: detail at every scale, so no format compresses it much.
-    fn rgb(&self, t: usize) -> Vec<u8> {
-        let shift = t as u32 * PAN;
-        let mut out = Vec::with_capacity((WIDTH * HEIGHT * 3) as usize);
-        for y in 0..HEIGHT {
-            for x in 0..WIDTH {
-                let h = scene(x.wrapping_sub(shift), y);
-                out.extend_from_slice(&[h as u8, (h >> 8) as u8, (h >> 16) as u8]);
-            }
-        }
-        out
-    }
-
-    fn luma(&self, t: usize) -> Vec<u8> {
-        self.rgb(t)
-            .chunks_exact(3)
-            .map(|p| ((299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2])) / 1000) as u8)
-            .collect()
-    }
+/// Frame `t` of a recipe as BT.601 luma.
+fn luma(recipe: &Recipe, t: usize) -> Vec<u8> {
+    rgb(recipe, t)
+        .chunks_exact(3)
+        .map(|p| ((299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2])) / 1000) as u8)
+        .collect()
 }
 
 /// A deterministic hash of a scene point (a 32-bit mix of its coordinates).
@@ -143,88 +147,71 @@ fn scene(x: u32, y: u32) -> u32 {
     h
 }
 
-/// Encodes as few frames as reach [`SAMPLE_MIN_BYTES`]: one frame gives the size of a frame,
-/// and the count follows from it (with one to spare, since frames differ a little).
-fn make_sample(format: &Format) -> Sample {
-    let mut count = 1;
-    loop {
-        let parts = (format.encode)(&Frames { count });
-        let bytes: usize = parts.iter().map(Vec::len).sum();
-        if bytes >= SAMPLE_MIN_BYTES || count >= MAX_FRAMES {
-            return Sample {
-                media_type: format.media_type,
-                parts,
-                frames: count,
-                width: WIDTH,
-                height: HEIGHT,
-            };
-        }
-        let per_frame = (bytes / count).max(1);
-        count = (SAMPLE_MIN_BYTES.div_ceil(per_frame) + 1).clamp(count + 1, MAX_FRAMES);
-    }
-}
-
 /// One PNG file per frame, RGB, 8 bits.
-fn png_frames(frames: &Frames) -> Vec<Vec<u8>> {
-    (0..frames.count)
+fn png_parts(recipe: &Recipe) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
+    (0..recipe.frames)
         .map(|t| {
             let mut out = Vec::new();
-            let mut encoder = png::Encoder::new(&mut out, WIDTH, HEIGHT);
+            let mut encoder = png::Encoder::new(&mut out, recipe.width, recipe.height);
             encoder.set_color(png::ColorType::Rgb);
             encoder.set_depth(png::BitDepth::Eight);
             encoder.set_compression(png::Compression::Fast);
-            // Writing into a Vec cannot fail but for a size mismatch, which the dimensions rule out.
-            if let Ok(mut writer) = encoder.write_header() {
-                let _ = writer.write_image_data(&frames.rgb(t));
-            }
-            out
+            let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+            writer.write_image_data(&rgb(recipe, t)).map_err(|e| e.to_string())?;
+            writer.finish().map_err(|e| e.to_string())?;
+            Ok(("image/png", out))
         })
         .collect()
 }
 
 /// One baseline JPEG file per frame, RGB (stored as YCbCr 4:2:0), quality 90.
-fn jpeg_frames(frames: &Frames) -> Vec<Vec<u8>> {
+fn jpeg_parts(recipe: &Recipe) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
     use image::ImageEncoder;
-    (0..frames.count)
+    (0..recipe.frames)
         .map(|t| {
             let mut out = Vec::new();
-            let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90);
-            let _ = encoder.write_image(&frames.rgb(t), WIDTH, HEIGHT, image::ExtendedColorType::Rgb8);
-            out
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+                .write_image(&rgb(recipe, t), recipe.width, recipe.height, image::ExtendedColorType::Rgb8)
+                .map_err(|e| e.to_string())?;
+            Ok(("image/jpeg", out))
         })
         .collect()
 }
 
 /// One animated GIF: a grey palette, each frame whole, 40 ms apart.
-fn gif(frames: &Frames) -> Vec<Vec<u8>> {
+fn gif(recipe: &Recipe) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
     let palette: Vec<u8> = (0..=255u8).flat_map(|v| [v, v, v]).collect();
+    let (width, height) = (recipe.width as u16, recipe.height as u16);
     let mut out = Vec::new();
-    if let Ok(mut encoder) = ::gif::Encoder::new(&mut out, WIDTH as u16, HEIGHT as u16, &palette) {
-        for t in 0..frames.count {
+    {
+        let mut encoder =
+            ::gif::Encoder::new(&mut out, width, height, &palette).map_err(|e| e.to_string())?;
+        for t in 0..recipe.frames {
             let mut frame = ::gif::Frame::<'_> {
-                width: WIDTH as u16,
-                height: HEIGHT as u16,
+                width,
+                height,
                 delay: 4,
-                buffer: frames.luma(t).into(),
+                buffer: luma(recipe, t).into(),
                 ..Default::default()
             };
             frame.make_lzw_pre_encoded();
-            let _ = encoder.write_lzw_pre_encoded_frame(&frame);
+            encoder.write_lzw_pre_encoded_frame(&frame).map_err(|e| e.to_string())?;
         }
     }
-    vec![out]
+    Ok(vec![("image/gif", out)])
 }
 
 /// One Y4M stream, 4:2:0 with neutral chroma, 25 frames a second.
-fn y4m(frames: &Frames) -> Vec<Vec<u8>> {
-    let chroma = (WIDTH / 2 * (HEIGHT / 2)) as usize;
-    let mut out = format!("YUV4MPEG2 W{WIDTH} H{HEIGHT} F25:1 Ip A1:1 C420jpeg\n").into_bytes();
-    for t in 0..frames.count {
+fn y4m(recipe: &Recipe) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
+    let (width, height) = (recipe.width, recipe.height);
+    let chroma = (width / 2 * (height / 2)) as usize;
+    let mut out = format!("YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg\n").into_bytes();
+    for t in 0..recipe.frames {
         out.extend_from_slice(b"FRAME\n");
-        out.extend_from_slice(&frames.luma(t));
+        out.extend_from_slice(&luma(recipe, t));
         out.resize(out.len() + 2 * chroma, 128);
     }
-    vec![out]
+    Ok(vec![("video/x-yuv4mpeg", out)])
 }
 
 #[cfg(test)]
@@ -244,22 +231,25 @@ mod tests {
     }
 
     #[test]
-    fn every_format_has_a_sample_of_at_least_the_minimum_size_that_sniffs_as_itself() {
-        for format in &FORMATS {
+    fn every_sample_is_at_least_the_minimum_size_and_each_part_is_what_it_says() {
+        for media_type in sampled_types() {
             let started = std::time::Instant::now();
-            let sample = sample(format.media_type).unwrap();
+            let sample = sample(media_type).unwrap().unwrap();
             let bytes = sample.bytes();
-            eprintln!(
-                "{}: {} parts, {} frames, {bytes} bytes in {:?}",
-                format.name,
-                sample.parts.len(),
-                sample.frames,
-                started.elapsed()
-            );
-            assert!(bytes >= SAMPLE_MIN_BYTES, "{}: {bytes} bytes", format.name);
-            assert!(sample.parts.iter().all(|p| sniff(p) == Some(format.media_type)), "{}", format.name);
+            eprintln!("{media_type}: {} parts, {bytes} bytes in {:?}", sample.parts.len(), started.elapsed());
+            assert!(bytes >= SAMPLE_MIN_BYTES, "{media_type}: {bytes} bytes");
+            for (part_type, data) in &sample.parts {
+                assert_eq!(sniff(data), Some(*part_type), "{media_type}");
+            }
+            // A single upload of a type is one file of it; only multipart carries several.
+            if media_type == "multipart/form-data" {
+                assert_eq!(sample.parts.len(), sample.frames, "{media_type}");
+            } else {
+                assert_eq!(sample.parts.len(), 1, "{media_type}");
+                assert_eq!(sample.parts[0].0, media_type);
+            }
         }
-        assert!(sample("video/mp4").is_none());
-        assert_eq!(sample("IMAGE/PNG").unwrap().media_type, "image/png");
+        assert!(sample("video/mp4").unwrap().is_none());
+        assert_eq!(sample("IMAGE/PNG").unwrap().unwrap().media_type, "image/png");
     }
 }

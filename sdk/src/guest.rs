@@ -64,6 +64,9 @@ impl Classification {
         clip: &Clip,
         frames: &[usize],
     ) -> Result<Classification, Error> {
+        if labels.is_empty() {
+            return Err(Error::Inference("this guest names no labels".into()));
+        }
         if logits.len() != labels.len() {
             return Err(Error::Inference(format!(
                 "the model returned {} logits; this guest names {} labels",

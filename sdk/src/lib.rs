@@ -101,9 +101,7 @@ impl Clip<'_> {
     /// alive at a time: in a guest, whose memory is fresh for every request, each page touched
     /// costs a page fault.
     pub fn planes(&self, indices: &[usize], limits: &Limits) -> Result<Vec<f32>, DecodeError> {
-        let mut wanted = indices.to_vec();
-        wanted.sort_unstable();
-        wanted.dedup();
+        let wanted = preprocess::distinct(indices);
         let mut planes = Vec::with_capacity(wanted.len());
         self.decode_each(&wanted, limits, |index, frame| planes.push((index, preprocess::resize(&frame))))?;
         preprocess::model_input(indices, &planes).map_err(DecodeError::Malformed)

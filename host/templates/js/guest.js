@@ -3,7 +3,7 @@
 // It chooses the frames, names the labels and answers. The toolkit component (composed in by
 // build.sh) decodes and preprocesses at Rust speed; wasi:nn runs the model in the host.
 
-import { Clip, sampleIndices, softmax, topK } from 'motion:toolkit/preprocess@0.1.0';
+import { Clip, accepts, sampleIndices, softmax, topK } from 'motion:toolkit/preprocess@0.1.0';
 import { loadByName } from 'wasi:nn/graph@0.2.0-rc-2024-10-28';
 import { Tensor } from 'wasi:nn/tensor@0.2.0-rc-2024-10-28';
 
@@ -14,19 +14,24 @@ const LABELS = [
   'roll_clockwise', 'roll_counterclockwise', 'truck_left', 'truck_right', 'pedestal_up',
   'pedestal_down', 'dolly_in', 'dolly_out', 'shake',
 ];
-// The media types this guest accepts (multipart/form-data: PNG or JPEG frames, one per part);
-// validation sends a sample of each.
-const ACCEPTS = ['multipart/form-data', 'image/png', 'image/jpeg', 'image/gif', 'video/x-yuv4mpeg'];
 
-// An import's error arrives as a thrown value whose `payload` is the error. Throwing a plain
-// { tag, val } object from classify returns that error; throwing an Error traps instead.
-const payload = (e) => (e && e.payload !== undefined ? e.payload : e);
+// An import's error arrives as a thrown value whose `payload` is the error; anything else thrown
+// is this guest's own bug, and is thrown on (the request fails as a guest fault). Throwing a
+// plain { tag, val } object from classify returns that error; throwing an Error traps instead.
+const payload = (e) => {
+  if (!e || e.payload === undefined) throw e;
+  return e.payload;
+};
 
 export const classifier = {
   info() {
     return {
       name: '{{name}}', version: '0.1.0', model: MODEL,
-      inputShape: new BigInt64Array([-1n, 8n, 112n, 112n]), labels: LABELS, accepts: ACCEPTS,
+      inputShape: new BigInt64Array([-1n, 8n, 112n, 112n]), labels: LABELS,
+      // Every type the toolkit decodes (PNG and JPEG frames, alone or as the parts of
+      // multipart/form-data; GIF; Y4M): list fewer to accept fewer. Validation sends a sample
+      // of each.
+      accepts: accepts(),
     };
   },
 
@@ -38,8 +43,7 @@ export const classifier = {
       frames = sampleIndices(clip.frameCount());
       planes = clip.planes(frames); // FP32 bytes, [8, 112, 112]
     } catch (e) {
-      const error = payload(e); // { tag: 'bad-input' | 'unsupported-media', val }
-      throw error && error.tag ? error : { tag: 'bad-input', val: String(e) };
+      throw payload(e); // { tag: 'bad-input' | 'unsupported-media', val }: the client's fault
     }
     let outputs;
     try {
@@ -47,16 +51,17 @@ export const classifier = {
       outputs = context.compute([['input', new Tensor(new Uint32Array([1, 8, 112, 112]), 'FP32', planes)]]);
     } catch (e) {
       const error = payload(e); // a wasi:nn error
-      throw { tag: 'inference', val: error && error.code ? `${error.code()}: ${error.data()}` : String(e) };
+      throw { tag: 'inference', val: `${error.code()}: ${error.data()}` };
     }
     const logits = outputs.find(([name]) => name === 'logits');
     if (!logits) throw { tag: 'inference', val: "the model returned no 'logits' tensor" };
     const raw = logits[1].data();
+    if (raw.byteLength % 4) throw { tag: 'inference', val: `'logits' has ${raw.byteLength} bytes, not whole FP32 values` };
     let scores;
     try {
       scores = softmax(new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength)));
     } catch (e) {
-      throw { tag: 'inference', val: String(payload(e)) };
+      throw { tag: 'inference', val: payload(e) };
     }
     const best = Array.from(topK(scores, req.topK), (i) => ({ label: LABELS[i], score: scores[i] }));
     return {

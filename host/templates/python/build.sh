@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p build
 componentize-py -d wit -w guest componentize app -o build/guest.wasm
-wasm-tools compose build/guest.wasm -d toolkit.wasm -o {{name}}.wasm 2>&1 | grep -v -e deprecated -e 'Please use' -e '^$' || true
-test -s {{name}}.wasm
+rm -f {{name}}.wasm
+# wasm-tools says the command is deprecated in favour of wac; its output is shown only on failure.
+if ! wasm-tools compose build/guest.wasm -d toolkit.wasm -o {{name}}.wasm > build/compose.log 2>&1; then
+    cat build/compose.log >&2
+    exit 1
+fi
 echo "built {{name}}.wasm"
