@@ -295,11 +295,13 @@ impl Runtime {
         Ok(Arc::new(guest))
     }
 
-    /// Sends a sample clip of every media type the guest accepts through it, as a request
+    /// Sends a sample upload of every media type the guest accepts through it, as a request
     /// would come (the same store, limits and deadline), and checks each answer's scores form a
     /// distribution: the whole path works, with uploads large enough to reach every allocator
     /// path, before the guest goes live. A type the host has no sample of is reported, not
-    /// failed; a guest none of whose types has a sample cannot be exercised and is refused.
+    /// failed; a guest none of whose types has a sample cannot be exercised and is refused. A
+    /// full model queue is the server's state: it is waited out for up to the guest deadline,
+    /// then answered as `Busy`.
     async fn exercise(&self, guest: &LoadedGuest) -> Result<(Vec<SampleRun>, Vec<String>), GuestError> {
         let rejected = |reasons| GuestError::Rejected { name: guest.name.clone(), reasons };
         let (mut runs, mut unsampled, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
