@@ -117,7 +117,9 @@ pub fn run(args: &GuestNewArgs) -> anyhow::Result<()> {
         GuestLang::Js => [JS, TOOLKIT_WIT].concat(),
     };
     for (path, text) in files {
-        write(&dir.join(path), substitute(text).as_bytes())?;
+        // The SDK's own files are copied as they are; only its manifest is a template.
+        let copied = path.starts_with("vendor/") && !path.ends_with("Cargo.toml");
+        write(&dir.join(path), if copied { text.to_string() } else { substitute(text) }.as_bytes())?;
     }
     if let Some(toolkit) = toolkit {
         write(&dir.join("toolkit.wasm"), &toolkit)?;
@@ -196,7 +198,8 @@ mod tests {
 
     #[test]
     fn every_placeholder_is_filled() {
-        for (path, text) in [RUST, SDK, PYTHON, JS, TOOLKIT_WIT].concat() {
+        let manifest = &SDK[..1];
+        for (path, text) in [RUST, manifest, PYTHON, JS, TOOLKIT_WIT].concat() {
             let filled = text
                 .replace("{{check-and-ship}}", CHECK_AND_SHIP)
                 .replace("{{name}}", "n")
