@@ -119,6 +119,15 @@ impl Drop for Container {
 }
 
 /// A directory the container's user (uid 10001) can read, mounted read-only.
+/// Runs `script` with `sh` in a throw-away container of the image (as its user, without its
+/// entrypoint) and returns what it printed; it must succeed.
+fn shell_in_image(script: &str) -> String {
+    let out = podman(&["run", "--rm", "--pull=never", "--entrypoint", "sh", &image(), "-c", script]);
+    let listing = text(&out);
+    assert!(out.status.success(), "{listing}");
+    listing
+}
+
 fn readable_dir(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -193,18 +202,9 @@ fn the_image_is_lean_non_root_and_exec_form() {
     );
 
     // Every library the binary needs is in the image; no libtorch headers came along.
-    let out = podman(&[
-        "run",
-        "--rm",
-        "--pull=never",
-        "--entrypoint",
-        "sh",
-        &self::image(),
-        "-c",
+    let listing = shell_in_image(
         "ldd /usr/local/bin/motion-host; echo headers: $(find / -xdev -name '*.h' -path '*torch*' | wc -l); ls /usr/share/doc/motion-host",
-    ]);
-    let listing = text(&out);
-    assert!(out.status.success(), "{listing}");
+    );
     assert!(!listing.contains("not found"), "{listing}");
     assert!(listing.contains("libtorch_cpu.so => /opt/motion-host/lib/libtorch_cpu.so"), "{listing}");
     assert!(listing.contains("headers: 0"), "{listing}");
@@ -214,18 +214,9 @@ fn the_image_is_lean_non_root_and_exec_form() {
 
     // The image can start a guest project: the toolkit that Python and JavaScript guests
     // compose in is where MOTION_HOST_TOOLKIT says.
-    let out = podman(&[
-        "run",
-        "--rm",
-        "--pull=never",
-        "--entrypoint",
-        "sh",
-        &self::image(),
-        "-c",
+    let listing = shell_in_image(
         "motion-host guest new demo --lang python --dir /tmp/demo && cmp /tmp/demo/toolkit.wasm \"$MOTION_HOST_TOOLKIT\" && ls /tmp/demo /tmp/demo/wit/deps",
-    ]);
-    let listing = text(&out);
-    assert!(out.status.success(), "{listing}");
+    );
     for file in ["app.py", "build.sh", "toolkit.wasm", "motion-guest", "toolkit", "wasi-nn"] {
         assert!(listing.lines().any(|l| l == file), "{file} missing: {listing}");
     }
