@@ -123,7 +123,6 @@ impl SampleRun {
 }
 
 /// One piece of uploaded media, as the guest receives it.
-#[derive(Clone)]
 pub struct Media {
     pub content_type: String,
     pub data: Vec<u8>,

@@ -332,21 +332,23 @@ impl Runtime {
                 height: sample.height,
                 took: Duration::ZERO,
             };
-            let media: Vec<Media> = sample
-                .parts
-                .iter()
-                .map(|(content_type, data)| Media {
-                    content_type: content_type.to_string(),
-                    data: data.clone(),
-                })
-                .collect();
-            drop(sample);
+            // The guest gets its own copy of the sample's media for each attempt.
+            let media = || -> Vec<Media> {
+                sample
+                    .parts
+                    .iter()
+                    .map(|(content_type, data)| Media {
+                        content_type: content_type.to_string(),
+                        data: data.clone(),
+                    })
+                    .collect()
+            };
             // A full queue is the server's state, not the guest's fault: wait for room, and say
             // so if there is none.
             let mut busy_since = None;
             let answer = loop {
                 let started = Instant::now();
-                match self.classify(guest, media.clone(), labels, &Progress::new(Stage::Guest)).await {
+                match self.classify(guest, media(), labels, &Progress::new(Stage::Guest)).await {
                     Err(GuestError::Busy(message)) => {
                         let since = *busy_since.get_or_insert(started);
                         if since.elapsed() > self.limits.deadline {
