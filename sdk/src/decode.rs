@@ -1,7 +1,7 @@
 //! Decoders: uploaded media to luma [`Frame`]s.
 //!
-//! A clip is either one media that holds every frame (an animated GIF, a Y4M stream) or one or
-//! more still images (PNG or JPEG), one frame each, in time order. Each decoder reads the
+//! A clip is either one media that holds every frame (an animated GIF, a Y4M stream, an MP4 or
+//! QuickTime file with H.264 video) or one or more still images (PNG or JPEG), one frame each, in time order. Each decoder reads the
 //! declared size from the header and refuses it against [`Limits`] before allocating, so a
 //! hostile header cannot exhaust the guest's memory. Only the sampled frames are decoded to
 //! pixels; the others are only counted.
@@ -11,10 +11,18 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageFormat, ImageReader};
 
 use crate::preprocess::{Frame, luma};
+pub use crate::video::Mp4;
 
 /// The media types these decoders read (and the default guest accepts).
-pub const ACCEPTS: [&str; 5] =
-    ["multipart/form-data", "image/png", "image/jpeg", "image/gif", "video/x-yuv4mpeg"];
+pub const ACCEPTS: [&str; 7] = [
+    "multipart/form-data",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "video/x-yuv4mpeg",
+    "video/mp4",
+    "video/quicktime",
+];
 
 /// Bounds on what a clip may declare, checked before anything is allocated.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +37,9 @@ pub struct Limits {
     /// GIF frame is a patch drawn over the ones before it, so showing frame N means decoding
     /// every frame up to N.
     pub max_gif_pixels: u64,
+    /// Most pixels decoded from one MP4: showing a frame means decoding from the keyframe before
+    /// it, so a long distance between keyframes costs many pictures for one frame.
+    pub max_video_pixels: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +53,7 @@ impl Default for Limits {
             max_pixels: 4096 * 4096,
             max_frames: 100_000,
             max_gif_pixels: 16 * 4096 * 4096,
+            max_video_pixels: 16 * 4096 * 4096,
         }
     }
 }
@@ -79,6 +91,8 @@ pub enum Clip<'a> {
     Gif { data: &'a [u8], frames: usize },
     /// A Y4M stream.
     Y4m(Y4m<'a>),
+    /// An MP4 or QuickTime file's H.264 video track.
+    Mp4(Box<Mp4<'a>>),
 }
 
 /// The still-image formats.
@@ -113,6 +127,7 @@ fn kind_of(media: &Media) -> Result<Kind, DecodeError> {
         "image/jpeg" | "image/jpg" => Some(Kind::Still(Still::Jpeg)),
         "image/gif" => Some(Kind::Gif),
         "video/x-yuv4mpeg" | "video/yuv4mpeg" => Some(Kind::Y4m),
+        "video/mp4" | "video/quicktime" => Some(Kind::Mp4),
         "" | "application/octet-stream" => sniff(media.data),
         _ => None,
     };
@@ -129,6 +144,7 @@ enum Kind {
     Still(Still),
     Gif,
     Y4m,
+    Mp4,
 }
 
 fn sniff(data: &[u8]) -> Option<Kind> {
@@ -140,6 +156,8 @@ fn sniff(data: &[u8]) -> Option<Kind> {
         Some(Kind::Gif)
     } else if data.starts_with(b"YUV4MPEG2 ") {
         Some(Kind::Y4m)
+    } else if crate::video::sniff(data) {
+        Some(Kind::Mp4)
     } else {
         None
     }
@@ -156,6 +174,7 @@ impl<'a> Clip<'a> {
                 Ok(Clip::Gif { data: one.data, frames })
             }
             ([one], [Kind::Y4m]) => Ok(Clip::Y4m(Y4m::parse(one.data, limits)?)),
+            ([one], [Kind::Mp4]) => Ok(Clip::Mp4(Box::new(Mp4::parse(one.data, limits)?))),
             _ => {
                 if media.len() > limits.max_frames {
                     return Err(DecodeError::Malformed(format!(
@@ -192,6 +211,7 @@ impl<'a> Clip<'a> {
             Clip::Stills(stills) => stills.len(),
             Clip::Gif { frames, .. } => *frames,
             Clip::Y4m(y4m) => y4m.frames.len(),
+            Clip::Mp4(mp4) => mp4.frame_count(),
         }
     }
 
@@ -203,7 +223,8 @@ impl<'a> Clip<'a> {
     }
 
     /// Decodes the frames numbered `wanted` (ascending, distinct) and hands each to `each` with
-    /// its number, in order, as soon as it is decoded.
+    /// its number as soon as it is decoded: in time order, except in an MP4 whose frames are
+    /// stored out of display order (B-frames), where it is the order they decode in.
     pub fn decode_each(
         &self,
         wanted: &[usize],
@@ -225,6 +246,7 @@ impl<'a> Clip<'a> {
                 }
                 Ok(())
             }
+            Clip::Mp4(mp4) => mp4.decode_each(wanted, limits, each),
         }
     }
 }
@@ -243,7 +265,7 @@ fn prefix_part(e: DecodeError, i: usize, n: usize) -> DecodeError {
     }
 }
 
-fn check_size(width: u32, height: u32, limits: &Limits) -> Result<(), DecodeError> {
+pub(crate) fn check_size(width: u32, height: u32, limits: &Limits) -> Result<(), DecodeError> {
     if width == 0 || height == 0 {
         return Err(DecodeError::Malformed(format!("frame size {width}x{height} is empty")));
     }

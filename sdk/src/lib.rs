@@ -7,8 +7,8 @@
 //! - the `motion:guest` world: implement [`Guest`] and call [`export_guest!`];
 //! - [`Model`]: `wasi:nn` without its ceremony (load a model by name, named tensors in and out,
 //!   several rows per call);
-//! - [`decode`]: the PNG, JPEG, GIF and Y4M decoders of the model contract, which check every
-//!   declared size before they allocate;
+//! - [`decode`]: the PNG, JPEG, GIF, Y4M and MP4 (H.264, in [`video`]) decoders of the model
+//!   contract, which check every declared size before they allocate;
 //! - [`preprocess`]: the contract's 8-frame sampling, 112×112 luma resize and normalisation;
 //! - [`postprocess`]: softmax and top-k.
 //!
@@ -41,6 +41,7 @@
 pub mod decode;
 pub mod postprocess;
 pub mod preprocess;
+pub mod video;
 
 #[cfg(target_arch = "wasm32")]
 mod guest;

@@ -1,0 +1,447 @@
+//! MP4 and QuickTime (ISO-BMFF) files with H.264 video.
+//!
+//! The `mp4` crate reads the file's sample tables; the `rusty_h264` decoder (pure Rust, no
+//! threads, no global allocator of its own) decodes the pictures. Before anything is decoded the
+//! file is checked: the codec of its video track, the sequence parameter set's chroma format,
+//! bit depth and coded size, the number of samples, the memory the reference pictures take,
+//! and the pixels that decoding the wanted frames costs. Only the frames that wanted frames
+//! need are decoded: from the keyframe at or before each one, never the whole of a long file.
+
+use std::cell::RefCell;
+use std::io::Cursor;
+
+use mp4::Mp4Reader;
+use rusty_h264_decoder::{Decoder, Sps};
+
+use crate::decode::{DecodeError, Limits, check_size};
+use crate::preprocess::Frame;
+
+/// What this decoder reads, as the errors name it.
+pub const SUPPORTED: &str = "H.264 (Baseline, Main or High profile; 8-bit 4:2:0; progressive) in \
+                             an MP4 or QuickTime file that is not fragmented";
+
+/// The line that turns any video into one this decoder reads.
+pub const CONVERT: &str = "ffmpeg -i in.mp4 -c:v libx264 -pix_fmt yuv420p -movflags +faststart out.mp4";
+
+/// Most bytes the decoder's reference pictures may take (`max_num_ref_frames` + 1 pictures).
+const MAX_DPB_BYTES: u64 = 96 << 20;
+
+/// A parsed MP4: the video track's tables, nothing decoded yet.
+#[derive(Debug)]
+pub struct Mp4<'a> {
+    reader: RefCell<Mp4Reader<Cursor<&'a [u8]>>>,
+    track: u32,
+    width: u32,
+    height: u32,
+    /// Pixels in one coded picture, the unit of decoding work.
+    coded_pixels: u64,
+    /// Sample numbers (from 1, in decode order) in display order.
+    display: Vec<u32>,
+    /// Each displayed frame's time in seconds from the first.
+    times: Vec<f64>,
+    /// Keyframes' sample numbers, ascending; `None` when every sample is one.
+    sync: Option<Vec<u32>>,
+    /// The sequence and picture parameter sets, as an Annex-B prefix.
+    parameter_sets: Vec<u8>,
+    nal_length: usize,
+}
+
+fn bad(m: impl std::fmt::Display) -> DecodeError {
+    DecodeError::Malformed(format!("MP4: {m}"))
+}
+
+fn unsupported(what: impl std::fmt::Display) -> DecodeError {
+    DecodeError::Unsupported(format!(
+        "MP4: {what} is not supported; this guest reads {SUPPORTED}. Convert it with: {CONVERT}"
+    ))
+}
+
+/// Whether `data` starts like an ISO-BMFF file: an `ftyp` box, or the boxes a QuickTime file
+/// without one starts with.
+pub fn sniff(data: &[u8]) -> bool {
+    matches!(data.get(4..8), Some(b"ftyp" | b"moov" | b"mdat" | b"wide" | b"free" | b"skip"))
+}
+
+impl<'a> Mp4<'a> {
+    /// Reads the file's boxes and checks them against `limits`; decodes no picture.
+    pub fn parse(data: &'a [u8], limits: &Limits) -> Result<Self, DecodeError> {
+        let layout = scan(data);
+        if layout.fragmented {
+            return Err(unsupported("a fragmented file (moof boxes)"));
+        }
+        if !layout.entries.iter().any(|e| e == b"avc1") {
+            return Err(match layout.entries.first() {
+                Some(entry) => unsupported(format_args!("video coded as {}", codec_name(entry))),
+                None if layout.has_moov => bad("the file has no video track"),
+                None => bad("the file has no movie box (moov); is it truncated?"),
+            });
+        }
+        let reader = Mp4Reader::read_header(Cursor::new(data), data.len() as u64).map_err(bad)?;
+        let mut tracks: Vec<_> = reader
+            .tracks()
+            .iter()
+            .filter(|(_, t)| t.trak.mdia.minf.stbl.stsd.avc1.is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        tracks.sort_unstable();
+        let track = *tracks.first().ok_or_else(|| bad("the file has no H.264 video track"))?;
+        let trak = &reader.tracks()[&track].trak;
+        let stbl = &trak.mdia.minf.stbl;
+        let avcc = &stbl.stsd.avc1.as_ref().expect("filtered on avc1").avcc;
+
+        let nal_length = match avcc.length_size_minus_one & 3 {
+            0 => 1,
+            1 => 2,
+            3 => 4,
+            n => return Err(bad(format_args!("NAL length size {} is not 1, 2 or 4", n + 1))),
+        };
+        let Some(sps) = avcc.sequence_parameter_sets.first() else {
+            return Err(bad("the avcC box has no sequence parameter set"));
+        };
+        if avcc.picture_parameter_sets.is_empty() {
+            return Err(bad("the avcC box has no picture parameter set"));
+        }
+        let sps = parse_sps(&sps.bytes)?;
+        let (width, height, coded_pixels) = check_sps(&sps, limits)?;
+        let mut parameter_sets = Vec::new();
+        for set in avcc.sequence_parameter_sets.iter().chain(&avcc.picture_parameter_sets) {
+            parameter_sets.extend_from_slice(&[0, 0, 0, 1]);
+            parameter_sets.extend_from_slice(&set.bytes);
+        }
+
+        let count = stbl.stsz.sample_count as usize;
+        if count == 0 {
+            return Err(bad("the video track has no frames"));
+        }
+        if count > limits.max_frames {
+            return Err(bad(format_args!(
+                "the video track has {count} frames; the limit is {}",
+                limits.max_frames
+            )));
+        }
+        let timescale = trak.mdia.mdhd.timescale;
+        if timescale == 0 {
+            return Err(bad("the video track's timescale is 0"));
+        }
+        let decode_times =
+            expand(stbl.stts.entries.iter().map(|e| (e.sample_count, i64::from(e.sample_delta))), count)
+                .ok_or_else(|| {
+                    bad("the time-to-sample table (stts) covers fewer samples than the track has")
+                })?;
+        let offsets = match &stbl.ctts {
+            Some(ctts) => {
+                expand(ctts.entries.iter().map(|e| (e.sample_count, i64::from(e.sample_offset))), count)
+                    .ok_or_else(|| {
+                        bad("the composition offset table (ctts) covers fewer samples than the track has")
+                    })?
+            }
+            None => vec![0; count],
+        };
+        // Decode time is the running sum of the deltas; display time adds each sample's offset.
+        let mut shown: Vec<(i64, u32)> = Vec::with_capacity(count);
+        let mut dts = 0i64;
+        for (i, (delta, offset)) in decode_times.iter().zip(&offsets).enumerate() {
+            shown.push((dts.saturating_add(*offset), i as u32 + 1));
+            dts = dts.saturating_add(*delta);
+        }
+        shown.sort_unstable();
+        let first = shown[0].0;
+        let times = shown.iter().map(|(t, _)| (t - first) as f64 / f64::from(timescale)).collect();
+        let display = shown.into_iter().map(|(_, sample)| sample).collect();
+        let sync = stbl.stss.as_ref().map(|stss| {
+            let mut s = stss.entries.clone();
+            s.sort_unstable();
+            s
+        });
+        Ok(Mp4 {
+            reader: RefCell::new(reader),
+            track,
+            width,
+            height,
+            coded_pixels,
+            display,
+            times,
+            sync,
+            parameter_sets,
+            nal_length,
+        })
+    }
+
+    /// Frames in the video track.
+    pub fn frame_count(&self) -> usize {
+        self.display.len()
+    }
+
+    /// The displayed size of a frame.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// Each frame's display time in seconds from the first frame.
+    pub fn times(&self) -> &[f64] {
+        &self.times
+    }
+
+    /// The keyframe at or before sample `sample`: where decoding must start to show it.
+    fn keyframe_before(&self, sample: u32) -> u32 {
+        match &self.sync {
+            None => sample,
+            Some(sync) => match sync.partition_point(|&s| s <= sample) {
+                0 => 1,
+                n => sync[n - 1],
+            },
+        }
+    }
+
+    /// The runs of samples (first, last) to decode to show the display frames `wanted`, in
+    /// decode order: a run continues while no keyframe lies between its end and the next target.
+    fn plan(&self, wanted: &[usize]) -> Result<Vec<(u32, u32)>, DecodeError> {
+        let mut targets = wanted
+            .iter()
+            .map(|&i| {
+                self.display
+                    .get(i)
+                    .copied()
+                    .ok_or_else(|| bad(format_args!("frame {i} asked of {} frames", self.display.len())))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        targets.sort_unstable();
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for target in targets {
+            let start = self.keyframe_before(target);
+            match runs.last_mut() {
+                Some((_, last)) if start <= *last + 1 && target >= *last => *last = target,
+                _ => runs.push((start, target)),
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Decodes the display frames `wanted` (distinct) and hands each to `each` with its number,
+    /// in decode order.
+    pub fn decode_each(
+        &self,
+        wanted: &[usize],
+        limits: &Limits,
+        mut each: impl FnMut(usize, Frame),
+    ) -> Result<(), DecodeError> {
+        let runs = self.plan(wanted)?;
+        let pictures: u64 = runs.iter().map(|(a, b)| u64::from(b - a + 1)).sum();
+        if pictures.saturating_mul(self.coded_pixels) > limits.max_video_pixels {
+            return Err(bad(format_args!(
+                "showing the sampled frames means decoding {pictures} pictures of {}x{} from the keyframes \
+                 before them, more than the {} pixels this guest decodes from one video; re-encode it with \
+                 keyframes closer together (ffmpeg's -g 30)",
+                self.width, self.height, limits.max_video_pixels
+            )));
+        }
+        // Display frame of each wanted sample.
+        let mut wanted_at: Vec<(u32, usize)> = wanted.iter().map(|&i| (self.display[i], i)).collect();
+        wanted_at.sort_unstable();
+        let mut reader = self.reader.borrow_mut();
+        let mut unit = Vec::new();
+        for (start, end) in runs {
+            let mut decoder = Decoder::new();
+            for sample in start..=end {
+                let bytes = reader
+                    .read_sample(self.track, sample)
+                    .map_err(|e| bad(format_args!("sample {sample}: {e}")))?
+                    .ok_or_else(|| bad(format_args!("sample {sample} is missing")))?
+                    .bytes;
+                unit.clear();
+                if sample == start {
+                    unit.extend_from_slice(&self.parameter_sets);
+                }
+                self.annex_b(&bytes, sample, limits, &mut unit)?;
+                let picture = decoder.decode(&unit).map_err(|e| h264_error(e, sample))?;
+                let Ok(at) = wanted_at.binary_search_by_key(&sample, |(s, _)| *s) else { continue };
+                let picture = picture.ok_or_else(|| bad(format_args!("sample {sample} holds no picture")))?;
+                if (picture.width, picture.height) != (self.width as usize, self.height as usize) {
+                    return Err(bad(format_args!(
+                        "sample {sample} is {}x{}; the track's first parameter set says {}x{}",
+                        picture.width, picture.height, self.width, self.height
+                    )));
+                }
+                let luma = picture.y.iter().map(|&v| f32::from(v) / 255.0).collect();
+                each(wanted_at[at].1, Frame::new(self.width, self.height, luma));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends sample `sample`'s NAL units to `unit` with Annex-B start codes, checking any
+    /// sequence parameter set it carries as the track's own was checked.
+    fn annex_b(
+        &self,
+        bytes: &[u8],
+        sample: u32,
+        limits: &Limits,
+        unit: &mut Vec<u8>,
+    ) -> Result<(), DecodeError> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if rest.len() < self.nal_length {
+                return Err(bad(format_args!("sample {sample} ends inside a NAL length")));
+            }
+            let (len, tail) = rest.split_at(self.nal_length);
+            let len = len.iter().fold(0usize, |n, &b| n << 8 | usize::from(b));
+            let nal = tail.get(..len).ok_or_else(|| {
+                bad(format_args!(
+                    "sample {sample} is truncated: a NAL unit of {len} bytes, {} left",
+                    tail.len()
+                ))
+            })?;
+            if nal.first().is_some_and(|h| h & 0x1F == 7) {
+                let (w, h, _) = check_sps(&parse_sps(nal)?, limits)?;
+                if (w, h) != (self.width, self.height) {
+                    return Err(bad(format_args!(
+                        "sample {sample} changes the frame size to {w}x{h} from {}x{}",
+                        self.width, self.height
+                    )));
+                }
+            }
+            unit.extend_from_slice(&[0, 0, 0, 1]);
+            unit.extend_from_slice(nal);
+            rest = &tail[len..];
+        }
+        Ok(())
+    }
+}
+
+/// Expands a run-length table of (count, value) to one value per sample: `None` when it covers
+/// fewer than `count` samples. Runs past `count` are ignored, so a hostile count allocates
+/// nothing beyond the sample count already checked against the limits.
+fn expand(runs: impl Iterator<Item = (u32, i64)>, count: usize) -> Option<Vec<i64>> {
+    let mut values = Vec::with_capacity(count);
+    for (n, value) in runs {
+        let take = (n as usize).min(count - values.len());
+        values.extend(std::iter::repeat_n(value, take));
+        if values.len() == count {
+            return Some(values);
+        }
+    }
+    None
+}
+
+fn parse_sps(nal: &[u8]) -> Result<Sps, DecodeError> {
+    let payload = nal.get(1..).ok_or_else(|| bad("an empty sequence parameter set"))?;
+    let rbsp = rusty_h264_common::nal::emulation_unprevent(payload);
+    Sps::parse(&rbsp).map_err(|e| h264_error(e, 0))
+}
+
+/// The displayed size of `sps`'s pictures and the pixels of one coded picture, checked against
+/// `limits` and the memory its reference pictures take.
+fn check_sps(sps: &Sps, limits: &Limits) -> Result<(u32, u32, u64), DecodeError> {
+    let coded_w = sps.pic_width_in_mbs as u64 * 16;
+    let coded_h = sps.pic_height_in_mbs as u64 * 16;
+    let crop_x = 2 * u64::from(sps.frame_crop_left + sps.frame_crop_right);
+    let crop_y =
+        2 * u64::from(sps.frame_crop_top + sps.frame_crop_bottom) * if sps.frame_mbs_only { 1 } else { 2 };
+    let width = u32::try_from(coded_w.saturating_sub(crop_x)).unwrap_or(u32::MAX);
+    let height = u32::try_from(coded_h.saturating_sub(crop_y)).unwrap_or(u32::MAX);
+    check_size(width, height, limits).map_err(bad)?;
+    let coded = coded_w * coded_h;
+    let dpb = coded * 3 / 2 * (u64::from(sps.max_num_ref_frames) + 1);
+    if dpb > MAX_DPB_BYTES {
+        return Err(bad(format_args!(
+            "{} reference pictures of {width}x{height} take {} MiB, more than this guest's {} MiB",
+            sps.max_num_ref_frames,
+            dpb >> 20,
+            MAX_DPB_BYTES >> 20
+        )));
+    }
+    Ok((width, height, coded))
+}
+
+fn h264_error(e: rusty_h264_decoder::DecodeError, sample: u32) -> DecodeError {
+    use rusty_h264_decoder::DecodeError as E;
+    let at = if sample == 0 { "the sequence parameter set".to_string() } else { format!("sample {sample}") };
+    match e {
+        E::Unsupported(tool) => unsupported(format_args!("H.264 using {tool} ({at})")),
+        E::Truncated => bad(format_args!("H.264 {at} is truncated")),
+        E::MissingParameterSet => bad(format_args!("H.264 {at} comes before its parameter sets")),
+        E::Internal(what) => bad(format_args!("H.264 {at} does not decode: {what}")),
+    }
+}
+
+/// What the box tree says before the `mp4` crate reads it: whether the file is fragmented, and
+/// the sample entry (codec) of each track, so an unsupported codec is named rather than failing
+/// as a parse error.
+struct Layout {
+    has_moov: bool,
+    fragmented: bool,
+    entries: Vec<[u8; 4]>,
+}
+
+fn scan(data: &[u8]) -> Layout {
+    let mut layout = Layout { has_moov: false, fragmented: false, entries: Vec::new() };
+    for (kind, body) in boxes(data) {
+        match &kind {
+            b"moof" => layout.fragmented = true,
+            b"moov" => {
+                layout.has_moov = true;
+                for (kind, trak) in boxes(body) {
+                    match &kind {
+                        b"mvex" => layout.fragmented = true,
+                        b"trak" => layout.entries.extend(sample_entries(trak)),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    layout
+}
+
+/// The sample entry types of a `trak` whose handler is video.
+fn sample_entries(trak: &[u8]) -> Vec<[u8; 4]> {
+    let Some(mdia) = child(trak, b"mdia") else { return Vec::new() };
+    // hdlr: version/flags (4), pre_defined (4), handler_type (4).
+    if child(mdia, b"hdlr").and_then(|h| h.get(8..12)) != Some(b"vide") {
+        return Vec::new();
+    }
+    let Some(stsd) = child(mdia, b"minf").and_then(|m| child(m, b"stbl")).and_then(|s| child(s, b"stsd"))
+    else {
+        return Vec::new();
+    };
+    // stsd: version/flags (4), entry_count (4), then the entries as boxes.
+    stsd.get(8..).map(|entries| boxes(entries).map(|(k, _)| k).collect()).unwrap_or_default()
+}
+
+/// The body of the first box of type `want` in `data`.
+fn child<'a>(data: &'a [u8], want: &[u8; 4]) -> Option<&'a [u8]> {
+    boxes(data).find(|(kind, _)| kind == want).map(|(_, body)| body)
+}
+
+/// The boxes in `data`, each as its type and body; stops at the first that does not fit.
+fn boxes(mut data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
+    std::iter::from_fn(move || {
+        let size = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as u64;
+        let kind: [u8; 4] = data.get(4..8)?.try_into().ok()?;
+        let (header, size) = match size {
+            0 => (8, data.len() as u64),
+            1 => (16, u64::from_be_bytes(data.get(8..16)?.try_into().ok()?)),
+            n => (8, n),
+        };
+        let size = usize::try_from(size).ok().filter(|&s| s >= header && s <= data.len())?;
+        let body = &data[header..size];
+        data = &data[size..];
+        Some((kind, body))
+    })
+}
+
+fn codec_name(entry: &[u8; 4]) -> String {
+    let name = match entry {
+        b"hvc1" | b"hev1" => "HEVC (H.265)",
+        b"av01" => "AV1",
+        b"vp09" => "VP9",
+        b"vp08" => "VP8",
+        b"avc3" | b"avc4" => "H.264 with in-band parameter sets (avc3)",
+        b"mp4v" => "MPEG-4 Part 2",
+        b"mjpa" | b"mjpb" | b"jpeg" => "Motion JPEG",
+        b"apch" | b"apcn" | b"apcs" | b"apco" | b"ap4h" => "Apple ProRes",
+        _ => return format!("'{}'", String::from_utf8_lossy(entry)),
+    };
+    name.into()
+}
