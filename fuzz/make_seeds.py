@@ -3,6 +3,8 @@ guest reads, and of the requests the host parses. Run: python3 fuzz/make_seeds.p
 
 import io
 import pathlib
+import subprocess
+import tempfile
 
 from PIL import Image
 
@@ -49,6 +51,26 @@ def multipart(parts):
     return body + b"--B--\r\n"
 
 
+# Small H.264 files as libx264 writes them: each profile and entropy coder, B-frames, a short
+# keyframe interval, and QuickTime's container.
+MP4_VARIANTS = {
+    "baseline.mp4": ["-profile:v", "baseline"],
+    "main-bframes.mp4": ["-profile:v", "main", "-bf", "2", "-g", "4"],
+    "high-cabac.mp4": ["-profile:v", "high", "-bf", "3"],
+    "high-cavlc.mp4": ["-profile:v", "high", "-x264-params", "cabac=0"],
+    "quicktime.mov": ["-profile:v", "high"],
+}
+
+
+def mp4(name, args):
+    """One MP4 of 6 frames of 48x32 made by ffmpeg from a generated pattern."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / name
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=10:duration=0.6",
+                        "-c:v", "libx264", "-pix_fmt", "yuv420p", *args, str(out)], check=True)
+        return out.read_bytes()
+
+
 def main():
     for mode in ["L", "LA", "RGB", "RGBA", "P"]:
         write("decode_png", f"{mode}.png", save(image(mode), "PNG"))
@@ -64,6 +86,10 @@ def main():
     write("decode_gif", "one.gif", save(image("P"), "GIF"))
     for colour in ["mono", "420jpeg", "422", "444"]:
         write("decode_y4m", f"{colour}.y4m", y4m(5, 3, colour, 3))
+    for name, args in MP4_VARIANTS.items():
+        data = mp4(name, args)
+        write("decode_mp4", name, data)
+        write("demux_mp4", name, data)
     png = save(image("RGB"), "PNG")
     write("request", "multipart", b"multipart/form-data; boundary=B\n3\n"
           + multipart([("image/png", png), ("image/png", png)]))

@@ -169,6 +169,21 @@ venv_for() {
     printf '%s\n' "$venv/bin/python"
 }
 
+# ffmpeg with libx264 (Debian's package), which the video tests make their H.264 fixtures with
+# and decode them with for comparison.
+media_tools() {
+    command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && return 0
+    if [ "$(id -u)" != 0 ]; then
+        say "the video tests need ffmpeg: apt-get install ffmpeg"
+        return 1
+    fi
+    step download "installing ffmpeg (Debian's package)"
+    export DEBIAN_FRONTEND=noninteractive
+    dpkg --configure -a
+    apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null \
+        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; }
+}
+
 # The toolchains of the guest templates (host/templates), at the versions the templates pin, in
 # the cache: componentize-py and wasm-tools in a virtual environment (from the Python template's
 # requirements), jco and componentize-js under node_modules (from the JavaScript template's

@@ -178,11 +178,19 @@ fn bad_requests_get_their_status_and_code() {
         ("/v1/classify", Some("image/png"), vec![0; 8_000_001], 413, "payload_too_large", vec!["8000000"]),
         (
             "/v1/classify",
-            Some("video/mp4"),
-            b"....ftypisom".to_vec(),
+            Some("video/webm"),
+            b"\x1a\x45\xdf\xa3webm".to_vec(),
             415,
             "unsupported_media_type",
-            vec!["video/mp4", "image/gif", "ffmpeg -i clip.mp4 -f yuv4mpegpipe -"],
+            vec!["video/webm", "video/mp4", "ffmpeg -i clip.webm -c:v libx264 -pix_fmt yuv420p clip.mp4"],
+        ),
+        (
+            "/v1/classify",
+            Some("video/mp4"),
+            b"\0\0\0\x0cftypisom".to_vec(),
+            422,
+            "unprocessable_media",
+            vec!["MP4", "no movie box (moov)"],
         ),
         (
             "/v1/classify",

@@ -14,12 +14,16 @@ const FORMATS: &[(&[u8], &str, &str)] = &[
     (b"YUV4MPEG2 ", "video/x-yuv4mpeg", "Y4M"),
 ];
 
-/// The media type of an encoded file, from its first bytes.
+/// The media type of an encoded file, from its first bytes. An ISO-BMFF file starts with its
+/// `ftyp` box, whose major brand tells QuickTime from MP4.
 pub fn sniff(data: &[u8]) -> Option<&'static str> {
+    if data.get(4..8) == Some(b"ftyp") {
+        return Some(if data.get(8..12) == Some(b"qt  ") { "video/quicktime" } else { "video/mp4" });
+    }
     FORMATS.iter().find(|(magic, _, _)| data.starts_with(magic)).map(|(_, kind, _)| *kind)
 }
 
-/// The formats [`sniff`] recognises, for messages: "GIF, PNG, JPEG or Y4M".
+/// The formats [`sniff`] recognises, for messages: "GIF, PNG, JPEG, Y4M or MP4".
 pub fn recognised() -> String {
     let mut names: Vec<&str> = Vec::new();
     for (_, _, name) in FORMATS {
@@ -27,6 +31,8 @@ pub fn recognised() -> String {
             names.push(name);
         }
     }
+    // ISO-BMFF is told by its `ftyp` box, four bytes in, not by a prefix.
+    names.push("MP4");
     match names.split_last() {
         Some((last, [])) => last.to_string(),
         Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
@@ -71,18 +77,21 @@ struct Recipe {
 
 /// One sample per media type the host can make. Sizes are chosen for at least
 /// [`SAMPLE_MIN_BYTES`] in each format (a unit test holds it): a still is one large frame, as a
-/// single upload carries one; clips and multipart uploads are frames of 1280×720.
-const RECIPES: [Recipe; 5] = [
+/// single upload carries one; clips and multipart uploads are frames of 1280×720. The MP4 and
+/// QuickTime samples are libx264's H.264 (see `samples/make.sh`) with space reserved after it.
+const RECIPES: [Recipe; 7] = [
     Recipe { media_type: "image/png", width: 2048, height: 1536, frames: 1, make: png_parts },
     Recipe { media_type: "image/jpeg", width: 2560, height: 1920, frames: 1, make: jpeg_parts },
     Recipe { media_type: "image/gif", width: 1280, height: 720, frames: 8, make: gif },
     Recipe { media_type: "video/x-yuv4mpeg", width: 1280, height: 720, frames: 8, make: y4m },
     Recipe { media_type: "multipart/form-data", width: 1280, height: 720, frames: 4, make: png_parts },
+    Recipe { media_type: "video/mp4", width: 640, height: 360, frames: 16, make: iso_bmff },
+    Recipe { media_type: "video/quicktime", width: 640, height: 360, frames: 16, make: iso_bmff },
 ];
 
 /// Each sample while a validation holds it: tens of MiB, made again for a later validation
 /// rather than kept for the life of the server.
-static HELD: [Mutex<Weak<Sample>>; 5] = [const { Mutex::new(Weak::new()) }; 5];
+static HELD: [Mutex<Weak<Sample>>; RECIPES.len()] = [const { Mutex::new(Weak::new()) }; RECIPES.len()];
 
 /// The media types the host has a sample of, for messages.
 pub fn sampled_types() -> Vec<&'static str> {
@@ -214,6 +223,22 @@ fn y4m(recipe: &Recipe) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
     Ok(vec![("video/x-yuv4mpeg", out)])
 }
 
+/// An H.264 file made by ffmpeg (`samples/make.sh`), with a `free` box after its last box that
+/// takes it to [`SAMPLE_MIN_BYTES`]: the space a muxer reserves (ffmpeg's `-moov_size`), which
+/// a reader skips. Encoding that much H.264 here would take seconds for every validation.
+fn iso_bmff(recipe: &Recipe) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
+    let coded: &[u8] = match recipe.media_type {
+        "video/quicktime" => include_bytes!("../samples/pan.mov"),
+        _ => include_bytes!("../samples/pan.mp4"),
+    };
+    let mut out = coded.to_vec();
+    let free = SAMPLE_MIN_BYTES.saturating_sub(out.len()).max(8);
+    out.extend_from_slice(&u32::try_from(free).map_err(|e| e.to_string())?.to_be_bytes());
+    out.extend_from_slice(b"free");
+    out.resize(out.len() + free - 8, 0);
+    Ok(vec![(recipe.media_type, out)])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,9 +250,11 @@ mod tests {
         assert_eq!(sniff(b"\x89PNG\r\n\x1a\n...."), Some("image/png"));
         assert_eq!(sniff(b"\xff\xd8\xff\xe0"), Some("image/jpeg"));
         assert_eq!(sniff(b"YUV4MPEG2 W8 H8"), Some("video/x-yuv4mpeg"));
+        assert_eq!(sniff(b"\0\0\0\x20ftypisom"), Some("video/mp4"));
+        assert_eq!(sniff(b"\0\0\0\x14ftypqt  "), Some("video/quicktime"));
         assert_eq!(sniff(b"RIFF....WEBP"), None);
         assert_eq!(sniff(b""), None);
-        assert_eq!(recognised(), "GIF, PNG, JPEG or Y4M");
+        assert_eq!(recognised(), "GIF, PNG, JPEG, Y4M or MP4");
     }
 
     #[test]
@@ -249,7 +276,7 @@ mod tests {
                 assert_eq!(sample.parts[0].0, media_type);
             }
         }
-        assert!(sample("video/mp4").unwrap().is_none());
+        assert!(sample("video/webm").unwrap().is_none());
         assert_eq!(sample("IMAGE/PNG").unwrap().unwrap().media_type, "image/png");
     }
 }

@@ -66,8 +66,18 @@ impl<'a> Mp4<'a> {
     /// Reads the file's boxes and checks them against `limits`; decodes no picture.
     pub fn parse(data: &'a [u8], limits: &Limits) -> Result<Self, DecodeError> {
         let layout = scan(data);
+        if let Some((kind, declared)) = layout.cut {
+            return Err(bad(format_args!(
+                "the file is truncated: its '{}' box declares {declared} bytes; {} are left",
+                String::from_utf8_lossy(&kind),
+                data.len() - layout.whole
+            )));
+        }
         if layout.fragmented {
             return Err(unsupported("a fragmented file (moof boxes)"));
+        }
+        if let Err(e) = check_tree(data, b"file", 0) {
+            return Err(bad(e));
         }
         if !layout.entries.iter().any(|e| e == b"avc1") {
             return Err(match layout.entries.first() {
@@ -371,16 +381,21 @@ struct Layout {
     has_moov: bool,
     fragmented: bool,
     entries: Vec<[u8; 4]>,
+    /// Bytes of the file taken by whole top-level boxes.
+    whole: usize,
+    /// The top-level box that runs past the end of the file, and the size it declares.
+    cut: Option<([u8; 4], u64)>,
 }
 
 fn scan(data: &[u8]) -> Layout {
-    let mut layout = Layout { has_moov: false, fragmented: false, entries: Vec::new() };
-    for (kind, body) in boxes(data) {
+    let mut layout = Layout { has_moov: false, fragmented: false, entries: Vec::new(), whole: 0, cut: None };
+    for (kind, body, len) in boxes(data) {
+        layout.whole += len;
         match &kind {
             b"moof" => layout.fragmented = true,
             b"moov" => {
                 layout.has_moov = true;
-                for (kind, trak) in boxes(body) {
+                for (kind, trak, _) in boxes(body) {
                     match &kind {
                         b"mvex" => layout.fragmented = true,
                         b"trak" => layout.entries.extend(sample_entries(trak)),
@@ -389,6 +404,17 @@ fn scan(data: &[u8]) -> Layout {
                 }
             }
             _ => {}
+        }
+    }
+    let rest = &data[layout.whole..];
+    if let (Some(size), Some(kind)) = (rest.get(..4), rest.get(4..8)) {
+        let size = u32::from_be_bytes(size.try_into().expect("4 bytes"));
+        let declared = match size {
+            1 => rest.get(8..16).map_or(0, |s| u64::from_be_bytes(s.try_into().expect("8 bytes"))),
+            n => u64::from(n),
+        };
+        if declared > rest.len() as u64 {
+            layout.cut = Some((kind.try_into().expect("4 bytes"), declared));
         }
     }
     layout
@@ -406,16 +432,56 @@ fn sample_entries(trak: &[u8]) -> Vec<[u8; 4]> {
         return Vec::new();
     };
     // stsd: version/flags (4), entry_count (4), then the entries as boxes.
-    stsd.get(8..).map(|entries| boxes(entries).map(|(k, _)| k).collect()).unwrap_or_default()
+    stsd.get(8..).map(|entries| boxes(entries).map(|(k, _, _)| k).collect()).unwrap_or_default()
+}
+
+/// Checks every box list the `mp4` crate walks: each child at least its own header long and
+/// inside its parent. That crate's loops advance by each child's declared size, so a child of
+/// size 0 to 7 inside a container would make them spin forever (found by fuzzing; mp4 0.14
+/// checks only the top level).
+fn check_tree(data: &[u8], parent: &[u8; 4], depth: usize) -> Result<(), String> {
+    if depth > 16 {
+        return Err("boxes nest more than 16 deep".into());
+    }
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (kind, body, len) = boxes(rest).next().ok_or_else(|| {
+            let kind = rest.get(4..8).map(String::from_utf8_lossy).unwrap_or_default();
+            format!("a '{kind}' box inside another has a size that does not fit it")
+        })?;
+        let size = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes"));
+        if size == 0 && depth > 0 {
+            return Err(format!("a '{}' box inside another has size 0", String::from_utf8_lossy(&kind)));
+        }
+        // Where each container's children start in its body (a sample entry has fields first).
+        let children = match &kind {
+            b"moov" | b"trak" | b"edts" | b"mdia" | b"minf" | b"dinf" | b"stbl" | b"udta" | b"mvex"
+            | b"moof" | b"traf" | b"ilst" => Some(0),
+            b"meta" => Some(if body.get(4..8) == Some(b"hdlr") { 0 } else { 4 }),
+            b"stsd" => Some(8),
+            b"mp4a" => Some(28),
+            _ => None,
+        };
+        // The items of an `ilst` that the crate reads hold `data` boxes.
+        let item = parent == b"ilst" && matches!(&kind, b"\xa9nam" | b"\xa9day" | b"covr" | b"desc");
+        if let Some(at) = children {
+            check_tree(body.get(at..).unwrap_or_default(), &kind, depth + 1)?;
+        } else if item {
+            check_tree(body, &kind, depth + 1)?;
+        }
+        rest = &rest[len..];
+    }
+    Ok(())
 }
 
 /// The body of the first box of type `want` in `data`.
 fn child<'a>(data: &'a [u8], want: &[u8; 4]) -> Option<&'a [u8]> {
-    boxes(data).find(|(kind, _)| kind == want).map(|(_, body)| body)
+    boxes(data).find(|(kind, _, _)| kind == want).map(|(_, body, _)| body)
 }
 
-/// The boxes in `data`, each as its type and body; stops at the first that does not fit.
-fn boxes(mut data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
+/// The boxes in `data`, each as its type, body and whole length; stops at the first that does
+/// not fit.
+fn boxes(mut data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8], usize)> {
     std::iter::from_fn(move || {
         let size = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as u64;
         let kind: [u8; 4] = data.get(4..8)?.try_into().ok()?;
@@ -427,7 +493,7 @@ fn boxes(mut data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
         let size = usize::try_from(size).ok().filter(|&s| s >= header && s <= data.len())?;
         let body = &data[header..size];
         data = &data[size..];
-        Some((kind, body))
+        Some((kind, body, size))
     })
 }
 
@@ -444,4 +510,59 @@ fn codec_name(entry: &[u8; 4]) -> String {
         _ => return format!("'{}'", String::from_utf8_lossy(entry)),
     };
     name.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &[u8] = include_bytes!("../../fuzz/seeds/decode_mp4/main-bframes.mp4");
+
+    #[test]
+    fn frames_come_in_display_order_with_their_times() {
+        let mp4 = Mp4::parse(SEED, &Limits::default()).unwrap();
+        assert_eq!(mp4.frame_count(), 6);
+        assert_eq!(mp4.size(), (48, 32));
+        let times = mp4.times();
+        assert_eq!(times[0], 0.0);
+        assert!(times.windows(2).all(|w| (w[1] - w[0] - 0.1).abs() < 1e-9), "{times:?}");
+        // B-frames: the samples are stored out of display order.
+        assert_ne!(mp4.display, (1..=6).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn decoding_starts_at_the_keyframe_before_each_wanted_frame() {
+        let mp4 = Mp4::parse(SEED, &Limits::default()).unwrap();
+        let sync = mp4.sync.clone().unwrap();
+        assert!(sync.len() >= 2, "the seed has a keyframe every 4 frames: {sync:?}");
+        let last = mp4.frame_count() - 1;
+        let runs = mp4.plan(&[last]).unwrap();
+        assert_eq!(runs.len(), 1);
+        let (start, end) = runs[0];
+        assert!(sync.contains(&start) && start > 1, "decoding {runs:?} starts from the first keyframe");
+        assert_eq!(end, mp4.display[last]);
+        // Frames with no keyframe between them share one run.
+        assert_eq!(mp4.plan(&[0, 1]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_pixel_cap_is_checked_before_decoding() {
+        let limits = Limits { max_video_pixels: 48 * 32 * 2, ..Limits::default() };
+        let mp4 = Mp4::parse(SEED, &limits).unwrap();
+        let all: Vec<usize> = (0..mp4.frame_count()).collect();
+        let e = mp4.decode_each(&all, &limits, |_, _| panic!("decoded past the cap")).unwrap_err();
+        assert!(e.to_string().contains("keyframes closer together"), "{e}");
+    }
+
+    #[test]
+    fn found_by_fuzzing_a_nested_box_of_size_0_is_refused_not_looped_on() {
+        let found = include_bytes!("../../fuzz/regressions/demux_mp4/nested-box-of-size-0.mp4");
+        assert!(matches!(Mp4::parse(found, &Limits::default()), Err(DecodeError::Malformed(_))));
+        // The same in a whole file: the seed with its `stss` box's size set to 0.
+        let mut file = SEED.to_vec();
+        let at = file.windows(4).position(|w| w == b"stss").unwrap() - 4;
+        file[at..at + 4].fill(0);
+        let e = Mp4::parse(&file, &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("'stss' box inside another has size 0"), "{e}");
+    }
 }

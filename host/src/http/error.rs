@@ -130,8 +130,8 @@ impl ApiError {
         e
     }
 
-    /// 415 for a media type the guest does not read, listing what it does; a video container
-    /// gets the ffmpeg line that turns it into Y4M.
+    /// 415 for a media type the guest does not read, listing what it does; a video in another
+    /// format gets the ffmpeg line that turns it into one the guest reads (H.264 in MP4, or Y4M).
     pub fn unsupported_media(content_type: Option<&str>, guest: &str, accepted: &[String]) -> Self {
         let what = match content_type {
             Some(t) => format!("media type '{t}' is not accepted by guest '{guest}'"),
@@ -139,7 +139,13 @@ impl ApiError {
         };
         let mut message = format!("{what}; accepted: {}", accepted.join(", "));
         let is_video = content_type.is_some_and(|t| t.trim().to_ascii_lowercase().starts_with("video/"));
-        if is_video && accepted.iter().any(|a| a == "video/x-yuv4mpeg") {
+        let accepts = |t: &str| accepted.iter().any(|a| a == t);
+        if is_video && accepts("video/mp4") {
+            message.push_str(
+                "; to send another video format, convert it to H.264 in MP4: \
+                 ffmpeg -i clip.webm -c:v libx264 -pix_fmt yuv420p clip.mp4",
+            );
+        } else if is_video && accepts("video/x-yuv4mpeg") {
             message.push_str(
                 "; to send a video, pipe it through ffmpeg as Y4M: ffmpeg -i clip.mp4 -f yuv4mpegpipe - | \
                  curl --data-binary @- -H 'Content-Type: video/x-yuv4mpeg' …/v1/classify",
