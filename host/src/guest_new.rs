@@ -57,6 +57,7 @@ const SDK: &[File] = &[
     ("vendor/motion-guest-sdk/src/postprocess.rs", include_str!("../../sdk/src/postprocess.rs")),
     ("vendor/motion-guest-sdk/src/guest.rs", include_str!("../../sdk/src/guest.rs")),
     ("vendor/motion-guest-sdk/src/nn.rs", include_str!("../../sdk/src/nn.rs")),
+    ("vendor/motion-guest-sdk/src/video.rs", include_str!("../../sdk/src/video.rs")),
     ("vendor/motion-guest-sdk/wit/motion-guest.wit", include_str!("../../wit/motion-guest.wit")),
     (
         "vendor/motion-guest-sdk/wit/deps/wasi-nn/wasi-nn.wit",
@@ -220,6 +221,16 @@ mod tests {
         let vendored = include_str!("../templates/rust/sdk-Cargo.toml");
         for header in ["[dependencies]", "[target.'cfg(target_arch = \"wasm32\")'.dependencies]"] {
             assert_eq!(section(ours, header), section(vendored, header), "{header}");
+        }
+    }
+
+    #[test]
+    fn the_vendored_sdk_has_every_source_file() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk/src");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let path = format!("vendor/motion-guest-sdk/src/{name}");
+            assert!(SDK.iter().any(|(p, _)| *p == path), "{path} is not written into Rust projects");
         }
     }
 
