@@ -7,7 +7,10 @@
 //!   every frame;
 //! - the server classifies each MP4 as it classifies the Y4M that ffmpeg decodes from that same
 //!   file, to 1e-4 on every label, through `/v1` and `/v2`;
-//! - what it cannot read is a 415 that names it, and a broken file a 422 that says why.
+//! - what it cannot read is a 415 that names it, and a broken file a 422 that says why;
+//! - a long video answers as a timeline: each window scores as that stretch of the video sent
+//!   alone, through `/v1` and `/v2`, within a cap the server states; a `motion:guest@0.1.0`
+//!   guest built before the timeline existed still answers, and says it has none.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,7 +18,7 @@ use std::sync::OnceLock;
 
 use motion_guest_sdk::decode::{Clip, Limits, Media};
 use motion_guest_sdk::preprocess::sample_indices;
-use motion_host_tests::{LABELS, Server, ServerBuilder, assert_error, json, repo_root};
+use motion_host_tests::{LABELS, Server, ServerBuilder, assert_error, json, repo_root, test_guest};
 
 /// One fixture: a file name, the test clip it is made from, and ffmpeg's input and output
 /// options.
@@ -300,4 +303,240 @@ fn unsupported_video_is_415_naming_it_and_broken_video_is_422() {
     // The server is still serving.
     let (_, ok) = fixture(VARIANTS[0].name);
     assert_eq!(classify(&server, "video/mp4", ok)["frames_total"], 10);
+}
+
+/// Three stretches of camera motion, 2 s each at 25 frames a second, one after the other: the
+/// video (MP4, a keyframe every 30 frames so no window starts on one) and each stretch alone
+/// (Y4M, as ffmpeg decodes it from that same MP4).
+fn three_motions() -> (Vec<u8>, Vec<Vec<u8>>) {
+    let dir = fixtures();
+    let clips = repo_root().join("tests/clips");
+    let mut args: Vec<String> = Vec::new();
+    for clip in ["pan_left.gif", "zoom_in.gif", "tilt_up.gif"] {
+        args.extend(["-stream_loop", "-1", "-t", "2", "-i"].map(String::from));
+        args.push(clips.join(clip).display().to_string());
+    }
+    let filter = "[0:v]fps=25,scale=320:180,setsar=1[a];[1:v]fps=25,scale=320:180,setsar=1[b];\
+                  [2:v]fps=25,scale=320:180,setsar=1[c];[a][b][c]concat=n=3:v=1[v]";
+    let out = dir.join("three-motions.mp4");
+    args.extend(["-filter_complex", filter, "-map", "[v]", "-g", "30", "-bf", "2"].map(String::from));
+    args.extend(X264.iter().map(|a| a.to_string()));
+    args.push(out.display().to_string());
+    ffmpeg(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let stretches = (0..3)
+        .map(|i| {
+            let select = format!("select='between(n,{},{})',setpts=N/25/TB", i * 50, i * 50 + 49);
+            ffmpeg(&[
+                "-i",
+                out.to_str().unwrap(),
+                "-vf",
+                &select,
+                "-f",
+                "yuv4mpegpipe",
+                "-pix_fmt",
+                "yuv420p",
+                "-",
+            ])
+        })
+        .collect();
+    (std::fs::read(&out).unwrap(), stretches)
+}
+
+fn classify_at(
+    server: &Server,
+    query: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> reqwest::blocking::Response {
+    server
+        .client()
+        .post(server.url(&format!("/v1/classify?{query}")))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn a_long_video_is_a_timeline_whose_windows_score_as_each_stretch_alone() {
+    let server = server();
+    let (video, stretches) = three_motions();
+    let (status, answer) = json(classify_at(&server, "segment=2&top_k=16", "video/mp4", video.clone()));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["frames_total"], 150);
+    let segments = answer["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 3, "{answer}");
+    for (i, (segment, stretch)) in segments.iter().zip(stretches).enumerate() {
+        assert_eq!(segment["start_frame"], i * 50);
+        assert_eq!(segment["end_frame"], i * 50 + 50);
+        assert_eq!(segment["start_s"].as_f64(), Some(i as f64 * 2.0));
+        assert_eq!(segment["end_s"].as_f64(), Some(i as f64 * 2.0 + 2.0));
+        let alone = classify(&server, "video/x-yuv4mpeg", stretch);
+        assert_eq!(segment["label"], alone["label"], "window {i}");
+        for (label, (a, b)) in LABELS.iter().zip(scores(segment).iter().zip(scores(&alone))) {
+            assert!((a - b).abs() <= 1e-4, "window {i}: {label} scores {a} in the timeline, {b} alone");
+        }
+    }
+    // The whole clip's answer is the one it gives without a timeline.
+    let whole = classify(&server, "video/mp4", video.clone());
+    assert!(whole.get("segments").is_none(), "no timeline was asked for: {whole}");
+    assert_eq!(answer["label"], whole["label"]);
+    for (a, b) in scores(&answer).iter().zip(scores(&whole)) {
+        assert!((a - b).abs() <= 1e-4, "the whole clip scores {a} with a timeline, {b} without");
+    }
+
+    // By frames: 150 in 40s is 40, 40, 40, 30 (over half a window: kept).
+    let (status, by_frames) = json(classify_at(&server, "segment_frames=40", "video/mp4", video.clone()));
+    assert_eq!(status, 200, "{by_frames}");
+    let bounds: Vec<(u64, u64)> = by_frames["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["start_frame"].as_u64().unwrap(), s["end_frame"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(bounds, [(0, 40), (40, 80), (80, 120), (120, 150)]);
+    // 2.5 s windows: the last 1 s is under half a window and joins the one before.
+    let (_, joined) = json(classify_at(&server, "segment=2.5", "video/mp4", video));
+    let last = joined["segments"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["start_s"].as_f64(), last["end_s"].as_f64(), last["end_frame"].as_u64()),
+        (Some(2.5), Some(6.0), Some(150))
+    );
+}
+
+#[test]
+fn a_timeline_of_frames_has_no_times_and_seconds_need_timed_media() {
+    let server = server();
+    let frames = motion_host_tests::clips::png_frames(12, 96, 64);
+    let mut form = reqwest::blocking::multipart::Form::new();
+    for (i, png) in frames.into_iter().enumerate() {
+        form = form.part(
+            "frame",
+            reqwest::blocking::multipart::Part::bytes(png)
+                .file_name(format!("{i}.png"))
+                .mime_str("image/png")
+                .unwrap(),
+        );
+    }
+    let response =
+        server.client().post(server.url("/v1/classify?segment_frames=6")).multipart(form).send().unwrap();
+    let (status, answer) = json(response);
+    assert_eq!(status, 200, "{answer}");
+    let segments = answer["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 2);
+    assert!(segments.iter().all(|s| s["start_s"].is_null() && s["end_s"].is_null()), "{answer}");
+
+    let png = motion_host_tests::clips::png(&motion_host_tests::clips::frame(96, 64, 0));
+    assert_error(
+        classify_at(&server, "segment=2", "image/png", png.clone()),
+        400,
+        "bad_request",
+        &["timed media", "segment_frames"],
+    );
+    for (query, words) in [
+        ("segment=0.2", &["segment", "0.5 to 60"][..]),
+        ("segment=90", &["0.5 to 60"]),
+        ("segment_frames=0", &["segment_frames", "1 or more"]),
+        ("segment=2&segment_frames=8", &["not both"]),
+    ] {
+        assert_error(classify_at(&server, query, "image/png", png.clone()), 400, "bad_request", words);
+    }
+}
+
+#[test]
+fn windows_past_the_cap_from_the_per_request_limits_are_a_400_naming_it() {
+    // 4 MiB of model input a request is 10 rows of 8×112×112 FP32: the whole clip and 9 windows.
+    let server = ServerBuilder::new().arg(&format!("--guest-max-nn-bytes={}", 4 << 20)).start();
+    let (_, data) = fixture("high-cabac-gop4-320x180-30fps.mp4");
+    let response = classify_at(&server, "segment_frames=1", "video/mp4", data.clone());
+    assert_error(response, 400, "bad_request", &["windows of 1 frames", "at most 9"]);
+    let (status, answer) = json(classify_at(&server, "segment_frames=8", "video/mp4", data));
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["segments"].as_array().unwrap().len() <= 9);
+}
+
+#[test]
+fn a_guest_built_for_the_first_world_still_answers_and_says_it_has_no_timeline() {
+    let old = repo_root().join("tests/guests/motion-0.1.0.wasm");
+    let server = ServerBuilder::new()
+        .guest(&format!("motion={}", motion_host_tests::guest_wasm().display()))
+        .arg(&format!("--guest=old={}", old.display()))
+        .start();
+    let guests = json(server.get("/v1/guests")).1;
+    let world = |name: &str| {
+        guests["guests"].as_array().unwrap().iter().find(|g| g["name"] == name).unwrap()["world"].clone()
+    };
+    assert_eq!(world("old"), "motion:guest@0.1.0");
+    assert_eq!(world("motion"), "motion:guest@0.2.0");
+    let gif = std::fs::read(repo_root().join("tests/clips/pan_left.gif")).unwrap();
+    let post = |path: &str| {
+        server
+            .client()
+            .post(server.url(path))
+            .header("content-type", "image/gif")
+            .body(gif.clone())
+            .send()
+            .unwrap()
+    };
+    let (status, old_answer) = json(post("/v1/guests/old/classify?top_k=16"));
+    assert_eq!(status, 200, "{old_answer}");
+    assert!(old_answer.get("segments").is_none());
+    let (_, new_answer) = json(post("/v1/guests/motion/classify?top_k=16"));
+    assert_eq!(old_answer["label"], new_answer["label"]);
+    for (a, b) in scores(&old_answer).iter().zip(scores(&new_answer)) {
+        assert!((a - b).abs() <= 1e-4, "{a} vs {b}");
+    }
+    assert_error(
+        post("/v1/guests/old/classify?segment=1"),
+        400,
+        "bad_request",
+        &["motion:guest@0.1.0", "no timeline"],
+    );
+    // The hostile test guest is built from the first world's WIT too.
+    assert!(test_guest("hostile").is_file());
+}
+
+#[test]
+fn oip_answers_a_timeline_as_two_more_outputs() {
+    let server = server();
+    let (video, _) = three_motions();
+    let header = serde_json::json!({
+        "parameters": {"segment": 2},
+        "inputs": [{"name": "media", "datatype": "BYTES", "shape": [1],
+                    "parameters": {"binary_data_size": video.len() + 4}}],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&(video.len() as u32).to_le_bytes());
+    body.extend_from_slice(&video);
+    let response = server
+        .client()
+        .post(server.url("/v2/models/motion-classifier/infer"))
+        .header("Inference-Header-Content-Length", header.len())
+        .body(body)
+        .send()
+        .unwrap();
+    let (status, v2) = json(response);
+    assert_eq!(status, 200, "{v2}");
+    let output =
+        |name: &str| v2["outputs"].as_array().unwrap().iter().find(|o| o["name"] == name).unwrap().clone();
+    let table = output("segments");
+    assert_eq!(table["datatype"], "FP32");
+    assert_eq!(table["shape"], serde_json::json!([3, 4 + LABELS.len()]));
+    let rows: Vec<f64> = table["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(&rows[..4], &[0.0, 50.0, 0.0, 2.0]);
+    let labels = output("segment_labels");
+    assert_eq!(labels["shape"], serde_json::json!([3]));
+    let (_, v1) = json(classify_at(&server, "segment=2&top_k=16", "video/mp4", video));
+    for (i, segment) in v1["segments"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(labels["data"][i], segment["label"]);
+        let row = &rows[i * (4 + LABELS.len())..(i + 1) * (4 + LABELS.len())];
+        for (a, b) in row[4..].iter().zip(scores(segment)) {
+            assert!((a - b).abs() < 1e-6);
+        }
+    }
+    let metadata = json(server.get("/v2/models/motion-classifier")).1;
+    let names: Vec<&str> =
+        metadata["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["label", "scores", "segments", "segment_labels"]);
 }

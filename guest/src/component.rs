@@ -2,7 +2,7 @@
 
 use motion_guest_sdk::decode::{ACCEPTS, Limits};
 use motion_guest_sdk::preprocess::sample_indices;
-use motion_guest_sdk::{Classification, Clip, Error, Guest, GuestInfo, Model, Request};
+use motion_guest_sdk::{Classification, Clip, Error, Guest, GuestInfo, Model, Request, Segment};
 
 use crate::labels::LABELS;
 
@@ -35,9 +35,20 @@ impl Guest for MotionGuest {
         if cfg!(feature = "reversed") {
             frames.reverse();
         }
-        let input = clip.planes(&frames, &limits)?;
-        let logits = Model::load(motion_guest_sdk::MODEL)?.run(&input)?;
-        Classification::from_logits(&logits, &LABELS, &req, &clip, &frames)
+        // One model input for the whole clip, then one per window of the timeline, if asked:
+        // each frame decoded once, all rows sent in batched calls.
+        let windows = motion_guest_sdk::windows(&req, &clip)?;
+        let mut indices = frames.to_vec();
+        indices.extend(windows.iter().flat_map(|w| w.sample_indices()));
+        let input = clip.planes(&indices, &limits)?;
+        let logits = Model::load(motion_guest_sdk::MODEL)?.run_rows(&input)?;
+        let mut answer = Classification::from_logits(&logits[0], &LABELS, &req, &clip, &frames)?;
+        answer.segments = windows
+            .iter()
+            .zip(&logits[1..])
+            .map(|(window, logits)| Segment::from_logits(window, logits, &LABELS, req.top_k))
+            .collect::<Result<_, _>>()?;
+        Ok(answer)
     }
 }
 

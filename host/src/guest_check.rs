@@ -41,6 +41,7 @@ pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
             );
             println!("  name      {} (installs as '{}')", info.name, guest.name);
             println!("  version   {}", info.version);
+            println!("  world     {}", guest.world());
             println!("  digest    {} ({} bytes)", guest.digest, guest.size);
             println!(
                 "  model     {} {}, input {:?}",

@@ -57,6 +57,7 @@ const SDK: &[File] = &[
     ("vendor/motion-guest-sdk/src/postprocess.rs", include_str!("../../sdk/src/postprocess.rs")),
     ("vendor/motion-guest-sdk/src/guest.rs", include_str!("../../sdk/src/guest.rs")),
     ("vendor/motion-guest-sdk/src/nn.rs", include_str!("../../sdk/src/nn.rs")),
+    ("vendor/motion-guest-sdk/src/timeline.rs", include_str!("../../sdk/src/timeline.rs")),
     ("vendor/motion-guest-sdk/src/video.rs", include_str!("../../sdk/src/video.rs")),
     ("vendor/motion-guest-sdk/wit/motion-guest.wit", include_str!("../../wit/motion-guest.wit")),
     (

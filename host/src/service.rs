@@ -14,7 +14,7 @@ use crate::metrics::METRICS;
 use motion_model::{BackendError, Input, Model, Output, Progress};
 use motion_runtime::{
     Classified, GuestError, GuestSet, Limits, LoadedGuest, Media, Role, RolledBack, Routed, Runtime,
-    SetError, Trial,
+    Segmentation, SetError, Trial,
 };
 
 /// Where the server is in its life.
@@ -248,10 +248,11 @@ impl Service {
         routed: &Routed,
         media: Vec<Media>,
         top_k: u32,
+        segments: Option<Segmentation>,
         progress: &Progress,
     ) -> Result<Classified, ServiceError> {
         let guest = &routed.guest;
-        let result = self.ready()?.classify(guest, media, top_k, progress).await;
+        let result = self.ready()?.classify(guest, media, top_k, segments, progress).await;
         match &result {
             Err(GuestError::Trap { .. }) => METRICS.guest_trapped(&guest.name),
             Err(GuestError::Timeout { .. }) => METRICS.guest_timed_out(&guest.name),

@@ -1,6 +1,6 @@
 //! The parsing half of a classification request, with no I/O and no HTTP framework: what the
 //! declared media type means, how a `multipart/form-data` body splits into media, and what
-//! `top_k` the query asks for. Kept apart from the server so it can be fuzzed on its own.
+//! `top_k` and timeline the query asks for. Kept apart from the server so it can be fuzzed on its own.
 
 use std::convert::Infallible;
 
@@ -41,6 +41,43 @@ pub fn top_k(raw: Option<&str>, labels: u32, default: u32) -> Result<u32, Reques
     match raw.trim().parse::<u32>() {
         Ok(k) if (1..=labels).contains(&k) => Ok(k),
         _ => Err(RequestError(format!("top_k must be an integer from 1 to {labels}, got '{raw:.64}'"))),
+    }
+}
+
+/// How a request asks for a timeline: the clip cut into consecutive windows of seconds or of
+/// frames, each classified on its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Segmentation {
+    Seconds(f64),
+    Frames(u32),
+}
+
+/// Shortest and longest window, in seconds.
+pub const SEGMENT_SECONDS: std::ops::RangeInclusive<f64> = 0.5..=60.0;
+
+/// The timeline the raw `segment` (seconds, a decimal from 0.5 to 60) and `segment_frames` (an
+/// integer, 1 or more) values ask for; at most one of them may be given.
+pub fn segmentation(
+    segment: Option<&str>,
+    segment_frames: Option<&str>,
+) -> Result<Option<Segmentation>, RequestError> {
+    match (segment, segment_frames) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(RequestError("give segment (seconds) or segment_frames, not both".into())),
+        (Some(raw), None) => match raw.trim().parse::<f64>() {
+            Ok(s) if SEGMENT_SECONDS.contains(&s) => Ok(Some(Segmentation::Seconds(s))),
+            _ => Err(RequestError(format!(
+                "segment must be a number of seconds from {} to {}, got '{raw:.64}'",
+                SEGMENT_SECONDS.start(),
+                SEGMENT_SECONDS.end()
+            ))),
+        },
+        (None, Some(raw)) => match raw.trim().parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(Some(Segmentation::Frames(n))),
+            _ => {
+                Err(RequestError(format!("segment_frames must be an integer of 1 or more, got '{raw:.64}'")))
+            }
+        },
     }
 }
 
@@ -114,6 +151,22 @@ mod tests {
         }
         out.extend_from_slice(b"--XyZ--\r\n");
         Bytes::from(out)
+    }
+
+    #[test]
+    fn a_timeline_is_seconds_or_frames_within_bounds() {
+        assert_eq!(segmentation(None, None), Ok(None));
+        assert_eq!(segmentation(Some("2"), None), Ok(Some(Segmentation::Seconds(2.0))));
+        assert_eq!(segmentation(Some("0.5"), None), Ok(Some(Segmentation::Seconds(0.5))));
+        assert_eq!(segmentation(None, Some("16")), Ok(Some(Segmentation::Frames(16))));
+        for bad in ["0.4", "60.5", "NaN", "inf", "two", ""] {
+            let e = segmentation(Some(bad), None).unwrap_err();
+            assert!(e.0.contains("0.5 to 60"), "{bad}: {e}");
+        }
+        for bad in ["0", "-1", "1.5", "x"] {
+            assert!(segmentation(None, Some(bad)).unwrap_err().0.contains("segment_frames"), "{bad}");
+        }
+        assert!(segmentation(Some("2"), Some("8")).unwrap_err().0.contains("not both"));
     }
 
     #[test]

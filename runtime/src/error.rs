@@ -21,6 +21,10 @@ pub enum GuestError {
     BadInput(String),
     #[error("{0}")]
     Unsupported(String),
+    /// The request's parameters do not suit the guest or the media (a timeline asked of a
+    /// 0.1.0 guest, of untimed frames by seconds, or past the cap on windows).
+    #[error("{0}")]
+    BadRequest(String),
     #[error("guest '{guest}' could not run the model: {message}")]
     Inference { guest: String, message: String },
     #[error("guest '{guest}' trapped: {message}")]

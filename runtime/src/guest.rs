@@ -7,10 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::bindings::MotionGuestPre;
-use crate::bindings::motion::guest::types as wit;
 use crate::cache::{Compiled, sha256_hex};
-use crate::store::State;
+use crate::world::Pre;
 use motion_model::Model;
 
 /// A guest's description of itself (its `info()` export).
@@ -22,19 +20,6 @@ pub struct GuestInfo {
     pub input_shape: Vec<i64>,
     pub labels: Vec<String>,
     pub accepts: Vec<String>,
-}
-
-impl From<wit::GuestInfo> for GuestInfo {
-    fn from(i: wit::GuestInfo) -> Self {
-        GuestInfo {
-            name: i.name,
-            version: i.version,
-            model: i.model,
-            input_shape: i.input_shape,
-            labels: i.labels,
-            accepts: i.accepts,
-        }
-    }
 }
 
 /// One compiled, validated guest version.
@@ -55,10 +40,20 @@ pub struct LoadedGuest {
     pub unsampled: Vec<String>,
     /// Whether the code was compiled now or loaded from the compiled-guest cache.
     pub compiled: Compiled,
-    pub(crate) pre: MotionGuestPre<State>,
+    pub(crate) pre: Pre,
 }
 
 impl LoadedGuest {
+    /// The version of the `motion:guest` world it exports: `motion:guest@0.2.0` or `@0.1.0`.
+    pub fn world(&self) -> &'static str {
+        self.pre.world()
+    }
+
+    /// Whether it can answer with a timeline (`motion:guest@0.2.0`).
+    pub fn segments(&self) -> bool {
+        matches!(self.pre, Pre::V0_2(_))
+    }
+
     /// Whether the guest says it reads this media type (parameters ignored).
     pub fn accepts(&self, content_type: &str) -> bool {
         let essence = motion_request::essence(content_type);

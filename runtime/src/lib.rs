@@ -30,14 +30,16 @@ mod limits;
 pub mod media;
 mod output;
 mod store;
+mod world;
 
-pub use answer::{Classified, StageTimings};
+pub use answer::{Classified, Segment, StageTimings};
 pub use cache::{CompileCache, Compiled, sha256_hex};
 pub use error::GuestError;
 pub use guest::{GuestInfo, LoadedGuest, Media, SampleRun, check_name, guest_digest, name_from_file};
 pub use guests::{Canary, GuestSet, HISTORY, Role, RolledBack, Routed, SetError, Tally, Trial};
 pub use limits::Limits;
 pub use store::open_stores;
+pub use world::Segmentation;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,14 +50,13 @@ use arc_swap::ArcSwap;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Store};
 
-use bindings::MotionGuestPre;
-use bindings::motion::guest::types as wit;
 use cpu::Cores;
 use error::Stop;
 use fuel::FuelRefusal;
 use limits::{MAX_GUEST_MEMORIES, MemoryReset};
 use motion_model::{Expected, Model, ModelRegistry, Progress, Stage};
 use store::State;
+use world::{Pre, Refusal};
 
 /// How often the epoch ticks: the granularity of deadlines and of yielding to the scheduler.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -252,28 +253,26 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| rejected(vec![format!("does not fit the motion-guest world: {e:#}")]))?;
-        let pre = MotionGuestPre::new(pre)
-            .map_err(|e| rejected(vec![format!("does not export motion:guest/classifier: {e:#}")]))?;
+        let pre = Pre::new(pre).map_err(|e| rejected(vec![e]))?;
 
         let mut store = self.new_store(
             Instant::now() + self.limits.deadline,
             Expected::default(),
             Progress::new(Stage::Guest),
         );
-        let guest = pre.instantiate_async(&mut store).await.map_err(|e| {
+        let guest = pre.instantiate(&mut store).await.map_err(|e| {
             rejected(vec![format!(
                 "cannot be instantiated within its limits (--guest-max-instances, --guest-max-tables, \
                  --guest-memory-bytes): {}",
                 Stop::of(&store, &e, &self.limits, &self.fuel).describe(&self.limits)
             )])
         })?;
-        let info = guest.motion_guest_classifier().call_info(&mut store).await.map_err(|e| {
+        let info = guest.info(&mut store).await.map_err(|e| {
             rejected(vec![format!(
                 "info() failed: {}",
                 Stop::of(&store, &e, &self.limits, &self.fuel).describe(&self.limits)
             )])
         })?;
-        let info = GuestInfo::from(info);
         let model = self.check_info(&info).map_err(rejected)?;
         let mut guest = LoadedGuest {
             name: name.to_string(),
@@ -348,7 +347,7 @@ impl Runtime {
             let mut busy_since = None;
             let answer = loop {
                 let started = Instant::now();
-                match self.classify(guest, media(), labels, &Progress::new(Stage::Guest)).await {
+                match self.classify(guest, media(), labels, None, &Progress::new(Stage::Guest)).await {
                     Err(GuestError::Busy(message)) => {
                         let since = *busy_since.get_or_insert(started);
                         if since.elapsed() > self.limits.deadline {
@@ -438,8 +437,21 @@ impl Runtime {
         guest: &LoadedGuest,
         media: Vec<Media>,
         top_k: u32,
+        segments: Option<Segmentation>,
         progress: &Progress,
     ) -> Result<Classified, GuestError> {
+        let max_segments = match segments {
+            Some(_) if !guest.segments() => {
+                return Err(GuestError::BadRequest(format!(
+                    "guest '{}' speaks {}, which has no timeline: segment and segment_frames need a {} guest",
+                    guest.name,
+                    guest.world(),
+                    world::V0_2
+                )));
+            }
+            Some(_) => Some(self.max_segments(guest, top_k)),
+            None => None,
+        };
         progress.enter(Stage::Guest);
         // Announced before it waits for a core, so a batch being gathered waits for it too.
         let expected = guest.model.expect_call();
@@ -449,18 +461,12 @@ impl Runtime {
         let mut store = self.new_store(started + deadline, expected, progress.clone());
         store.data_mut().nn.hold_until_compute(core);
         let mut instantiated = None;
-        let request = wit::Request {
-            media: media
-                .into_iter()
-                .map(|m| wit::Media { content_type: m.content_type, data: m.data })
-                .collect(),
-            top_k,
-        };
+        let request = world::Request { media, top_k, segments, max_segments: max_segments.unwrap_or(0) };
         // The epoch deadline stops guest code; this bounds the whole call, host calls included.
         let outcome = tokio::time::timeout(deadline + EPOCH_TICK * 10, async {
-            let instance = guest.pre.instantiate_async(&mut store).await?;
+            let instance = guest.pre.instantiate(&mut store).await?;
             instantiated = Some(Instant::now());
-            instance.motion_guest_classifier().call_classify(&mut store, &request).await
+            instance.classify(&mut store, request).await
         })
         .await;
         let finished = Instant::now();
@@ -480,9 +486,10 @@ impl Runtime {
                     }
                 });
             }
-            Ok(Ok(Err(wit::Error::BadInput(m)))) => return Err(GuestError::BadInput(m)),
-            Ok(Ok(Err(wit::Error::UnsupportedMedia(m)))) => return Err(GuestError::Unsupported(m)),
-            Ok(Ok(Err(wit::Error::Inference(message)))) => {
+            Ok(Ok(Err(Refusal::BadInput(m)))) => return Err(GuestError::BadInput(m)),
+            Ok(Ok(Err(Refusal::Unsupported(m)))) => return Err(GuestError::Unsupported(m)),
+            Ok(Ok(Err(Refusal::BadRequest(m)))) => return Err(GuestError::BadRequest(m)),
+            Ok(Ok(Err(Refusal::Inference(message)))) => {
                 return Err(GuestError::Inference { guest: name(), message });
             }
             Ok(Ok(Ok(answer))) => answer,
@@ -509,7 +516,24 @@ impl Runtime {
             );
             return Err(GuestError::Limit { guest: name(), limit: "result", message });
         }
-        answer::check_answer(guest, answer, top_k, timings, batch_size)
+        answer::check_answer(guest, answer, top_k, max_segments, timings, batch_size)
             .map_err(|message| GuestError::InvalidOutput { guest: name(), message })
+    }
+
+    /// The most windows one request's timeline may have: each is one more row of the model's
+    /// input (`--guest-max-nn-bytes`, less the whole clip's row) and one more entry in the
+    /// guest's result (`--guest-max-result-bytes`, less the whole clip's answer, at `top_k`
+    /// labels of the guest's longest name). The deadline bounds the decoding, not the count.
+    pub fn max_segments(&self, guest: &LoadedGuest, top_k: u32) -> u32 {
+        let row_bytes =
+            guest.model.manifest.input().shape.iter().skip(1).map(|&d| d.max(1) as usize).product::<usize>()
+                * 4;
+        let by_rows = (self.limits.nn_bytes / row_bytes.max(1)).saturating_sub(1);
+        let longest = guest.info.labels.iter().map(String::len).max().unwrap_or(0) + 4;
+        let labels = (top_k as usize).clamp(1, guest.info.labels.len().max(1));
+        let whole = longest * (labels + 1) + 8;
+        let per_segment = answer::SEGMENT_FIXED_BYTES + longest * (labels + 1);
+        let by_result = self.limits.result_bytes.saturating_sub(whole) / per_segment;
+        u32::try_from(by_rows.min(by_result)).unwrap_or(u32::MAX)
     }
 }

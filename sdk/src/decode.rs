@@ -11,6 +11,7 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageFormat, ImageReader};
 
 use crate::preprocess::{Frame, luma};
+use crate::timeline::Timing;
 pub use crate::video::Mp4;
 
 /// The media types these decoders read (and the default guest accepts).
@@ -38,7 +39,8 @@ pub struct Limits {
     /// every frame up to N.
     pub max_gif_pixels: u64,
     /// Most pixels decoded from one MP4: showing a frame means decoding from the keyframe before
-    /// it, so a long distance between keyframes costs many pictures for one frame.
+    /// it, so a long distance between keyframes costs many pictures for one frame, and a
+    /// timeline samples frames all along the clip.
     pub max_video_pixels: u64,
 }
 
@@ -53,7 +55,9 @@ impl Default for Limits {
             max_pixels: 4096 * 4096,
             max_frames: 100_000,
             max_gif_pixels: 16 * 4096 * 4096,
-            max_video_pixels: 16 * 4096 * 4096,
+            // Every frame of a minute of 640×360 at 30 frames a second (a timeline of a clip
+            // whose keyframes are far apart decodes them all), or of 9 s of 1080p.
+            max_video_pixels: 32 * 4096 * 4096,
         }
     }
 }
@@ -87,8 +91,8 @@ pub struct Media<'a> {
 pub enum Clip<'a> {
     /// Still images, one frame each.
     Stills(Vec<(Still, &'a [u8])>),
-    /// An animated GIF and its frame count.
-    Gif { data: &'a [u8], frames: usize },
+    /// An animated GIF, its frame count, and each frame's delay in hundredths of a second.
+    Gif { data: &'a [u8], delays: Vec<u16> },
     /// A Y4M stream.
     Y4m(Y4m<'a>),
     /// An MP4 or QuickTime file's H.264 video track.
@@ -170,8 +174,8 @@ impl<'a> Clip<'a> {
         match (media, kinds.as_slice()) {
             ([], _) => Err(DecodeError::Malformed("the request holds no media".into())),
             ([one], [Kind::Gif]) => {
-                let frames = gif_frame_count(one.data, limits)?;
-                Ok(Clip::Gif { data: one.data, frames })
+                let delays = gif_delays(one.data, limits)?;
+                Ok(Clip::Gif { data: one.data, delays })
             }
             ([one], [Kind::Y4m]) => Ok(Clip::Y4m(Y4m::parse(one.data, limits)?)),
             ([one], [Kind::Mp4]) => Ok(Clip::Mp4(Box::new(Mp4::parse(one.data, limits)?))),
@@ -209,9 +213,34 @@ impl<'a> Clip<'a> {
     pub fn frame_count(&self) -> usize {
         match self {
             Clip::Stills(stills) => stills.len(),
-            Clip::Gif { frames, .. } => *frames,
+            Clip::Gif { delays, .. } => delays.len(),
             Clip::Y4m(y4m) => y4m.frames.len(),
             Clip::Mp4(mp4) => mp4.frame_count(),
+        }
+    }
+
+    /// When each frame is shown, for timed media: an MP4, a Y4M stream with a frame rate, a GIF
+    /// with frame delays. Still frames have no times.
+    pub fn timing(&self) -> Option<Timing> {
+        match self {
+            Clip::Stills(_) => None,
+            Clip::Gif { delays, .. } => {
+                let mut t = 0u32;
+                let starts = delays.iter().map(|&d| {
+                    let start = t;
+                    t += u32::from(d);
+                    f64::from(start) / 100.0
+                });
+                let starts: Vec<f64> = starts.collect();
+                (t > 0).then(|| Timing { starts, end: f64::from(t) / 100.0 })
+            }
+            Clip::Y4m(y4m) => {
+                let (num, den) = y4m.rate?;
+                let fps = f64::from(num) / f64::from(den);
+                let n = y4m.frames.len();
+                Some(Timing { starts: (0..n).map(|i| i as f64 / fps).collect(), end: n as f64 / fps })
+            }
+            Clip::Mp4(mp4) => Some(Timing { starts: mp4.times().to_vec(), end: mp4.duration() }),
         }
     }
 
@@ -354,26 +383,26 @@ fn rgb16_luma(raw: &[u16], channels: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Counts a GIF's frames without decompressing their pixels.
-fn gif_frame_count(data: &[u8], limits: &Limits) -> Result<usize, DecodeError> {
+/// Each frame's delay in a GIF, read without decompressing its pixels.
+fn gif_delays(data: &[u8], limits: &Limits) -> Result<Vec<u16>, DecodeError> {
     let mut options = gif::DecodeOptions::new();
     options.skip_frame_decoding(true);
     let mut decoder = options.read_info(Cursor::new(data)).map_err(|e| gif_error(&e))?;
     check_size(u32::from(decoder.width()), u32::from(decoder.height()), limits)?;
-    let mut frames = 0;
-    while decoder.next_frame_info().map_err(|e| gif_error(&e))?.is_some() {
-        frames += 1;
-        if frames > limits.max_frames {
+    let mut delays = Vec::new();
+    while let Some(frame) = decoder.next_frame_info().map_err(|e| gif_error(&e))? {
+        delays.push(frame.delay);
+        if delays.len() > limits.max_frames {
             return Err(DecodeError::Malformed(format!(
                 "the GIF has more than {} frames, the limit",
                 limits.max_frames
             )));
         }
     }
-    if frames == 0 {
+    if delays.is_empty() {
         return Err(DecodeError::Malformed("the GIF has no frames".into()));
     }
-    Ok(frames)
+    Ok(delays)
 }
 
 fn gif_error(e: &gif::DecodingError) -> DecodeError {
@@ -457,6 +486,8 @@ pub struct Y4m<'a> {
     data: &'a [u8],
     width: u32,
     height: u32,
+    /// Frames a second, as a fraction, when the header states a rate.
+    rate: Option<(u32, u32)>,
     frames: Vec<usize>,
 }
 
@@ -476,7 +507,7 @@ impl<'a> Y4m<'a> {
         if fields.next() != Some("YUV4MPEG2") {
             return Err(bad("stream does not start with 'YUV4MPEG2 '".into()));
         }
-        let (mut width, mut height, mut colour) = (None, None, "420jpeg");
+        let (mut width, mut height, mut colour, mut rate) = (None, None, "420jpeg", None);
         for field in fields.filter(|f| !f.is_empty()) {
             // The tag is the field's first character, which need not be ASCII.
             let mut chars = field.chars();
@@ -489,7 +520,14 @@ impl<'a> Y4m<'a> {
                     height = Some(value.parse::<u32>().map_err(|_| bad(format!("bad height '{value:.32}'")))?)
                 }
                 Some('C') => colour = value,
-                _ => {} // frame rate, interlacing, aspect, extensions: not needed to read luma
+                // A rate that does not parse, or is 0, leaves the clip untimed.
+                Some('F') => {
+                    rate = value
+                        .split_once(':')
+                        .and_then(|(n, d)| Some((n.parse::<u32>().ok()?, d.parse::<u32>().ok()?)))
+                        .filter(|&(n, d)| n > 0 && d > 0)
+                }
+                _ => {} // interlacing, aspect, extensions: not needed to read luma
             }
         }
         let width = width.ok_or_else(|| bad("header has no width (W)".into()))?;
@@ -539,7 +577,7 @@ impl<'a> Y4m<'a> {
         if frames.is_empty() {
             return Err(bad("the stream has no frames".into()));
         }
-        Ok(Y4m { data, width, height, frames })
+        Ok(Y4m { data, width, height, rate, frames })
     }
 
     fn frame(&self, i: usize) -> Result<Frame, DecodeError> {
@@ -785,10 +823,10 @@ mod tests {
 
     #[test]
     fn unknown_types_are_unsupported_and_list_what_is_accepted() {
-        let err = open(&[media("video/mp4", b"....ftypisom")]).unwrap_err();
+        let err = open(&[media("video/webm", b"\x1a\x45\xdf\xa3")]).unwrap_err();
         match err {
             DecodeError::Unsupported(m) => {
-                assert!(m.contains("video/mp4"), "{m}");
+                assert!(m.contains("video/webm"), "{m}");
                 assert!(m.contains("image/gif"), "{m}");
             }
             other => panic!("{other:?}"),

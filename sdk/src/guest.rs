@@ -19,11 +19,14 @@ pub mod bindings {
 /// `motion_guest_sdk::export_guest!(MyGuest);` once, at the top level of the guest crate.
 pub use bindings::export_guest;
 pub use bindings::exports::motion::guest::classifier::Guest;
-pub use bindings::motion::guest::types::{Classification, Error, GuestInfo, LabelScore, Request};
+pub use bindings::motion::guest::types::{
+    Classification, Error, GuestInfo, LabelScore, Request, Segment, Segmentation,
+};
 
 use crate::decode::{Clip, DecodeError, Media};
-use crate::postprocess::{softmax, top_k};
+use crate::postprocess::{softmax, top_k as top_k_of};
 use crate::preprocess::{FRAMES, SIZE, distinct};
+use crate::timeline::{self, Window};
 
 /// The request's media as the decoders read them: borrowed, not copied.
 pub fn media(req: &Request) -> Vec<Media<'_>> {
@@ -56,7 +59,7 @@ impl GuestInfo {
 
 impl Classification {
     /// The answer from a model's logits: softmax over them, the request's `top_k` best labels,
-    /// and the frames counted from `clip` and the `frames` that fed the model.
+    /// and the frames counted from `clip` and the `frames` that fed the model. No segments.
     pub fn from_logits(
         logits: &[f32],
         labels: &[&str],
@@ -64,28 +67,78 @@ impl Classification {
         clip: &Clip,
         frames: &[usize],
     ) -> Result<Classification, Error> {
-        if labels.is_empty() {
-            return Err(Error::Inference("this guest names no labels".into()));
-        }
-        if logits.len() != labels.len() {
-            return Err(Error::Inference(format!(
-                "the model returned {} logits; this guest names {} labels",
-                logits.len(),
-                labels.len()
-            )));
-        }
-        let scores = softmax(logits).map_err(Error::Inference)?;
-        let k = (req.top_k as usize).clamp(1, labels.len());
-        let top: Vec<LabelScore> = top_k(&scores, k)
-            .into_iter()
-            .map(|i| LabelScore { label: labels[i].to_string(), score: scores[i] })
-            .collect();
+        let top = ranked(logits, labels, req.top_k)?;
         Ok(Classification {
             label: top[0].label.clone(),
             score: top[0].score,
             top_k: top,
             frames_total: u32::try_from(clip.frame_count()).unwrap_or(u32::MAX),
             frames_used: distinct(frames).len() as u32,
+            segments: Vec::new(),
         })
     }
+}
+
+impl Segment {
+    /// A window's answer from the model's logits for its input.
+    pub fn from_logits(
+        window: &Window,
+        logits: &[f32],
+        labels: &[&str],
+        top_k: u32,
+    ) -> Result<Segment, Error> {
+        let top = ranked(logits, labels, top_k)?;
+        Ok(Segment {
+            start_frame: u32::try_from(window.start).unwrap_or(u32::MAX),
+            end_frame: u32::try_from(window.end).unwrap_or(u32::MAX),
+            start_s: window.start_s,
+            end_s: window.end_s,
+            label: top[0].label.clone(),
+            score: top[0].score,
+            top_k: top,
+        })
+    }
+}
+
+impl From<Segmentation> for timeline::Segmentation {
+    fn from(s: Segmentation) -> Self {
+        match s {
+            Segmentation::Seconds(s) => timeline::Segmentation::Seconds(s),
+            Segmentation::Frames(n) => timeline::Segmentation::Frames(n),
+        }
+    }
+}
+
+/// The request's timeline over `clip`: its windows, none when it asked for none.
+pub fn windows(req: &Request, clip: &Clip) -> Result<Vec<Window>, Error> {
+    match req.segments {
+        None => Ok(Vec::new()),
+        Some(how) => timeline::windows(
+            clip.frame_count(),
+            clip.timing().as_ref(),
+            how.into(),
+            req.max_segments as usize,
+        )
+        .map_err(Error::BadRequest),
+    }
+}
+
+/// The `top_k` best labels for `logits`, best first, with their softmax probabilities.
+fn ranked(logits: &[f32], labels: &[&str], top_k: u32) -> Result<Vec<LabelScore>, Error> {
+    if labels.is_empty() {
+        return Err(Error::Inference("this guest names no labels".into()));
+    }
+    if logits.len() != labels.len() {
+        return Err(Error::Inference(format!(
+            "the model returned {} logits; this guest names {} labels",
+            logits.len(),
+            labels.len()
+        )));
+    }
+    let scores = softmax(logits).map_err(Error::Inference)?;
+    let k = (top_k as usize).clamp(1, labels.len());
+    Ok(top_k_of(&scores, k)
+        .into_iter()
+        .map(|i| LabelScore { label: labels[i].to_string(), score: scores[i] })
+        .collect())
 }

@@ -10,7 +10,8 @@
 //! - [`decode`]: the PNG, JPEG, GIF, Y4M and MP4 (H.264, in [`video`]) decoders of the model
 //!   contract, which check every declared size before they allocate;
 //! - [`preprocess`]: the contract's 8-frame sampling, 112×112 luma resize and normalisation;
-//! - [`postprocess`]: softmax and top-k.
+//! - [`postprocess`]: softmax and top-k;
+//! - [`timeline`]: a clip cut into windows of seconds or frames, each classified on its own.
 //!
 //! Everything but the world and [`Model`] is plain Rust that builds natively too, so a guest's
 //! logic can be unit-tested off wasm. A whole guest:
@@ -41,6 +42,7 @@
 pub mod decode;
 pub mod postprocess;
 pub mod preprocess;
+pub mod timeline;
 pub mod video;
 
 #[cfg(target_arch = "wasm32")]

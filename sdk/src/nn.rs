@@ -24,6 +24,10 @@ fn nn_error(what: &str, e: errors::Error) -> Error {
     Error::Inference(format!("{what}: {:?}: {}", e.code(), e.data()))
 }
 
+/// Rows in one `compute` call: 12.8 MB of input, within the host's default 32 MiB a call
+/// (`--guest-max-transfer-bytes`) and its 64 rows a call.
+pub const ROWS_PER_CALL: usize = 32;
+
 impl Model {
     /// Loads the model the host registered as `name` (`wasi:nn/graph.load-by-name`).
     pub fn load(name: &str) -> Result<Model, Error> {
@@ -62,8 +66,8 @@ impl Model {
     }
 
     /// Runs the contract's model on `rows` inputs of `8 × 112 × 112` values each, laid end to
-    /// end in `input` (from [`Clip::planes`](crate::Clip::planes)), in one call, and returns each
-    /// row's logits.
+    /// end in `input` (from [`Clip::planes`](crate::Clip::planes)), and returns each row's logits:
+    /// [`ROWS_PER_CALL`] rows a `compute` call, each call one forward pass in the host.
     pub fn run_rows(&self, input: &[f32]) -> Result<Vec<Vec<f32>>, Error> {
         let row = FRAMES * (SIZE * SIZE) as usize;
         if input.is_empty() || !input.len().is_multiple_of(row) {
@@ -72,6 +76,14 @@ impl Model {
                 input.len()
             )));
         }
+        let mut logits = Vec::with_capacity(input.len() / row);
+        for chunk in input.chunks(ROWS_PER_CALL * row) {
+            logits.extend(self.run_call(chunk, row)?);
+        }
+        Ok(logits)
+    }
+
+    fn run_call(&self, input: &[f32], row: usize) -> Result<Vec<Vec<f32>>, Error> {
         let rows = (input.len() / row) as u32;
         let dims = vec![rows, FRAMES as u32, SIZE, SIZE];
         let logits = self.compute(&[(INPUT_TENSOR, Tensor { dims, data: input })])?.f32(OUTPUT_TENSOR)?;

@@ -219,7 +219,9 @@ mod tests {
         use image::imageops::{self, FilterType};
         use image::{ImageBuffer, Luma};
         for (w, h) in [(320, 180), (1920, 1080), (7, 300), (50, 50), (113, 111), (112, 40)] {
-            let luma: Vec<f32> = (0..w * h).map(|i| ((i * 7919 + i / w * 31) % 256) as f32 / 255.0).collect();
+            let luma: Vec<f32> = (0..w * h)
+                .map(|i| ((u32::wrapping_mul(i, 7919).wrapping_add(i / w * 31)) % 256) as f32 / 255.0)
+                .collect();
             let view: ImageBuffer<Luma<f32>, &[f32]> = ImageBuffer::from_raw(w, h, luma.as_slice()).unwrap();
             let expected = imageops::resize(&view, SIZE, SIZE, FilterType::Triangle).into_raw();
             let got = resize(&Frame::new(w, h, luma));

@@ -39,6 +39,8 @@ pub struct Mp4<'a> {
     display: Vec<u32>,
     /// Each displayed frame's time in seconds from the first.
     times: Vec<f64>,
+    /// When the last frame ends, in seconds from the first.
+    duration: f64,
     /// Keyframes' sample numbers, ascending; `None` when every sample is one.
     sync: Option<Vec<u32>>,
     /// The sequence and picture parameter sets, as an Annex-B prefix.
@@ -149,14 +151,18 @@ impl<'a> Mp4<'a> {
         };
         // Decode time is the running sum of the deltas; display time adds each sample's offset.
         let mut shown: Vec<(i64, u32)> = Vec::with_capacity(count);
-        let mut dts = 0i64;
+        let (mut dts, mut last_end) = (0i64, i64::MIN);
         for (i, (delta, offset)) in decode_times.iter().zip(&offsets).enumerate() {
-            shown.push((dts.saturating_add(*offset), i as u32 + 1));
+            let pts = dts.saturating_add(*offset);
+            shown.push((pts, i as u32 + 1));
+            last_end = last_end.max(pts.saturating_add(*delta));
             dts = dts.saturating_add(*delta);
         }
         shown.sort_unstable();
         let first = shown[0].0;
-        let times = shown.iter().map(|(t, _)| (t - first) as f64 / f64::from(timescale)).collect();
+        let seconds = |t: i64| t.saturating_sub(first) as f64 / f64::from(timescale);
+        let times = shown.iter().map(|&(t, _)| seconds(t)).collect();
+        let duration = seconds(last_end);
         let display = shown.into_iter().map(|(_, sample)| sample).collect();
         let sync = stbl.stss.as_ref().map(|stss| {
             let mut s = stss.entries.clone();
@@ -171,6 +177,7 @@ impl<'a> Mp4<'a> {
             coded_pixels,
             display,
             times,
+            duration,
             sync,
             parameter_sets,
             nal_length,
@@ -190,6 +197,11 @@ impl<'a> Mp4<'a> {
     /// Each frame's display time in seconds from the first frame.
     pub fn times(&self) -> &[f64] {
         &self.times
+    }
+
+    /// When the last frame ends, in seconds from the first.
+    pub fn duration(&self) -> f64 {
+        self.duration
     }
 
     /// The keyframe at or before sample `sample`: where decoding must start to show it.
@@ -458,7 +470,8 @@ fn check_tree(data: &[u8], parent: &[u8; 4], depth: usize) -> Result<(), String>
             b"moov" | b"trak" | b"edts" | b"mdia" | b"minf" | b"dinf" | b"stbl" | b"udta" | b"mvex"
             | b"moof" | b"traf" | b"ilst" => Some(0),
             b"meta" => Some(if body.get(4..8) == Some(b"hdlr") { 0 } else { 4 }),
-            b"stsd" => Some(8),
+            // Full boxes with an entry count: version and flags, the count, then the entries.
+            b"stsd" | b"dref" => Some(8),
             b"mp4a" => Some(28),
             _ => None,
         };
@@ -558,6 +571,10 @@ mod tests {
     fn found_by_fuzzing_a_nested_box_of_size_0_is_refused_not_looped_on() {
         let found = include_bytes!("../../fuzz/regressions/demux_mp4/nested-box-of-size-0.mp4");
         assert!(matches!(Mp4::parse(found, &Limits::default()), Err(DecodeError::Malformed(_))));
+        // The `dref` in a `dinf` is walked by entry count, which a size-0 entry kept looping.
+        let found = include_bytes!("../../fuzz/regressions/demux_mp4/dref-entry-of-size-0.mp4");
+        let e = Mp4::parse(found, &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("inside another"), "{e}");
         // The same in a whole file: the seed with its `stss` box's size set to 0.
         let mut file = SEED.to_vec();
         let at = file.windows(4).position(|w| w == b"stss").unwrap() - 4;

@@ -101,6 +101,8 @@ pub struct VersionEntry {
     pub version: String,
     pub digest: String,
     pub size: usize,
+    /// The `motion:guest` world it exports.
+    pub world: &'static str,
     pub loaded_at: String,
     pub validation_ms: f64,
     /// `compiled` now, or `cached` from the compiled-guest cache.
@@ -127,6 +129,7 @@ impl VersionEntry {
             version: guest.info.version.clone(),
             digest: guest.digest.clone(),
             size: guest.size,
+            world: guest.world(),
             loaded_at: humantime::format_rfc3339_millis(guest.loaded_at).to_string(),
             validation_ms: super::ms(guest.validation),
             code: guest.compiled.as_str(),

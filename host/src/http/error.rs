@@ -164,6 +164,7 @@ impl From<GuestError> for ApiError {
             GuestError::BadInput(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_media", message)
             }
+            GuestError::BadRequest(_) => Self::bad_request(message),
             GuestError::Unsupported(_) => {
                 Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
             }

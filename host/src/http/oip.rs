@@ -26,7 +26,7 @@ use super::work::{self, Work};
 use super::{ApiError, AppState, VERSION};
 use crate::service::{GuestChoice, Phase, Service, ServiceError};
 use motion_model::{Input, Model, Progress};
-use motion_runtime::{LoadedGuest, Media, Routed, StageTimings, media};
+use motion_runtime::{LoadedGuest, Media, Routed, Segmentation, StageTimings, media};
 
 /// The guest pipeline's model name.
 pub const PIPELINE: &str = "motion-classifier";
@@ -34,6 +34,13 @@ pub const PIPELINE: &str = "motion-classifier";
 const MEDIA: &str = "media";
 const LABEL: &str = "label";
 const SCORES: &str = "scores";
+/// The timeline, when the request's parameters ask for one: a row per window, its start and
+/// end frame, start and end second (NaN for untimed media), then its score for each label.
+const SEGMENTS: &str = "segments";
+/// The best label of each window.
+const SEGMENT_LABELS: &str = "segment_labels";
+/// Columns of a `segments` row before the scores.
+const SEGMENT_COLUMNS: usize = 4;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -162,6 +169,8 @@ fn model_metadata(name: &str, target: &Target) -> serde_json::Value {
             "outputs": [
                 tensor(LABEL, "BYTES", &[1]),
                 tensor(SCORES, "FP32", &[1, guest.info.labels.len() as i64]),
+                tensor(SEGMENTS, "FP32", &[-1, (SEGMENT_COLUMNS + guest.info.labels.len()) as i64]),
+                tensor(SEGMENT_LABELS, "BYTES", &[-1]),
             ],
             "parameters": {
                 "labels": guest.info.labels.join(","),
@@ -405,13 +414,15 @@ async fn run_pipeline(
         })
         .collect::<Result<Vec<_>, _>>()?;
 
+    let segments = segmentation(&request.parameters)?;
     let labels = &guest.info.labels;
-    let classified = super::v1::run_guest(service, routed, media, labels.len() as u32, progress).await?;
-    let scores = labels
-        .iter()
-        .map(|label| classified.top_k.iter().find(|(l, _)| l == label).map_or(0.0, |(_, s)| *s))
-        .collect();
-    let outputs = vec![
+    let classified =
+        super::v1::run_guest(service, routed, media, labels.len() as u32, segments, progress).await?;
+    let in_label_order = |top: &[(String, f32)]| -> Vec<f32> {
+        labels.iter().map(|label| top.iter().find(|(l, _)| l == label).map_or(0.0, |(_, s)| *s)).collect()
+    };
+    let scores = in_label_order(&classified.top_k);
+    let mut outputs = vec![
         wire::Output {
             name: LABEL.into(),
             shape: vec![1],
@@ -423,5 +434,44 @@ async fn run_pipeline(
             data: OutputData::Fp32(scores),
         },
     ];
+    if segments.is_some() {
+        let rows = &classified.segments;
+        let time = |t: Option<f64>| t.map_or(f32::NAN, |t| t as f32);
+        let table = rows
+            .iter()
+            .flat_map(|s| {
+                let bounds = [s.start_frame as f32, s.end_frame as f32, time(s.start_s), time(s.end_s)];
+                bounds.into_iter().chain(in_label_order(&s.top_k))
+            })
+            .collect();
+        outputs.push(wire::Output {
+            name: SEGMENTS.into(),
+            shape: vec![rows.len() as u64, (SEGMENT_COLUMNS + labels.len()) as u64],
+            data: OutputData::Fp32(table),
+        });
+        outputs.push(wire::Output {
+            name: SEGMENT_LABELS.into(),
+            shape: vec![rows.len() as u64],
+            data: OutputData::Bytes(rows.iter().map(|s| s.label.clone().into_bytes()).collect()),
+        });
+    }
     Ok((outputs, AccessInfo::guest(guest, &classified)))
+}
+
+/// The timeline the request parameters `segment` (seconds) and `segment_frames` ask for, as
+/// `/v1`'s query does; numbers may come as JSON numbers or strings.
+fn segmentation(parameters: &wire::Parameters) -> Result<Option<Segmentation>, V2Error> {
+    let text = |key: &str| -> Result<Option<String>, V2Error> {
+        match parameters.get(key) {
+            None => Ok(None),
+            Some(wire::Parameter::Int(n)) => Ok(Some(n.to_string())),
+            Some(wire::Parameter::Float(f)) => Ok(Some(f.to_string())),
+            Some(wire::Parameter::Text(t)) => Ok(Some(t.clone())),
+            Some(other) => {
+                Err(WireError(format!("parameter '{key}' must be a number, got {other:?}")).into())
+            }
+        }
+    };
+    let (segment, frames) = (text("segment")?, text("segment_frames")?);
+    motion_request::segmentation(segment.as_deref(), frames.as_deref()).map_err(|e| WireError(e.0).into())
 }

@@ -18,7 +18,7 @@ use super::work::Work;
 use super::{ApiError, AppState, VERSION, access, ms};
 use crate::service::{GuestChoice, Phase, Service};
 use motion_model::Progress;
-use motion_runtime::{Classified, LoadedGuest, Media, Routed};
+use motion_runtime::{Classified, LoadedGuest, Media, Routed, Segmentation};
 
 /// `top_k` when the query does not say.
 const DEFAULT_TOP_K: u32 = 3;
@@ -102,6 +102,8 @@ struct PublicGuest<'a> {
     default: bool,
     version: &'a str,
     digest: &'a str,
+    /// The `motion:guest` world it exports: `motion:guest@0.2.0` answers timelines.
+    world: &'static str,
     description: &'a str,
     model: ModelId<'a>,
     input_shape: &'a [i64],
@@ -137,6 +139,7 @@ pub(super) async fn list_guests(State(app): State<Arc<AppState>>) -> Result<Resp
             default: set.is_default(name),
             version: &g.info.version,
             digest: &g.digest,
+            world: g.world(),
             description: &g.info.name,
             model: ModelId { name: g.model.name(), version: &g.model.manifest.version },
             input_shape: &g.info.input_shape,
@@ -255,7 +258,7 @@ async fn classify(
 ) -> Result<Response, ApiError> {
     let guest = &routed.guest;
     let labels = guest.info.labels.len() as u32;
-    let top_k = parse_top_k(query, labels)?;
+    let (top_k, segments) = parse_query(query, labels)?;
 
     let declared = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
     let Some(content_type) = declared.filter(|t| guest.accepts(t)).map(str::to_string) else {
@@ -268,8 +271,9 @@ async fn classify(
         .map(|part| Media { content_type: part.content_type, data: part.data.into() })
         .collect();
 
-    let classified = run_guest(service, routed, media, top_k, progress).await?;
-    let mut response = Json(ClassifyResponse::new(guest, &classified, received.elapsed())).into_response();
+    let classified = run_guest(service, routed, media, top_k, segments, progress).await?;
+    let response = ClassifyResponse::new(guest, &classified, segments.is_some(), received.elapsed());
+    let mut response = Json(response).into_response();
     response.extensions_mut().insert(access::AccessInfo::guest(guest, &classified));
     Ok(response)
 }
@@ -282,11 +286,12 @@ pub(super) async fn run_guest(
     routed: &Routed,
     media: Vec<Media>,
     top_k: u32,
+    segments: Option<Segmentation>,
     progress: &Progress,
 ) -> Result<Classified, ApiError> {
     let guest = &routed.guest;
     let started = Instant::now();
-    let result = service.classify(routed, media, top_k, progress).await.map_err(|e| {
+    let result = service.classify(routed, media, top_k, segments, progress).await.map_err(|e| {
         let e = ApiError::from(e);
         if e.status.is_server_error() {
             tracing::warn!(guest = %guest.name, digest = %guest.digest, role = routed.role.name(), code = e.code, error = %e.message, "classification failed");
@@ -298,11 +303,16 @@ pub(super) async fn run_guest(
     result
 }
 
-/// `top_k` from the query: an integer in 1..=labels, default 3.
-fn parse_top_k(query: TopKQuery, labels: u32) -> Result<u32, ApiError> {
+/// `top_k` from the query (an integer in 1..=labels, default 3), and the timeline it asks for
+/// (`segment` seconds or `segment_frames`).
+fn parse_query(query: TopKQuery, labels: u32) -> Result<(u32, Option<Segmentation>), ApiError> {
     let Query(params) = query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
-    motion_request::top_k(params.get("top_k").map(String::as_str), labels, DEFAULT_TOP_K)
-        .map_err(|e| ApiError::bad_request(e.0))
+    let get = |key: &str| params.get(key).map(String::as_str);
+    let top_k =
+        motion_request::top_k(get("top_k"), labels, DEFAULT_TOP_K).map_err(|e| ApiError::bad_request(e.0))?;
+    let segments = motion_request::segmentation(get("segment"), get("segment_frames"))
+        .map_err(|e| ApiError::bad_request(e.0))?;
+    Ok((top_k, segments))
 }
 
 #[derive(Serialize)]
@@ -312,11 +322,25 @@ struct ClassifyResponse<'a> {
     top_k: Vec<LabelScore<'a>>,
     frames_total: u32,
     frames_used: u32,
+    /// The timeline's windows, when the request asked for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segments: Option<Vec<SegmentJson<'a>>>,
     guest: GuestId<'a>,
     model: ModelId<'a>,
     /// Rows in the forward pass this request's input ran in, other requests' included.
     batch_size: usize,
     timings_ms: Timings,
+}
+
+#[derive(Serialize)]
+struct SegmentJson<'a> {
+    start_frame: u32,
+    end_frame: u32,
+    start_s: Option<f64>,
+    end_s: Option<f64>,
+    label: &'a str,
+    score: f32,
+    top_k: Vec<LabelScore<'a>>,
 }
 
 #[derive(Serialize)]
@@ -350,13 +374,30 @@ struct Timings {
 }
 
 impl<'a> ClassifyResponse<'a> {
-    fn new(guest: &'a LoadedGuest, c: &'a Classified, total: Duration) -> Self {
+    fn new(guest: &'a LoadedGuest, c: &'a Classified, segments: bool, total: Duration) -> Self {
+        let ranking = |top: &'a [(String, f32)]| {
+            top.iter().map(|(label, score)| LabelScore { label, score: *score }).collect()
+        };
         ClassifyResponse {
             label: &c.label,
             score: c.score,
-            top_k: c.top_k.iter().map(|(label, score)| LabelScore { label, score: *score }).collect(),
+            top_k: ranking(&c.top_k),
             frames_total: c.frames_total,
             frames_used: c.frames_used,
+            segments: segments.then(|| {
+                c.segments
+                    .iter()
+                    .map(|s| SegmentJson {
+                        start_frame: s.start_frame,
+                        end_frame: s.end_frame,
+                        start_s: s.start_s,
+                        end_s: s.end_s,
+                        label: &s.label,
+                        score: s.score,
+                        top_k: ranking(&s.top_k),
+                    })
+                    .collect()
+            }),
             guest: GuestId { name: &guest.name, version: &guest.info.version, digest: &guest.digest },
             model: ModelId { name: guest.model.name(), version: &guest.model.manifest.version },
             batch_size: c.batch_size,

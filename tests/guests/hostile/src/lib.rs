@@ -9,7 +9,7 @@
 mod component {
     wit_bindgen::generate!({
         world: "motion-guest",
-        path: "../../../wit",
+        path: "../../../wit/v0.1",
         generate_all,
     });
 
