@@ -2,7 +2,8 @@
 //! JavaScript project; each is built outside the repository with the real toolchains (the
 //! versions its template pins, installed by scripts/env.sh's `guest_toolchains`), passes
 //! `guest check`, is swapped in as the live guest of a running server under load without a
-//! failed request, and answers as the default Rust guest does, within 1e-3 on every label.
+//! failed request, and answers as the default Rust guest does, within 1e-3 on every label, for
+//! the whole clip and for each window of a timeline.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -106,12 +107,13 @@ fn clips() -> Vec<(&'static str, reqwest::blocking::multipart::Form, Vec<u8>)> {
     out
 }
 
-/// Every label's score for each clip, from `path`.
+/// Every label's score for each clip and for each window of its timeline in 4-frame windows,
+/// from `path`.
 fn scores(server: &Server, path: &str) -> Vec<HashMap<String, f64>> {
     clips()
         .into_iter()
-        .map(|(media_type, form, body)| {
-            let request = server.client().post(server.url(&format!("{path}?top_k=16")));
+        .flat_map(|(media_type, form, body)| {
+            let request = server.client().post(server.url(&format!("{path}?top_k=16&segment_frames=4")));
             let request = if media_type == "multipart/form-data" {
                 request.multipart(form)
             } else {
@@ -119,12 +121,18 @@ fn scores(server: &Server, path: &str) -> Vec<HashMap<String, f64>> {
             };
             let (status, answer) = json(request.send().unwrap());
             assert_eq!(status, 200, "{media_type}: {answer}");
-            answer["top_k"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| (e["label"].as_str().unwrap().to_string(), e["score"].as_f64().unwrap()))
-                .collect()
+            let ranking = |top: &serde_json::Value| -> HashMap<String, f64> {
+                top.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| (e["label"].as_str().unwrap().to_string(), e["score"].as_f64().unwrap()))
+                    .collect()
+            };
+            let segments = answer["segments"].as_array().unwrap_or_else(|| panic!("{media_type}: {answer}"));
+            assert!(!segments.is_empty(), "{media_type}: {answer}");
+            std::iter::once(ranking(&answer["top_k"]))
+                .chain(segments.iter().map(|s| ranking(&s["top_k"])))
+                .collect::<Vec<_>>()
         })
         .collect()
 }

@@ -1,8 +1,7 @@
 //! The wasm component: exports `motion:guest/classifier` through the SDK.
 
 use motion_guest_sdk::decode::{ACCEPTS, Limits};
-use motion_guest_sdk::preprocess::sample_indices;
-use motion_guest_sdk::{Classification, Clip, Error, Guest, GuestInfo, Model, Request, Segment};
+use motion_guest_sdk::{Classification, Clip, Error, Guest, GuestInfo, Model, Plan, Request};
 
 use crate::labels::LABELS;
 
@@ -31,24 +30,15 @@ impl Guest for MotionGuest {
         let limits = Limits::default();
         let media = motion_guest_sdk::media(&req);
         let clip = Clip::open(&media, &limits)?;
-        let mut frames = sample_indices(clip.frame_count());
+        // The whole clip's 8 frames, then each window's if a timeline was asked for: each frame
+        // decoded once, every row sent in batched calls.
+        let mut plan = Plan::new(&req, &clip)?;
         if cfg!(feature = "reversed") {
-            frames.reverse();
+            plan.frames.reverse();
         }
-        // One model input for the whole clip, then one per window of the timeline, if asked:
-        // each frame decoded once, all rows sent in batched calls.
-        let windows = motion_guest_sdk::windows(&req, &clip)?;
-        let mut indices = frames.to_vec();
-        indices.extend(windows.iter().flat_map(|w| w.sample_indices()));
-        let input = clip.planes(&indices, &limits)?;
-        let logits = Model::load(motion_guest_sdk::MODEL)?.run_rows(&input)?;
-        let mut answer = Classification::from_logits(&logits[0], &LABELS, &req, &clip, &frames)?;
-        answer.segments = windows
-            .iter()
-            .zip(&logits[1..])
-            .map(|(window, logits)| Segment::from_logits(window, logits, &LABELS, req.top_k))
-            .collect::<Result<_, _>>()?;
-        Ok(answer)
+        let input = clip.planes(&plan.indices(), &limits)?;
+        let rows = Model::load(motion_guest_sdk::MODEL)?.run_rows(&input)?;
+        plan.answer(&rows, &LABELS, &req, &clip)
     }
 }
 

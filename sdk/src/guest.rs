@@ -109,17 +109,62 @@ impl From<Segmentation> for timeline::Segmentation {
     }
 }
 
-/// The request's timeline over `clip`: its windows, none when it asked for none.
-pub fn windows(req: &Request, clip: &Clip) -> Result<Vec<Window>, Error> {
-    match req.segments {
-        None => Ok(Vec::new()),
-        Some(how) => timeline::windows(
-            clip.frame_count(),
-            clip.timing().as_ref(),
-            how.into(),
-            req.max_segments as usize,
-        )
-        .map_err(Error::BadRequest),
+/// The model inputs a request needs: one of the whole clip's `frames`, then one per window of
+/// the timeline it asked for (none when it asked for none).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The whole clip's frames, by the contract's sampling unless the guest chooses others.
+    pub frames: Vec<usize>,
+    pub windows: Vec<Window>,
+}
+
+impl Plan {
+    /// The contract's 8 frames of `clip`, and the windows of the request's timeline.
+    pub fn new(req: &Request, clip: &Clip) -> Result<Plan, Error> {
+        let windows = match req.segments {
+            None => Vec::new(),
+            Some(how) => timeline::windows(
+                clip.frame_count(),
+                clip.timing().as_ref(),
+                how.into(),
+                req.max_segments as usize,
+            )
+            .map_err(Error::BadRequest)?,
+        };
+        Ok(Plan { frames: crate::preprocess::sample_indices(clip.frame_count()).to_vec(), windows })
+    }
+
+    /// The frames of every row, in row order: pass them to [`Clip::planes`], which decodes each
+    /// frame once, and the planes to [`Model::run_rows`](crate::Model::run_rows).
+    pub fn indices(&self) -> Vec<usize> {
+        let mut indices = self.frames.clone();
+        indices.extend(self.windows.iter().flat_map(Window::sample_indices));
+        indices
+    }
+
+    /// The answer from each row's logits: the whole clip's, with a segment per window.
+    pub fn answer(
+        &self,
+        rows: &[Vec<f32>],
+        labels: &[&str],
+        req: &Request,
+        clip: &Clip,
+    ) -> Result<Classification, Error> {
+        if rows.len() != 1 + self.windows.len() {
+            return Err(Error::Inference(format!(
+                "the model answered {} rows of {}",
+                rows.len(),
+                1 + self.windows.len()
+            )));
+        }
+        let mut answer = Classification::from_logits(&rows[0], labels, req, clip, &self.frames)?;
+        answer.segments = self
+            .windows
+            .iter()
+            .zip(&rows[1..])
+            .map(|(window, logits)| Segment::from_logits(window, logits, labels, req.top_k))
+            .collect::<Result<_, _>>()?;
+        Ok(answer)
     }
 }
 

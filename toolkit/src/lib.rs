@@ -12,7 +12,7 @@ mod component {
     use std::cell::Cell;
 
     use motion_guest_sdk::decode::{ACCEPTS, DecodeError, Limits};
-    use motion_guest_sdk::{postprocess, preprocess};
+    use motion_guest_sdk::{postprocess, preprocess, timeline};
 
     wit_bindgen::generate!({
         world: "toolkit",
@@ -20,7 +20,7 @@ mod component {
         generate_all,
     });
 
-    use exports::motion::toolkit::preprocess::{Error, Guest, GuestClip, Media};
+    use exports::motion::toolkit::preprocess::{Error, Guest, GuestClip, Media, Segmentation, Window};
 
     struct Toolkit;
 
@@ -64,6 +64,26 @@ mod component {
             let indices: Vec<usize> = indices.into_iter().map(|i| i as usize).collect();
             let values = self.open()?.planes(&indices, &Limits::default()).map_err(error)?;
             Ok(motion_guest_sdk::le_bytes(&values).to_vec())
+        }
+
+        fn windows(&self, how: Segmentation, max: u32) -> Result<Vec<Window>, Error> {
+            let how = match how {
+                Segmentation::Seconds(s) => timeline::Segmentation::Seconds(s),
+                Segmentation::Frames(n) => timeline::Segmentation::Frames(n),
+            };
+            let clip = self.open()?;
+            let windows = timeline::windows(clip.frame_count(), clip.timing().as_ref(), how, max as usize)
+                .map_err(Error::BadRequest)?;
+            Ok(windows
+                .into_iter()
+                .map(|w| Window {
+                    start_frame: w.start as u32,
+                    end_frame: w.end as u32,
+                    start_s: w.start_s,
+                    end_s: w.end_s,
+                    sample: w.sample_indices().iter().map(|&i| i as u32).collect(),
+                })
+                .collect())
         }
     }
 
