@@ -5,6 +5,7 @@ picture slides right as the camera turns left) in each input form motion-host ac
 """
 
 import pathlib
+import subprocess
 
 from PIL import Image, ImageDraw
 
@@ -42,6 +43,10 @@ def main() -> None:
             out.write(y.tobytes())
             out.write(cb.resize((W // 2, H // 2)).tobytes())
             out.write(cr.resize((W // 2, H // 2)).tobytes())
+    # The same clip as H.264 in MP4, as a camera or phone would send it (needs ffmpeg).
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(HERE / "clip.y4m"), "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", "-map_metadata", "-1", "-fflags", "+bitexact",
+                    "-flags:v", "+bitexact", str(HERE / "clip.mp4")], check=True)
 
 
 if __name__ == "__main__":

@@ -5,22 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-
 use crate::cache::{Compiled, sha256_hex};
 use crate::world::Pre;
+pub use crate::world::{GuestInfo, Media};
 use motion_model::Model;
-
-/// A guest's description of itself (its `info()` export).
-#[derive(Debug, Clone, Serialize)]
-pub struct GuestInfo {
-    pub name: String,
-    pub version: String,
-    pub model: String,
-    pub input_shape: Vec<i64>,
-    pub labels: Vec<String>,
-    pub accepts: Vec<String>,
-}
 
 /// One compiled, validated guest version.
 pub struct LoadedGuest {
@@ -115,10 +103,4 @@ impl SampleRun {
             plural(self.parts)
         )
     }
-}
-
-/// One piece of uploaded media, as the guest receives it.
-pub struct Media {
-    pub content_type: String,
-    pub data: Vec<u8>,
 }

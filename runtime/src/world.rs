@@ -5,8 +5,9 @@
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
+use serde::Serialize;
+
 use crate::bindings::{v0_1, v0_2};
-use crate::guest::GuestInfo;
 use crate::store::State;
 
 /// A world version's name, as `guest check` and the admin API show it.
@@ -15,9 +16,26 @@ pub const V0_2: &str = "motion:guest@0.2.0";
 
 pub use motion_request::Segmentation;
 
+/// A guest's description of itself (its `info()` export).
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestInfo {
+    pub name: String,
+    pub version: String,
+    pub model: String,
+    pub input_shape: Vec<i64>,
+    pub labels: Vec<String>,
+    pub accepts: Vec<String>,
+}
+
+/// One piece of uploaded media, as the guest receives it.
+pub struct Media {
+    pub content_type: String,
+    pub data: Vec<u8>,
+}
+
 /// One request to a guest, whatever its world.
 pub(crate) struct Request {
-    pub media: Vec<crate::guest::Media>,
+    pub media: Vec<Media>,
     pub top_k: u32,
     pub segments: Option<Segmentation>,
     pub max_segments: u32,
