@@ -84,7 +84,8 @@ fn bad_media_gets_4xx_and_good_extremes_are_served() {
         ("empty body", "image/png", Vec::new(), 422),
         ("PNG sent as JPEG", "image/jpeg", png.clone(), 422),
         ("unknown type", "application/x-unknown", png.clone(), 415),
-        ("video container", "video/mp4", b"\0\0\0\x18ftypmp42".to_vec(), 415),
+        ("MP4 cut inside its ftyp box", "video/mp4", b"\0\0\0\x18ftypmp42".to_vec(), 422),
+        ("a video container the guest does not read", "video/webm", b"\x1a\x45\xdf\xa3".to_vec(), 415),
         ("multipart without a boundary", "multipart/form-data", png.clone(), 400),
         (
             "multipart cut short",
