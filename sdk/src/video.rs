@@ -7,7 +7,6 @@
 //! and the pixels that decoding the wanted frames costs. Only the frames that wanted frames
 //! need are decoded: from the keyframe at or before each one, never the whole of a long file.
 
-use std::cell::RefCell;
 use std::io::Cursor;
 
 use mp4::Mp4Reader;
@@ -29,8 +28,9 @@ const MAX_DPB_BYTES: u64 = 96 << 20;
 /// A parsed MP4: the video track's tables, nothing decoded yet.
 #[derive(Debug)]
 pub struct Mp4<'a> {
-    reader: RefCell<Mp4Reader<Cursor<&'a [u8]>>>,
-    track: u32,
+    data: &'a [u8],
+    /// Each sample's bytes in `data` (start, length), in decode order, all within it.
+    samples: Vec<(usize, usize)>,
     width: u32,
     height: u32,
     /// Pixels in one coded picture, the unit of decoding work.
@@ -169,9 +169,18 @@ impl<'a> Mp4<'a> {
             s.sort_unstable();
             s
         });
+        let offsets: Vec<u64> = match (&stbl.stco, &stbl.co64) {
+            (Some(stco), _) => stco.entries.iter().map(|&o| u64::from(o)).collect(),
+            (None, Some(co64)) => co64.entries.clone(),
+            (None, None) => return Err(bad("the video track has no chunk offsets (stco or co64)")),
+        };
+        let runs: Vec<(u32, u32)> =
+            stbl.stsc.entries.iter().map(|e| (e.first_chunk, e.samples_per_chunk)).collect();
+        let sizes = Sizes { fixed: stbl.stsz.sample_size, each: &stbl.stsz.sample_sizes };
+        let samples = locate(&sizes, &offsets, &runs, count, data.len())?;
         Ok(Mp4 {
-            reader: RefCell::new(reader),
-            track,
+            data,
+            samples,
             width,
             height,
             coded_pixels,
@@ -260,21 +269,17 @@ impl<'a> Mp4<'a> {
         // Display frame of each wanted sample.
         let mut wanted_at: Vec<(u32, usize)> = wanted.iter().map(|&i| (self.display[i], i)).collect();
         wanted_at.sort_unstable();
-        let mut reader = self.reader.borrow_mut();
         let mut unit = Vec::new();
         for (start, end) in runs {
             let mut decoder = Decoder::new();
             for sample in start..=end {
-                let bytes = reader
-                    .read_sample(self.track, sample)
-                    .map_err(|e| bad(format_args!("sample {sample}: {e}")))?
-                    .ok_or_else(|| bad(format_args!("sample {sample} is missing")))?
-                    .bytes;
+                let (at, len) = self.samples[sample as usize - 1];
+                let bytes = &self.data[at..at + len];
                 unit.clear();
                 if sample == start {
                     unit.extend_from_slice(&self.parameter_sets);
                 }
-                self.annex_b(&bytes, sample, limits, &mut unit)?;
+                self.annex_b(bytes, sample, limits, &mut unit)?;
                 let picture = decoder.decode(&unit).map_err(|e| h264_error(e, sample))?;
                 let Ok(at) = wanted_at.binary_search_by_key(&sample, |(s, _)| *s) else { continue };
                 let picture = picture.ok_or_else(|| bad(format_args!("sample {sample} holds no picture")))?;
@@ -328,6 +333,64 @@ impl<'a> Mp4<'a> {
         }
         Ok(())
     }
+}
+
+/// The sample size table: one size for every sample, or each sample's own.
+struct Sizes<'a> {
+    fixed: u32,
+    each: &'a [u32],
+}
+
+/// Where each of the track's `count` samples lies in a file of `len` bytes, from its sample
+/// sizes (stsz), chunks (stsc) and chunk offsets (stco, co64), in checked arithmetic: every
+/// sample must lie within the file. (The `mp4` crate's own reading divides by a chunk's sample
+/// count and sums sizes unchecked: it panics on tables a fuzzer writes.)
+fn locate(
+    sizes: &Sizes,
+    offsets: &[u64],
+    runs: &[(u32, u32)],
+    count: usize,
+    len: usize,
+) -> Result<Vec<(usize, usize)>, DecodeError> {
+    if sizes.fixed == 0 && sizes.each.len() < count {
+        return Err(bad("the sample size table (stsz) lists fewer sizes than samples"));
+    }
+    let size = |i: usize| if sizes.fixed > 0 { sizes.fixed } else { sizes.each[i] } as usize;
+    let mut samples = Vec::with_capacity(count);
+    for (i, &(first_chunk, per_chunk)) in runs.iter().enumerate() {
+        let next = runs.get(i + 1).map_or(offsets.len() as u64 + 1, |n| u64::from(n.0));
+        if first_chunk == 0 || u64::from(first_chunk) >= next || per_chunk == 0 {
+            return Err(bad(format_args!(
+                "the sample-to-chunk table (stsc) has a bad entry {i}: first chunk {first_chunk}, \
+                 {per_chunk} samples a chunk"
+            )));
+        }
+        for chunk in u64::from(first_chunk)..next {
+            let Some(&start) = offsets.get(chunk as usize - 1) else { break };
+            let mut at = start;
+            for _ in 0..per_chunk {
+                if samples.len() == count {
+                    return Ok(samples);
+                }
+                let n = size(samples.len());
+                let end = at.checked_add(n as u64).filter(|&end| end <= len as u64).ok_or_else(|| {
+                    bad(format_args!(
+                        "sample {} ({n} bytes at byte {at}) lies outside the file of {len} bytes",
+                        samples.len() + 1
+                    ))
+                })?;
+                samples.push((at as usize, n));
+                at = end;
+            }
+        }
+    }
+    if samples.len() < count {
+        return Err(bad(format_args!(
+            "the chunk tables (stsc, stco) place {} of the track's {count} samples",
+            samples.len()
+        )));
+    }
+    Ok(samples)
 }
 
 /// Expands a run-length table of (count, value) to one value per sample: `None` when it covers
@@ -565,6 +628,18 @@ mod tests {
         let all: Vec<usize> = (0..mp4.frame_count()).collect();
         let e = mp4.decode_each(&all, &limits, |_, _| panic!("decoded past the cap")).unwrap_err();
         assert!(e.to_string().contains("keyframes closer together"), "{e}");
+    }
+
+    #[test]
+    fn found_by_fuzzing_a_chunk_of_no_samples_is_refused_not_divided_by() {
+        let found = include_bytes!("../../fuzz/regressions/decode_mp4/stsc-zero-samples-per-chunk.mp4");
+        let e = Mp4::parse(found, &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("sample-to-chunk table (stsc)"), "{e}");
+        // Samples past the end of the file are refused when the tables are read.
+        let sizes = Sizes { fixed: 100, each: &[] };
+        let e = locate(&sizes, &[0, 150], &[(1, 1)], 2, 200).unwrap_err();
+        assert!(e.to_string().contains("sample 2 (100 bytes at byte 150) lies outside"), "{e}");
+        assert_eq!(locate(&sizes, &[0], &[(1, 2)], 2, 200).unwrap(), [(0, 100), (100, 100)]);
     }
 
     #[test]
