@@ -164,9 +164,12 @@ impl<'a> Mp4<'a> {
         let times = shown.iter().map(|&(t, _)| seconds(t)).collect();
         let duration = seconds(last_end);
         let display = shown.into_iter().map(|(_, sample)| sample).collect();
+        // Keyframes that are samples of the track (numbered from 1), each once.
         let sync = stbl.stss.as_ref().map(|stss| {
-            let mut s = stss.entries.clone();
+            let mut s: Vec<u32> =
+                stss.entries.iter().copied().filter(|&n| n >= 1 && n as usize <= count).collect();
             s.sort_unstable();
+            s.dedup();
             s
         });
         let offsets: Vec<u64> = match (&stbl.stco, &stbl.co64) {
@@ -640,6 +643,15 @@ mod tests {
         let e = locate(&sizes, &[0, 150], &[(1, 1)], 2, 200).unwrap_err();
         assert!(e.to_string().contains("sample 2 (100 bytes at byte 150) lies outside"), "{e}");
         assert_eq!(locate(&sizes, &[0], &[(1, 2)], 2, 200).unwrap(), [(0, 100), (100, 100)]);
+    }
+
+    #[test]
+    fn found_by_fuzzing_a_keyframe_numbered_0_is_ignored() {
+        let found = include_bytes!("../../fuzz/regressions/decode_mp4/keyframe-numbered-0.mp4");
+        let mp4 = Mp4::parse(found, &Limits::default()).unwrap();
+        assert!(mp4.sync.as_ref().is_some_and(|s| s.iter().all(|&n| n >= 1)), "{:?}", mp4.sync);
+        let all: Vec<usize> = (0..mp4.frame_count()).collect();
+        let _ = mp4.decode_each(&all, &Limits::default(), |_, _| {});
     }
 
     #[test]
