@@ -135,12 +135,12 @@ impl<'a> Mp4<'a> {
         if timescale == 0 {
             return Err(bad("the video track's timescale is 0"));
         }
-        let decode_times =
+        let deltas =
             expand(stbl.stts.entries.iter().map(|e| (e.sample_count, i64::from(e.sample_delta))), count)
                 .ok_or_else(|| {
                     bad("the time-to-sample table (stts) covers fewer samples than the track has")
                 })?;
-        let offsets = match &stbl.ctts {
+        let composition = match &stbl.ctts {
             Some(ctts) => {
                 expand(ctts.entries.iter().map(|e| (e.sample_count, i64::from(e.sample_offset))), count)
                     .ok_or_else(|| {
@@ -149,21 +149,7 @@ impl<'a> Mp4<'a> {
             }
             None => vec![0; count],
         };
-        // Decode time is the running sum of the deltas; display time adds each sample's offset.
-        let mut shown: Vec<(i64, u32)> = Vec::with_capacity(count);
-        let (mut dts, mut last_end) = (0i64, i64::MIN);
-        for (i, (delta, offset)) in decode_times.iter().zip(&offsets).enumerate() {
-            let pts = dts.saturating_add(*offset);
-            shown.push((pts, i as u32 + 1));
-            last_end = last_end.max(pts.saturating_add(*delta));
-            dts = dts.saturating_add(*delta);
-        }
-        shown.sort_unstable();
-        let first = shown[0].0;
-        let seconds = |t: i64| t.saturating_sub(first) as f64 / f64::from(timescale);
-        let times = shown.iter().map(|&(t, _)| seconds(t)).collect();
-        let duration = seconds(last_end);
-        let display = shown.into_iter().map(|(_, sample)| sample).collect();
+        let (display, times, duration) = display_order(&deltas, &composition, timescale);
         // Keyframes that are samples of the track (numbered from 1), each once.
         let sync = stbl.stss.as_ref().map(|stss| {
             let mut s: Vec<u32> =
@@ -336,6 +322,26 @@ impl<'a> Mp4<'a> {
         }
         Ok(())
     }
+}
+
+/// The samples in display order (their numbers, from 1), each one's time in seconds from the
+/// first shown, and when the last ends, from each sample's decode-time delta (stts) and
+/// composition offset (ctts) in `timescale` units: decode time is the running sum of the
+/// deltas, and display time adds the offset.
+fn display_order(deltas: &[i64], composition: &[i64], timescale: u32) -> (Vec<u32>, Vec<f64>, f64) {
+    let mut shown: Vec<(i64, u32)> = Vec::with_capacity(deltas.len());
+    let (mut dts, mut last_end) = (0i64, i64::MIN);
+    for (i, (delta, offset)) in deltas.iter().zip(composition).enumerate() {
+        let pts = dts.saturating_add(*offset);
+        shown.push((pts, i as u32 + 1));
+        last_end = last_end.max(pts.saturating_add(*delta));
+        dts = dts.saturating_add(*delta);
+    }
+    shown.sort_unstable();
+    let first = shown.first().map_or(0, |s| s.0);
+    let seconds = |t: i64| t.saturating_sub(first) as f64 / f64::from(timescale);
+    let times = shown.iter().map(|&(t, _)| seconds(t)).collect();
+    (shown.into_iter().map(|(_, sample)| sample).collect(), times, seconds(last_end))
 }
 
 /// The sample size table: one size for every sample, or each sample's own.
