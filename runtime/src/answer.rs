@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::guest::LoadedGuest;
-use crate::world::{Answer, SegmentAnswer};
+use crate::world::Answer;
+pub use crate::world::Segment;
 
 /// A guest's answer, checked.
 #[derive(Debug, Clone)]
@@ -20,20 +21,6 @@ pub struct Classified {
     pub batch_size: usize,
 }
 
-/// One window of a timeline, checked.
-#[derive(Debug, Clone)]
-pub struct Segment {
-    /// Its frames: `start_frame <= frame < end_frame`.
-    pub start_frame: u32,
-    pub end_frame: u32,
-    /// Its span in seconds from the first frame, for timed media.
-    pub start_s: Option<f64>,
-    pub end_s: Option<f64>,
-    pub label: String,
-    pub score: f32,
-    pub top_k: Vec<(String, f32)>,
-}
-
 /// Where one request's guest time went, split at its wasi:nn `compute` calls.
 #[derive(Debug, Clone, Default)]
 pub struct StageTimings {
@@ -48,7 +35,7 @@ pub struct StageTimings {
 /// Bytes in a guest's result: its strings and numbers.
 pub(crate) fn result_size(c: &Answer) -> usize {
     let entries = |top: &[(String, f32)]| top.iter().map(|(label, _)| label.len() + 4).sum::<usize>();
-    let segment = |s: &SegmentAnswer| SEGMENT_FIXED_BYTES + s.label.len() + entries(&s.top_k);
+    let segment = |s: &Segment| SEGMENT_FIXED_BYTES + s.label.len() + entries(&s.top_k);
     c.label.len() + 4 + entries(&c.top_k) + 8 + c.segments.iter().map(segment).sum::<usize>()
 }
 
@@ -104,13 +91,9 @@ pub(crate) fn check_answer(
             .segments
             .into_iter()
             .map(|s| Segment {
-                start_frame: s.start_frame,
-                end_frame: s.end_frame,
                 start_s: s.start_s.filter(|t| t.is_finite()),
                 end_s: s.end_s.filter(|t| t.is_finite()),
-                label: s.label,
-                score: s.score,
-                top_k: s.top_k,
+                ..s
             })
             .collect(),
         timings,

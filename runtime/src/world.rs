@@ -48,13 +48,16 @@ pub(crate) struct Answer {
     pub top_k: Vec<(String, f32)>,
     pub frames_total: u32,
     pub frames_used: u32,
-    pub segments: Vec<SegmentAnswer>,
+    pub segments: Vec<Segment>,
 }
 
-/// One window of a timeline as the guest gave it.
-pub(crate) struct SegmentAnswer {
+/// One window of a timeline.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// Its frames: `start_frame <= frame < end_frame`.
     pub start_frame: u32,
     pub end_frame: u32,
+    /// Its span in seconds from the first frame, for timed media.
     pub start_s: Option<f64>,
     pub end_s: Option<f64>,
     pub label: String,
@@ -187,7 +190,7 @@ impl Instance {
                         segments: c
                             .segments
                             .into_iter()
-                            .map(|s| SegmentAnswer {
+                            .map(|s| Segment {
                                 start_frame: s.start_frame,
                                 end_frame: s.end_frame,
                                 start_s: s.start_s,
