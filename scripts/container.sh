@@ -26,16 +26,7 @@ container_engine() {
     local missing=()
     for tool in podman runc debootstrap iptables; do command -v "$tool" >/dev/null || missing+=("$tool"); done
     if [ ${#missing[@]} -gt 0 ]; then
-        if [ "$(id -u)" != 0 ]; then
-            say "the container tests need ${missing[*]}: apt-get install ${CONTAINER_PACKAGES[*]}"
-            return 1
-        fi
-        step download "installing ${CONTAINER_PACKAGES[*]} (Debian packages)"
-        export DEBIAN_FRONTEND=noninteractive
-        # Finishes an install an earlier run was killed in the middle of.
-        dpkg --configure -a
-        apt-get install -y -qq --no-install-recommends "${CONTAINER_PACKAGES[@]}" >/dev/null \
-            || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${CONTAINER_PACKAGES[@]}" >/dev/null; }
+        debian_packages "the container tests" "${missing[*]}" "${CONTAINER_PACKAGES[@]}" || return 1
     fi
     # Rootful podman would ask for more open files than a sandboxed machine's hard limit allows,
     # and runc cannot set RLIMIT_NPROC above the kernel's pid_max here: ask for what fits.

@@ -169,19 +169,28 @@ venv_for() {
     printf '%s\n' "$venv/bin/python"
 }
 
+# Installs Debian packages for the tests that need them (`$1` names those tests, `$2` the tools
+# missing), as root; anyone else is told the command instead.
+debian_packages() {
+    local who=$1 missing=$2
+    shift 2
+    if [ "$(id -u)" != 0 ]; then
+        say "$who need $missing: apt-get install $*"
+        return 1
+    fi
+    step download "installing $* (Debian packages)"
+    export DEBIAN_FRONTEND=noninteractive
+    # Finishes an install an earlier run was killed in the middle of.
+    dpkg --configure -a
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
+}
+
 # ffmpeg with libx264 (Debian's package), which the video tests make their H.264 fixtures with
 # and decode them with for comparison.
 media_tools() {
     command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && return 0
-    if [ "$(id -u)" != 0 ]; then
-        say "the video tests need ffmpeg: apt-get install ffmpeg"
-        return 1
-    fi
-    step download "installing ffmpeg (Debian's package)"
-    export DEBIAN_FRONTEND=noninteractive
-    dpkg --configure -a
-    apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null \
-        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; }
+    debian_packages "the video tests" ffmpeg ffmpeg
 }
 
 # The toolchains of the guest templates (host/templates), at the versions the templates pin, in

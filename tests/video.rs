@@ -196,17 +196,11 @@ fn server() -> Server {
     ServerBuilder::new().start()
 }
 
+/// `/v1/classify` with every label's score; the 200 answer.
 fn classify(server: &Server, content_type: &str, body: Vec<u8>) -> serde_json::Value {
-    let response = server
-        .client()
-        .post(server.url("/v1/classify?top_k=16"))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .unwrap();
-    let (status, body) = json(response);
-    assert_eq!(status, 200, "{body}");
-    body
+    let (status, answer) = json(classify_at(server, "top_k=16", content_type, body));
+    assert_eq!(status, 200, "{answer}");
+    answer
 }
 
 fn scores(answer: &serde_json::Value) -> Vec<f64> {
