@@ -28,11 +28,31 @@ const STAGES: [&str; 4] = ["body", "guest", "queue", "inference"];
 /// Rows in a forward pass: powers of two up to the most one call may carry.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
+/// How many observations a histogram series holds and their sum.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTotals {
+    pub count: u64,
+    pub time: Duration,
+}
+
+impl StageTotals {
+    fn of(histogram: &HistogramVec, labels: &[&str]) -> StageTotals {
+        match histogram.get_metric_with_label_values(labels) {
+            Ok(h) => StageTotals {
+                count: h.get_sample_count(),
+                time: Duration::try_from_secs_f64(h.get_sample_sum()).unwrap_or_default(),
+            },
+            Err(_) => StageTotals::default(),
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub http_in_flight: IntGauge,
+    pub grpc_requests: IntCounterVec,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounterVec,
     pub connections_closed_idle: prometheus::IntCounter,
@@ -41,6 +61,7 @@ pub struct Metrics {
     requests_deadline_exceeded: IntCounterVec,
     guest_stores_open: IntGauge,
     stage_duration: HistogramVec,
+    failure_duration: HistogramVec,
     batch_size: HistogramVec,
     guest_swaps: IntCounterVec,
     guest_validation_failures: IntCounterVec,
@@ -150,6 +171,13 @@ impl Metrics {
                 &["route"],
             ),
             http_in_flight,
+            grpc_requests: counter(
+                r,
+                "grpc_requests_total",
+                "gRPC calls answered (each message of a stream is one), by route (the RPC's path) \
+                 and gRPC status code (OK, INVALID_ARGUMENT, …).",
+                &["route", "grpc_code"],
+            ),
             connections_open,
             connections_refused: counter(
                 r,
@@ -182,6 +210,14 @@ impl Metrics {
                  postprocess, total), by model and guest (empty for the raw model).",
                 LATENCY_BUCKETS,
                 &["stage", "model", "guest"],
+            ),
+            failure_duration: histogram(
+                r,
+                "failed_inference_duration_seconds",
+                "Time an inference request that failed once its model was running it took, by \
+                 model and guest (empty for the raw model).",
+                LATENCY_BUCKETS,
+                &["model", "guest"],
             ),
             batch_size: histogram(
                 r,
@@ -282,6 +318,27 @@ impl Metrics {
         for (stage, d) in stages {
             self.stage_duration.with_label_values(&[stage, model, guest]).observe(d.as_secs_f64());
         }
+    }
+
+    /// An inference request on `model` (through `guest`, or raw) that failed after `elapsed`.
+    pub fn inference_failed(&self, model: &str, guest: &str, elapsed: Duration) {
+        self.failure_duration.with_label_values(&[model, guest]).observe(elapsed.as_secs_f64());
+    }
+
+    /// The requests observed in `stage` on `model` through `guest` (empty for the raw model),
+    /// and their time.
+    pub fn stage_totals(&self, stage: &str, model: &str, guest: &str) -> StageTotals {
+        StageTotals::of(&self.stage_duration, &[stage, model, guest])
+    }
+
+    /// The inference requests on `model` through `guest` that failed, and their time.
+    pub fn failures(&self, model: &str, guest: &str) -> StageTotals {
+        StageTotals::of(&self.failure_duration, &[model, guest])
+    }
+
+    /// Forward passes run on `model`.
+    pub fn batches(&self, model: &str) -> u64 {
+        self.batch_size.get_metric_with_label_values(&[model]).map_or(0, |h| h.get_sample_count())
     }
 
     pub fn guest_swapped(&self, guest: &str) {

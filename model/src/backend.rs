@@ -213,9 +213,25 @@ pub struct Model {
     pub sha256: String,
     pub device: DeviceKind,
     pub precision: Precision,
+    /// How its inference thread batches: what Triton's model configuration reports.
+    pub batching: Batching,
     jobs: mpsc::Sender<Job>,
     /// Requests expected to call this model that have not yet.
     expected: Arc<AtomicUsize>,
+}
+
+/// How a model's inference thread batches calls, fixed at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Rows in one forward pass at most (`--max-batch-size`); one call may carry up to
+    /// [`MAX_ROWS_PER_CALL`].
+    pub max_rows: usize,
+    /// How long a batch may wait for a call that was announced (`--max-batch-delay`).
+    pub max_delay: Duration,
+    /// Calls queued at most (`--max-queue`).
+    pub max_queue: usize,
+    /// Threads a forward pass runs on.
+    pub threads: usize,
 }
 
 /// A request's promise that it will call a model; kept until the inference thread takes its
@@ -289,7 +305,13 @@ impl Model {
             })
             .map_err(|e| BackendError::Torch(format!("cannot start the inference thread: {e}")))?;
         ready_rx.recv().map_err(|_| BackendError::Stopped)??;
-        Ok(Model { manifest, sha256, device: kind, precision: tuning.precision, jobs, expected })
+        let batching = Batching {
+            max_rows: tuning.max_batch.max(1),
+            max_delay: tuning.batch_delay_on(kind),
+            max_queue: tuning.max_queue.max(1),
+            threads: tuning.threads.max(1),
+        };
+        Ok(Model { manifest, sha256, device: kind, precision: tuning.precision, batching, jobs, expected })
     }
 
     pub fn name(&self) -> &str {

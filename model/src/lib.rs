@@ -16,7 +16,8 @@ mod progress;
 mod registry;
 
 pub use backend::{
-    BareInput, BareModel, BatchObserver, DeviceChoice, Expected, Input, Model, Output, Tuning,
+    BareInput, BareModel, BatchObserver, Batching, DeviceChoice, Expected, Input, MAX_ROWS_PER_CALL, Model,
+    Output, Tuning,
 };
 pub use device::DeviceKind;
 pub use error::{BackendError, ModelError};

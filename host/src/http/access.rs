@@ -102,46 +102,122 @@ pub async fn track(request: Request, next: Next) -> Response {
     response.headers_mut().insert(REQUEST_ID, id);
 
     let status = response.status().as_u16();
-    METRICS.http_requests.with_label_values(&[route.as_str(), method, &status.to_string()]).inc();
     METRICS.http_duration.with_label_values(&[route.as_str()]).observe(total.as_secs_f64());
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
+    // A gRPC call's outcome is its grpc-status: in the headers of an error answered at once,
+    // else in the trailers (OK for a unary call; a stream's messages are counted one by one).
+    let grpc_code = is_grpc(response.headers()).then(|| {
+        let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+        grpc_code_name(code.unwrap_or(0))
+    });
+    match grpc_code {
+        Some(grpc_code) => METRICS.grpc_requests.with_label_values(&[route.as_str(), grpc_code]).inc(),
+        None => METRICS.http_requests.with_label_values(&[route.as_str(), method, &status.to_string()]).inc(),
+    }
     let _entered = span.enter();
     match response.extensions().get::<AccessInfo>() {
-        Some(info) => {
-            let (guest, guest_version) = info.guest.clone().unzip();
-            let t = &info.timings;
-            let stages = [
-                ("queue", t.queue),
-                ("preprocess", t.preprocess),
-                ("inference", t.inference),
-                ("postprocess", t.postprocess),
-                ("total", total),
-            ];
-            METRICS.observe_stages(&info.model, guest.as_deref().unwrap_or(""), &stages);
-            tracing::info!(
-                target: "access",
-                method,
-                route,
-                path,
-                status,
-                code,
-                model = %info.model,
-                guest,
-                guest_version,
-                batch_size = info.batch_size,
-                queue_ms = ms(t.queue),
-                preprocess_ms = ms(t.preprocess),
-                inference_ms = ms(t.inference),
-                postprocess_ms = ms(t.postprocess),
-                total_ms = ms(total),
-                "{method} {path} {status}"
-            );
-        }
-        None => access_line(method, &route, &path, status, code, total),
+        Some(info) => inference_line(method, &route, &path, status, code, grpc_code, info, total),
+        None => access_line(method, &route, &path, status, code, grpc_code, total),
     }
     response
 }
 
-fn access_line(method: &str, route: &str, path: &str, status: u16, code: Option<&str>, total: Duration) {
-    tracing::info!(target: "access", method, route, path, status, code, total_ms = ms(total), "{method} {path} {status}");
+/// The access line of a request that ran an inference, and its stage metrics.
+#[allow(clippy::too_many_arguments)]
+fn inference_line(
+    method: &str,
+    route: &str,
+    path: &str,
+    status: u16,
+    code: Option<&str>,
+    grpc_code: Option<&str>,
+    info: &AccessInfo,
+    total: Duration,
+) {
+    let (guest, guest_version) = info.guest.clone().unzip();
+    let t = &info.timings;
+    let stages = [
+        ("queue", t.queue),
+        ("preprocess", t.preprocess),
+        ("inference", t.inference),
+        ("postprocess", t.postprocess),
+        ("total", total),
+    ];
+    METRICS.observe_stages(&info.model, guest.as_deref().unwrap_or(""), &stages);
+    tracing::info!(
+        target: "access",
+        method,
+        route,
+        path,
+        status,
+        code,
+        grpc_code,
+        model = %info.model,
+        guest,
+        guest_version,
+        batch_size = info.batch_size,
+        queue_ms = ms(t.queue),
+        preprocess_ms = ms(t.preprocess),
+        inference_ms = ms(t.inference),
+        postprocess_ms = ms(t.postprocess),
+        total_ms = ms(total),
+        "{method} {path} {status}"
+    );
+}
+
+/// One message of a gRPC stream, answered: its own access line (in a span with its request
+/// id, the message's `id` when usable), counted by its status code.
+pub fn stream_message(route: &str, id: &str, code: i32, info: Option<&AccessInfo>, total: Duration) {
+    let id = request_id(HeaderValue::from_str(id).ok().as_ref());
+    let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());
+    let _entered = span.enter();
+    let grpc_code = grpc_code_name(code);
+    METRICS.grpc_requests.with_label_values(&[route, grpc_code]).inc();
+    match info {
+        Some(info) => inference_line("POST", route, route, 200, None, Some(grpc_code), info, total),
+        None => access_line("POST", route, route, 200, None, Some(grpc_code), total),
+    }
+}
+
+/// Whether a request or response is a gRPC call, by its content type.
+pub fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A gRPC status code's name, as the specification writes it.
+pub fn grpc_code_name(code: i32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("UNKNOWN")
+}
+
+fn access_line(
+    method: &str,
+    route: &str,
+    path: &str,
+    status: u16,
+    code: Option<&str>,
+    grpc_code: Option<&str>,
+    total: Duration,
+) {
+    tracing::info!(target: "access", method, route, path, status, code, grpc_code, total_ms = ms(total), "{method} {path} {status}");
 }

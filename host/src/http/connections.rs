@@ -313,8 +313,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
-/// On a connection taken past `--max-connections`, serves the health routes only (`/health*`
-/// and `/v2/health/*`; anything else gets 503), and closes the connection after the answer.
+/// On a connection taken past `--max-connections`, serves the health routes only (`/health*`,
+/// `/v2/health/*` and gRPC's health service; anything else gets 503, or UNAVAILABLE over gRPC), and closes the connection after the answer.
 pub async fn health_only(request: Request<Body>, next: Next) -> Response {
     let Some(conn) = request.extensions().get::<ConnHandle>().map(|c| Arc::clone(&c.0)) else {
         return next.run(request).await;
@@ -324,14 +324,22 @@ pub async fn health_only(request: Request<Body>, next: Next) -> Response {
     }
     let http1 = request.version() <= Version::HTTP_11;
     let path = request.uri().path();
-    let mut response = if path.starts_with("/health") || path.starts_with("/v2/health") {
+    let grpc = super::access::is_grpc(request.headers());
+    let mut response = if path.starts_with("/health")
+        || path.starts_with("/v2/health")
+        || path.starts_with(super::grpc::HEALTH_PATH)
+    {
         next.run(request).await
     } else {
-        ApiError::overloaded(format!(
+        let refusal = ApiError::overloaded(format!(
             "{} connections are open, the limit (--max-connections); past it only /health is served",
             conn.connections.limits.max
-        ))
-        .into_response()
+        ));
+        if grpc {
+            super::grpc::to_status(&refusal).into_http::<Body>().into_response()
+        } else {
+            refusal.into_response()
+        }
     };
     if http1 {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

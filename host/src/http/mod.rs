@@ -13,6 +13,8 @@ mod admin;
 mod body;
 pub mod connections;
 mod error;
+mod grpc;
+mod inference;
 mod oip;
 mod oip_codec;
 mod openapi;
@@ -120,6 +122,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::serve))
         .merge(oip::routes())
+        .merge(grpc::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(connections::health_only))

@@ -3,7 +3,10 @@
 //! (`Inference-Header-Content-Length` bytes) is followed by raw tensors in input order.
 //!
 //! Pure and synchronous: bytes in, tensors out, and back. Tensor `data` is flattened while it is
-//! parsed (never held as a tree of JSON values), row-major as the protocol says.
+//! parsed (never held as a tree of JSON values), row-major as the protocol says. As Triton
+//! does, JSON tensors may hold the literals `NaN`, `Infinity` and `-Infinity`, responses write
+//! them, and a BYTES element in JSON is the string's own bytes, which need not be UTF-8 (an
+//! input whose `encoding` parameter is `base64` holds base64 text instead).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -64,7 +67,8 @@ struct OutputHeader {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Elements {
     Numbers(Vec<f64>),
-    Strings(Vec<String>),
+    /// JSON strings, as the bytes they hold (or gRPC's `bytes_contents`).
+    Strings(Vec<Vec<u8>>),
     Bools(Vec<bool>),
     /// Bytes from the binary extension, in the datatype's little-endian layout.
     Raw(Vec<u8>),
@@ -123,7 +127,7 @@ impl Input {
         }
         let count = self.count()?;
         let elements = match &self.elements {
-            Elements::Strings(s) => s.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            Elements::Strings(s) => s.clone(),
             Elements::Raw(raw) => split_bytes(&self.name, raw)?,
             _ => return bad(format!("input '{}' is BYTES but its data are not strings", self.name)),
         };
@@ -237,8 +241,7 @@ pub fn parse_request(body: &[u8], header_length: Option<&str>) -> Result<Request
         },
     };
     let (json, mut binary) = body.split_at(json_len);
-    let header: RequestHeader = serde_json::from_slice(json)
-        .map_err(|e| WireError(format!("the inference request is not valid: {e}")))?;
+    let header = parse_header(json)?;
     if header.inputs.is_empty() {
         return bad("the inference request has no inputs");
     }
@@ -257,7 +260,7 @@ pub fn parse_request(body: &[u8], header_length: Option<&str>) -> Result<Request
                 binary = rest;
                 Elements::Raw(mine.to_vec())
             }
-            (None, Some(data)) => data.into_elements(),
+            (None, Some(data)) => decode(&input.name, &input.parameters, data.into_elements())?,
             (Some(_), Some(_)) => {
                 return bad(format!("input '{}' has both data and binary_data_size", input.name));
             }
@@ -299,6 +302,114 @@ pub fn parse_request(body: &[u8], header_length: Option<&str>) -> Result<Request
     Ok(Request { id: header.id, parameters: header.parameters, inputs, outputs, binary_output })
 }
 
+/// Parses the JSON part of a request. Triton's non-standard literals `NaN`, `Infinity` and
+/// `-Infinity` are first rewritten as marked strings that [`Flatten`] reads back as numbers
+/// (only when the text has one, outside its strings); a body that is not UTF-8 (a BYTES
+/// element's raw bytes) has its tensor strings read as bytes.
+fn parse_header(json: &[u8]) -> Result<RequestHeader, WireError> {
+    let rewritten = rewrite_non_finite(json);
+    let json = rewritten.as_deref().unwrap_or(json);
+    let mode = Mode { non_finite: rewritten.is_some(), raw_bytes: std::str::from_utf8(json).is_err() };
+    MODE.set(mode);
+    let parsed = serde_json::from_slice(json);
+    MODE.set(Mode::default());
+    parsed.map_err(|e| {
+        let hint = if mode.raw_bytes {
+            " (the body is not UTF-8: only BYTES tensors' strings may hold raw bytes)"
+        } else {
+            ""
+        };
+        WireError(format!("the inference request is not valid: {e}{hint}"))
+    })
+}
+
+/// How tensor data is read by [`Flatten`] during one [`parse_header`] (a thread-local, as serde's
+/// `Deserialize` takes no context).
+#[derive(Debug, Default, Clone, Copy)]
+struct Mode {
+    /// Strings starting with [`NON_FINITE`] are numbers.
+    non_finite: bool,
+    /// Strings are read as raw bytes (the JSON is not UTF-8).
+    raw_bytes: bool,
+}
+
+thread_local! {
+    static MODE: std::cell::Cell<Mode> = const { std::cell::Cell::new(Mode { non_finite: false, raw_bytes: false }) };
+}
+
+/// The mark a rewritten non-finite literal carries: control characters no tensor string holds.
+const NON_FINITE: &str = "\u{1}\u{2}non-finite:";
+
+/// `json` with every bare `NaN`, `Infinity` and `-Infinity` (outside strings) replaced by a
+/// string carrying [`NON_FINITE`]; `None` when it has none. Outside strings, JSON has no
+/// capital letters, so a scan for `N` and `I` finds them.
+fn rewrite_non_finite(json: &[u8]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    let (mut in_string, mut escaped, mut copied) = (false, false, 0);
+    let mut i = 0;
+    while i < json.len() {
+        let b = json[i];
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        let literal = [&b"-Infinity"[..], b"Infinity", b"NaN"].into_iter().find(|l| json[i..].starts_with(l));
+        match (b, literal) {
+            (b'"', _) => in_string = true,
+            (_, Some(literal)) => {
+                let out = out.get_or_insert_with(|| Vec::with_capacity(json.len() + 64));
+                out.extend_from_slice(&json[copied..i]);
+                out.extend_from_slice(b"\"\\u0001\\u0002non-finite:");
+                out.extend_from_slice(literal);
+                out.push(b'"');
+                i += literal.len();
+                copied = i;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut out = out?;
+    out.extend_from_slice(&json[copied..]);
+    Some(out)
+}
+
+/// An input's JSON elements as their `encoding` parameter says: strings are the bytes they
+/// hold, or with `"encoding": "base64"`, base64 text.
+fn decode(name: &str, parameters: &Parameters, elements: Elements) -> Result<Elements, WireError> {
+    match parameters.get("encoding") {
+        None => Ok(elements),
+        Some(Parameter::Text(t)) if t == "base64" => {
+            use base64::Engine as _;
+            let Elements::Strings(strings) = elements else {
+                return bad(format!(
+                    "input '{name}' has \"encoding\": \"base64\" but its data are not strings"
+                ));
+            };
+            let decoded = strings
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s)
+                        .map_err(|e| WireError(format!("input '{name}' element {i} is not base64 ({e})")))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Elements::Strings(decoded))
+        }
+        Some(other) => bad(format!(
+            "input '{name}': parameter 'encoding' may only be \"base64\" (strings are otherwise their own bytes), got {other:?}"
+        )),
+    }
+}
+
 /// An output tensor's elements.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputData {
@@ -312,48 +423,6 @@ pub struct Output {
     pub name: String,
     pub shape: Vec<u64>,
     pub data: OutputData,
-}
-
-#[derive(Serialize)]
-struct ResponseHeader<'a> {
-    model_name: &'a str,
-    model_version: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    outputs: Vec<OutputHeaderOut<'a>>,
-}
-
-#[derive(Serialize)]
-struct OutputHeaderOut<'a> {
-    name: &'a str,
-    datatype: &'static str,
-    shape: &'a [u64],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<BinarySize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a OutputData>,
-}
-
-/// JSON data: FP32 as the shortest decimal that reads back as the same f32, BYTES as strings.
-impl Serialize for OutputData {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        match self {
-            OutputData::Fp32(v) => v.serialize(serializer),
-            OutputData::Bytes(v) => {
-                let mut seq = serializer.serialize_seq(Some(v.len()))?;
-                for element in v {
-                    seq.serialize_element(&String::from_utf8_lossy(element))?;
-                }
-                seq.end()
-            }
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct BinarySize {
-    binary_data_size: usize,
 }
 
 /// An encoded response body.
@@ -381,36 +450,79 @@ pub fn select(outputs: Vec<Output>, request: &Request) -> Result<Vec<(Output, bo
 }
 
 /// Encodes the response: JSON alone, or the JSON header and the binary outputs after it.
+/// FP32 is written as the shortest decimal that reads back as the same f32, and a non-finite
+/// value as Triton writes it (`NaN`, `Infinity`, `-Infinity`); BYTES as strings.
 pub fn encode_response(model: &str, version: &str, id: Option<&str>, outputs: &[(Output, bool)]) -> Encoded {
+    let string = |out: &mut Vec<u8>, s: &str| serde_json::to_writer(out, s).expect("a string serializes");
+    let mut body = Vec::with_capacity(256);
     let mut binary = Vec::new();
-    let headers = outputs
-        .iter()
-        .map(|(o, as_binary)| {
-            let datatype = match o.data {
-                OutputData::Fp32(_) => "FP32",
-                OutputData::Bytes(_) => "BYTES",
-            };
-            let (parameters, data) = if *as_binary {
-                let start = binary.len();
-                match &o.data {
-                    OutputData::Fp32(v) => binary.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-                    OutputData::Bytes(v) => {
-                        for element in v {
-                            binary.extend((element.len() as u32).to_le_bytes());
-                            binary.extend(element);
+    body.extend_from_slice(b"{\"model_name\":");
+    string(&mut body, model);
+    body.extend_from_slice(b",\"model_version\":");
+    string(&mut body, version);
+    if let Some(id) = id {
+        body.extend_from_slice(b",\"id\":");
+        string(&mut body, id);
+    }
+    body.extend_from_slice(b",\"outputs\":[");
+    for (n, (o, as_binary)) in outputs.iter().enumerate() {
+        if n > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"name\":");
+        string(&mut body, &o.name);
+        let datatype = match o.data {
+            OutputData::Fp32(_) => "FP32",
+            OutputData::Bytes(_) => "BYTES",
+        };
+        body.extend_from_slice(format!(",\"datatype\":\"{datatype}\",\"shape\":").as_bytes());
+        serde_json::to_writer(&mut body, &o.shape).expect("a shape serializes");
+        if *as_binary {
+            let start = binary.len();
+            match &o.data {
+                OutputData::Fp32(v) => binary.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+                OutputData::Bytes(v) => {
+                    for element in v {
+                        binary.extend((element.len() as u32).to_le_bytes());
+                        binary.extend(element);
+                    }
+                }
+            }
+            let size = binary.len() - start;
+            body.extend_from_slice(format!(",\"parameters\":{{\"binary_data_size\":{size}}}").as_bytes());
+        } else {
+            body.extend_from_slice(b",\"data\":[");
+            match &o.data {
+                OutputData::Fp32(v) => {
+                    for (i, x) in v.iter().enumerate() {
+                        if i > 0 {
+                            body.push(b',');
+                        }
+                        match *x {
+                            x if x.is_finite() => {
+                                serde_json::to_writer(&mut body, &x).expect("a float serializes")
+                            }
+                            x if x.is_nan() => body.extend_from_slice(b"NaN"),
+                            x if x > 0.0 => body.extend_from_slice(b"Infinity"),
+                            _ => body.extend_from_slice(b"-Infinity"),
                         }
                     }
                 }
-                (Some(BinarySize { binary_data_size: binary.len() - start }), None)
-            } else {
-                (None, Some(&o.data))
-            };
-            OutputHeaderOut { name: &o.name, datatype, shape: &o.shape, parameters, data }
-        })
-        .collect();
-    let header = ResponseHeader { model_name: model, model_version: version, id, outputs: headers };
-    let mut body = serde_json::to_vec(&header).expect("the response header serializes");
-    if binary.is_empty() && outputs.iter().all(|(_, b)| !b) {
+                OutputData::Bytes(v) => {
+                    for (i, element) in v.iter().enumerate() {
+                        if i > 0 {
+                            body.push(b',');
+                        }
+                        string(&mut body, &String::from_utf8_lossy(element));
+                    }
+                }
+            }
+            body.push(b']');
+        }
+        body.push(b'}');
+    }
+    body.extend_from_slice(b"]}");
+    if outputs.iter().all(|(_, b)| !b) {
         return Encoded { body, header_length: None };
     }
     let header_length = body.len();
@@ -422,7 +534,7 @@ pub fn encode_response(model: &str, version: &str, id: Option<&str>, outputs: &[
 #[derive(Debug, Default)]
 struct FlatData {
     numbers: Vec<f64>,
-    strings: Vec<String>,
+    strings: Vec<Vec<u8>>,
     bools: Vec<bool>,
 }
 
@@ -463,7 +575,11 @@ impl<'de> DeserializeSeed<'de> for Flatten<'_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
+        if MODE.get().raw_bytes {
+            deserializer.deserialize_bytes(self)
+        } else {
+            deserializer.deserialize_any(self)
+        }
     }
 }
 
@@ -500,12 +616,17 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.0.strings.push(v.to_string());
-        Ok(())
+        self.visit_bytes(v.as_bytes())
     }
 
-    fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
-        self.0.strings.push(v);
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<(), E> {
+        let literal = v.strip_prefix(NON_FINITE.as_bytes()).filter(|_| MODE.get().non_finite);
+        match literal {
+            Some(b"NaN") => self.0.numbers.push(f64::NAN),
+            Some(b"Infinity") => self.0.numbers.push(f64::INFINITY),
+            Some(b"-Infinity") => self.0.numbers.push(f64::NEG_INFINITY),
+            _ => self.0.strings.push(v.to_vec()),
+        }
         Ok(())
     }
 }
@@ -532,6 +653,44 @@ mod tests {
         assert!(
             parse_request(huge, None).unwrap().inputs[0].fp32_bytes().unwrap_err().0.contains("too large")
         );
+    }
+
+    #[test]
+    fn non_finite_literals_are_numbers_outside_strings_and_text_inside_them() {
+        let body = br#"{"id":"NaN","inputs":[{"name":"x","shape":[4],"datatype":"FP32","data":[NaN,Infinity,-Infinity,1]},{"name":"s","shape":[2],"datatype":"BYTES","data":["NaN","a \"Infinity\\"]}]}"#;
+        let request = parse_request(body, None).unwrap();
+        assert_eq!(request.id.as_deref(), Some("NaN"));
+        let Elements::Numbers(n) = &request.input("x").unwrap().elements else { panic!() };
+        assert!(n[0].is_nan() && n[1] == f64::INFINITY && n[2] == f64::NEG_INFINITY && n[3] == 1.0, "{n:?}");
+        let strings = request.input("s").unwrap().bytes_elements().unwrap();
+        assert_eq!(strings, [b"NaN".to_vec(), br#"a "Infinity\"#.to_vec()]);
+        // A misspelt literal is still an error.
+        let nan = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[Nan]}]}"#;
+        assert!(parse_request(nan, None).unwrap_err().0.contains("not valid"));
+    }
+
+    #[test]
+    fn json_bytes_elements_are_the_strings_own_bytes_or_base64_when_asked() {
+        let mut body = br#"{"inputs":[{"name":"m","shape":[2],"datatype":"BYTES","data":[""#.to_vec();
+        body.extend([0x47, 0x49, 0x46, 0xff, 0x00, 0x80]);
+        body.extend(br#"","\u00e9"]}]}"#);
+        let request = parse_request(&body, None).unwrap();
+        let elements = request.input("m").unwrap().bytes_elements().unwrap();
+        assert_eq!(elements, [vec![0x47, 0x49, 0x46, 0xff, 0x00, 0x80], "é".as_bytes().to_vec()]);
+
+        let encoded = br#"{"inputs":[{"name":"m","shape":[1],"datatype":"BYTES","parameters":{"encoding":"base64"},"data":["R0lGODlh"]}]}"#;
+        assert_eq!(
+            parse_request(encoded, None).unwrap().inputs[0].bytes_elements().unwrap(),
+            [b"GIF89a".to_vec()]
+        );
+        let not_base64 = br#"{"inputs":[{"name":"m","shape":[1],"datatype":"BYTES","parameters":{"encoding":"base64"},"data":["R0lG!"]}]}"#;
+        assert!(parse_request(not_base64, None).unwrap_err().0.contains("element 0 is not base64"));
+        let unknown = br#"{"inputs":[{"name":"m","shape":[1],"datatype":"BYTES","parameters":{"encoding":"hex"},"data":["00"]}]}"#;
+        assert!(parse_request(unknown, None).unwrap_err().0.contains("may only be"));
+        // Raw bytes are for strings: a non-UTF-8 body's numbers are refused with the reason.
+        let mut mixed = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]},{"name":"m","shape":[1],"datatype":"BYTES","data":[""#.to_vec();
+        mixed.extend([0xff, b'"', b']', b'}', b']', b'}']);
+        assert!(parse_request(&mixed, None).unwrap_err().0.contains("not UTF-8"));
     }
 
     #[test]
@@ -599,6 +758,14 @@ mod tests {
         assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 12);
         assert_eq!(header["outputs"][1]["data"], serde_json::json!([0.25, 0.75]));
         assert_eq!(&encoded.body[n..], b"\x08\x00\x00\x00pan_left");
+
+        let non_finite = Output {
+            name: "t".into(),
+            shape: vec![4],
+            data: OutputData::Fp32(vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.1]),
+        };
+        let text = String::from_utf8(encode_response("m", "1", None, &[(non_finite, false)]).body).unwrap();
+        assert!(text.contains(r#""data":[NaN,Infinity,-Infinity,0.1]"#), "{text}");
 
         let json_only = encode_response("m", "1", None, &[(outputs[1].0.clone(), false)]);
         assert!(json_only.header_length.is_none());

@@ -11,7 +11,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::{AppState, VERSION, oip};
+use super::{AppState, VERSION, inference};
 
 const DOCUMENT: &str = include_str!("openapi.json");
 
@@ -65,7 +65,7 @@ pub async fn serve(State(app): State<Arc<AppState>>) -> Response {
                 None => {
                     let mut models: Vec<String> =
                         served_models.iter().map(|m| m.name().to_string()).collect();
-                    models.push(oip::PIPELINE.to_string());
+                    models.push(inference::PIPELINE.to_string());
                     let labels = default.map(|g| g.info.labels.as_slice());
                     let body = document(Some(models), labels).to_string();
                     *served = Some((digest, body.clone()));

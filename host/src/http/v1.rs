@@ -300,6 +300,9 @@ pub(super) async fn run_guest(
     });
     let code = result.as_ref().map_or_else(|e| e.code, |_| "ok");
     crate::metrics::METRICS.version_answered(&guest.name, &guest.digest, code, started.elapsed());
+    if result.is_err() {
+        crate::metrics::METRICS.inference_failed(guest.model.name(), &guest.name, started.elapsed());
+    }
     result
 }
 

@@ -23,6 +23,7 @@ pub enum Source {
     Server,
     Header,
     Parameter,
+    GrpcTimeout,
 }
 
 impl Source {
@@ -31,6 +32,7 @@ impl Source {
             Source::Server => "--request-timeout",
             Source::Header => "X-Request-Timeout",
             Source::Parameter => "the request's 'timeout' parameter",
+            Source::GrpcTimeout => "grpc-timeout",
         }
     }
 }
@@ -162,11 +164,11 @@ impl Work {
     /// Runs the rest of a request within `deadline`: past it, the work is given up on (rows
     /// still queued never run), counted by the stage it reached, and answered 504 (in the
     /// error shape `E` of the route's protocol).
-    pub async fn within<E: From<ApiError>>(
+    pub async fn within<T, E: From<ApiError>>(
         &self,
         deadline: &Deadline,
-        handler: impl Future<Output = Result<axum::response::Response, E>>,
-    ) -> Result<axum::response::Response, E> {
+        handler: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
         match tokio::time::timeout_at(deadline.at, handler).await {
             Ok(answer) => answer,
             Err(_) => {
