@@ -1,13 +1,16 @@
-//! The Open Inference Protocol, spoken by Triton's own client (`tritonclient[http]`) to the real
-//! server over TLS, in JSON and with the binary tensor extension: health, metadata, the raw
-//! network and the guest pipeline, and errors. Its answers are checked against each other and
-//! against the server's own `/v1/classify`.
+//! The Open Inference Protocol, spoken by Triton's own clients to the real server: over REST
+//! (`tritonclient.http`, in JSON and with the binary tensor extension) and over gRPC
+//! (`tritonclient.grpc` and the stubs it ships: typed and raw contents, the stream, the health
+//! service), over TLS and over plain HTTP/2: health, metadata, the raw network and the guest
+//! pipeline, and errors. Their answers are checked against each other and against the server's
+//! own `/v1/classify`; Triton's `perf_analyzer` loads both models over both protocols.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use motion_guest_sdk::decode::{Limits, Media};
-use motion_host_tests::{ServerBuilder, json, repo_root, test_python};
+use motion_host_tests::{Server, ServerBuilder, json, repo_root, test_python};
 
 fn clip(name: &str) -> PathBuf {
     repo_root().join("tests/clips").join(name)
@@ -35,35 +38,76 @@ fn close(a: &[f32], b: &[f32], tolerance: f32) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tolerance)
 }
 
+/// The clips the clients send and the raw model's input made of them, in `dir`.
+struct Inputs {
+    clips: [PathBuf; 2],
+    input_path: PathBuf,
+    frames: Vec<PathBuf>,
+}
+
+impl Inputs {
+    fn new(dir: &Path) -> Inputs {
+        let clips = [clip("pan_left.gif"), clip("tilt_up.gif")];
+        let input: Vec<u8> = clips.iter().flat_map(|c| prepared(c)).flat_map(f32::to_le_bytes).collect();
+        let input_path = dir.join("input.f32");
+        std::fs::write(&input_path, input).unwrap();
+        let mut frames: Vec<PathBuf> =
+            std::fs::read_dir(clip("dolly_in")).unwrap().map(|e| e.unwrap().path()).collect();
+        frames.sort();
+        Inputs { clips, input_path, frames }
+    }
+
+    /// Runs a client script of `tests/python` against `server`; its JSON report.
+    fn run(&self, script: &str, server: &Server, ca: &OsStr) -> serde_json::Value {
+        let port = server.addresses()[0].port();
+        let output = Command::new(test_python())
+            .arg(repo_root().join("tests/python").join(script))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(ca)
+            .arg(&self.input_path)
+            .args(&self.clips)
+            .arg("--")
+            .args(&self.frames)
+            .output()
+            .unwrap_or_else(|e| panic!("run tests/python/{script}: {e}"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{script} failed:\n{stderr}\nserver log:\n{}", server.log());
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// The pipeline's answer for each clip is `/v1/classify`'s, and its scores the softmax of
+    /// the raw network's `logits` for the same clip.
+    fn check_pipeline(&self, server: &Server, logits: &serde_json::Value, answers: &[&serde_json::Value]) {
+        let labels = motion_host_tests::LABELS;
+        for (i, clip) in self.clips.iter().enumerate() {
+            let scores = floats(&answers[i]["scores"]);
+            assert!(close(&softmax(&floats(&logits[i])), &scores, 1e-3), "{clip:?}: {scores:?}");
+            let gif = std::fs::read(clip).unwrap();
+            let response = server
+                .client()
+                .post(server.url("/v1/classify"))
+                .header("Content-Type", "image/gif")
+                .body(gif)
+                .send()
+                .unwrap();
+            let (status, v1) = json(response);
+            assert_eq!(status, 200, "{v1}");
+            assert_eq!(answers[i]["label"], v1["label"], "{clip:?}");
+            let best = labels.iter().position(|l| *l == v1["label"]).unwrap();
+            assert!((scores[best] - v1["score"].as_f64().unwrap() as f32).abs() < 1e-6);
+        }
+    }
+}
+
 #[test]
 fn tritonclient_drives_both_models_over_tls_in_json_and_binary() {
     let builder = ServerBuilder::new().tls();
     let ca = builder.dir().join("server.crt");
     let server = builder.start();
-    let port = server.addresses()[0].port();
-
-    let clips = [clip("pan_left.gif"), clip("tilt_up.gif")];
-    let input: Vec<u8> = clips.iter().flat_map(|c| prepared(c)).flat_map(f32::to_le_bytes).collect();
     let scratch = tempfile::tempdir().unwrap();
-    let input_path = scratch.path().join("input.f32");
-    std::fs::write(&input_path, input).unwrap();
-    let mut frames: Vec<PathBuf> =
-        std::fs::read_dir(clip("dolly_in")).unwrap().map(|e| e.unwrap().path()).collect();
-    frames.sort();
-
-    let output = Command::new(test_python())
-        .arg(repo_root().join("tests/python/oip_client.py"))
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(&ca)
-        .arg(&input_path)
-        .args(&clips)
-        .arg("--")
-        .args(&frames)
-        .output()
-        .expect("run tests/python/oip_client.py");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "oip_client.py failed:\n{stderr}\nserver log:\n{}", server.log());
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let inputs = Inputs::new(scratch.path());
+    let clips = &inputs.clips;
+    let report = inputs.run("oip_client.py", &server, ca.as_os_str());
 
     let metadata = &report["server_metadata"];
     assert_eq!(metadata["name"], "motion-host");
@@ -87,37 +131,140 @@ fn tritonclient_drives_both_models_over_tls_in_json_and_binary() {
 
     // JSON tensors and the binary extension carry the same numbers.
     let raw = &report["raw"];
-    for (i, clip) in clips.iter().enumerate() {
+    for i in 0..clips.len() {
         let json_logits = floats(&raw["json"][i]);
         let binary_logits = floats(&raw["binary"][i]);
         assert!(close(&json_logits, &binary_logits, 1e-4), "{json_logits:?} vs {binary_logits:?}");
         assert!(close(&json_logits, &floats(&raw["versioned"][i]), 1e-4));
-
-        // The pipeline's scores are the softmax of the raw network's logits for the guest's
-        // input, and its label is /v1/classify's for the same file.
-        let pipelined = &report["pipeline"]["binary"][i];
-        let scores = floats(&pipelined["scores"]);
-        assert!(close(&softmax(&json_logits), &scores, 1e-3), "{clip:?}: {scores:?}");
-        assert!(close(&scores, &floats(&report["pipeline"]["json"][i]["scores"]), 1e-6));
-        assert_eq!(pipelined["label"], report["pipeline"]["json"][i]["label"]);
-        let gif = std::fs::read(clip).unwrap();
-        let response = server
-            .client()
-            .post(server.url("/v1/classify"))
-            .header("Content-Type", "image/gif")
-            .body(gif)
-            .send()
-            .unwrap();
-        let (status, v1) = json(response);
-        assert_eq!(status, 200, "{v1}");
-        assert_eq!(pipelined["label"], v1["label"], "{clip:?}");
-        let best = labels.iter().position(|l| *l == v1["label"]).unwrap();
-        assert!((scores[best] - v1["score"].as_f64().unwrap() as f32).abs() < 1e-6);
+        let (binary, in_json) = (&report["pipeline"]["binary"][i], &report["pipeline"]["json"][i]);
+        assert!(close(&floats(&binary["scores"]), &floats(&in_json["scores"]), 1e-6));
+        assert_eq!(binary["label"], in_json["label"]);
     }
+    let answers: Vec<&serde_json::Value> = report["pipeline"]["binary"].as_array().unwrap().iter().collect();
+    inputs.check_pipeline(&server, &raw["json"], &answers);
     assert_eq!(report["pipeline"]["frames"], "dolly_in", "the frames clip, sent as 8 PNG elements");
 
     let log = server.log();
     let access =
         log.lines().filter(|l| l.contains("\"target\":\"access\"") && l.contains("/v2/models/{model}/infer"));
     assert!(access.count() >= 10, "one access line per infer call:\n{log}");
+}
+
+#[test]
+fn tritonclient_grpc_drives_both_models_over_tls_with_the_same_answers() {
+    let builder = ServerBuilder::new().tls();
+    let ca = builder.dir().join("server.crt");
+    let server = builder.start();
+    let scratch = tempfile::tempdir().unwrap();
+    let inputs = Inputs::new(scratch.path());
+    let report = inputs.run("grpc_client.py", &server, ca.as_os_str());
+
+    let health = &report["health"];
+    assert_eq!(health[""], "SERVING");
+    assert_eq!(health["inference.GRPCInferenceService"], "SERVING");
+    assert_eq!(health["no.such.Service"], "NOT_FOUND");
+    assert_eq!(report["server_metadata"]["name"], "motion-host");
+    let raw_md = &report["model_metadata"]["motion-resnet18"];
+    assert_eq!(
+        raw_md["inputs"][0],
+        serde_json::json!({"name": "input", "datatype": "FP32", "shape": ["-1", "8", "112", "112"]})
+    );
+    assert_eq!(
+        report["model_metadata"]["motion-classifier"]["outputs"][1]["shape"],
+        serde_json::json!(["1", "16"])
+    );
+    // Triton's model configuration: dimensions without the batch, which the raw model takes.
+    let config = &report["model_config"]["motion-resnet18"];
+    assert_eq!(config["max_batch_size"], 64);
+    assert_eq!(config["input"][0]["dims"], serde_json::json!(["8", "112", "112"]));
+    assert_eq!(config["input"][0]["data_type"], "TYPE_FP32");
+    assert!(config["dynamic_batching"]["max_queue_delay_microseconds"].is_string(), "{config}");
+    assert_eq!(report["model_config"]["motion-classifier"]["input"][0]["data_type"], "TYPE_STRING");
+    let index = report["repository_index"]["models"].as_array().unwrap();
+    assert_eq!(index.len(), 2, "{index:?}");
+    assert!(index.iter().all(|m| m["state"] == "READY"));
+
+    // Typed contents and raw_input_contents carry the same numbers, and match REST's.
+    let raw = &report["raw"];
+    let rest = rest_logits(&server, &inputs);
+    for i in 0..inputs.clips.len() {
+        let (typed, raw_contents) = (floats(&raw["typed_contents"][i]), floats(&raw["raw_contents"][i]));
+        assert!(close(&typed, &raw_contents, 1e-4), "{typed:?} vs {raw_contents:?}");
+        assert!(close(&typed, &rest[i], 1e-4), "{typed:?} vs REST {:?}", rest[i]);
+    }
+    let answers: Vec<&serde_json::Value> = report["pipeline"]["clips"].as_array().unwrap().iter().collect();
+    inputs.check_pipeline(&server, &raw["raw_contents"], &answers);
+    assert_eq!(report["pipeline"]["frames"], "dolly_in", "the frames clip, sent as 8 PNG elements");
+
+    // The stream: each answer carries its request's id; a failed one its error, and the
+    // stream goes on.
+    let stream = &report["stream"];
+    let first = answers[0]["label"].clone();
+    for i in 0..4 {
+        assert_eq!(stream["ok"][format!("stream-{i}")], first, "{stream}");
+    }
+    let errors = stream["errors"].as_array().unwrap();
+    assert!(errors.len() == 1 && errors[0].as_str().unwrap().contains("no-such-model"), "{stream}");
+
+    // Counted and logged as gRPC calls, by RPC and status code, with the request ids sent.
+    let route = "/inference.GRPCInferenceService/ModelInfer";
+    let sample =
+        |code: &str| format!("motion_host_grpc_requests_total{{grpc_code=\"{code}\",route=\"{route}\"}}");
+    assert!(server.metric(&sample("OK")) >= 5.0, "{}", server.get("/metrics").text().unwrap());
+    assert!(server.metric(&sample("INVALID_ARGUMENT")) >= 4.0);
+    let stream_route = "/inference.GRPCInferenceService/ModelStreamInfer";
+    assert_eq!(
+        server
+            .metric(&format!("motion_host_grpc_requests_total{{grpc_code=\"OK\",route=\"{stream_route}\"}}")),
+        4.0
+    );
+    // The call whose deadline passed was stopped, by the server or by the client's reset.
+    let stopped: f64 = ["body", "guest", "queue", "inference"]
+        .iter()
+        .map(|stage| {
+            server.metric(&format!("motion_host_requests_deadline_exceeded_total{{stage=\"{stage}\"}}"))
+                + server.metric(&format!("motion_host_requests_cancelled_total{{stage=\"{stage}\"}}"))
+        })
+        .sum();
+    assert!(stopped >= 1.0, "the 5 ms call was neither stopped at its deadline nor cancelled");
+    let log = server.log();
+    let access = log.lines().filter(|l| {
+        l.contains("\"target\":\"access\"") && l.contains(route) && l.contains("\"grpc_code\":\"OK\"")
+    });
+    assert!(access.count() >= 5, "one access line per call:\n{log}");
+    assert!(log.contains("\"request_id\":\"grpc-pipeline\""), "the client's request id in the span:\n{log}");
+    assert!(log.contains("\"request_id\":\"stream-3\""), "a stream message's id in its span:\n{log}");
+    let stats = &report["statistics"]["model_stats"][0];
+    assert!(
+        stats["inference_stats"]["success"]["count"].as_str().unwrap().parse::<u64>().unwrap() >= 7,
+        "{stats}"
+    );
+}
+
+/// The raw network's logits for the inputs' clips, from `/v2` in JSON.
+fn rest_logits(server: &Server, inputs: &Inputs) -> Vec<Vec<f32>> {
+    let data: Vec<f32> = inputs.clips.iter().flat_map(|c| prepared(c)).collect();
+    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [2, 8, 112, 112], "datatype": "FP32", "data": data}]});
+    let response = server
+        .client()
+        .post(server.url("/v2/models/motion-resnet18/versions/1/infer"))
+        .json(&body)
+        .send()
+        .unwrap();
+    let (status, answer) = json(response);
+    assert_eq!(status, 200, "{answer}");
+    floats(&answer["outputs"][0]["data"]).chunks(16).map(<[f32]>::to_vec).collect()
+}
+
+#[test]
+fn grpc_speaks_plain_http2_beside_http1_on_a_listener_without_tls() {
+    let server = ServerBuilder::new().start();
+    let scratch = tempfile::tempdir().unwrap();
+    let inputs = Inputs::new(scratch.path());
+    let report = inputs.run("grpc_client.py", &server, OsStr::new("-"));
+    assert_eq!(report["health"][""], "SERVING");
+    let answers: Vec<&serde_json::Value> = report["pipeline"]["clips"].as_array().unwrap().iter().collect();
+    inputs.check_pipeline(&server, &report["raw"]["raw_contents"], &answers);
+    // HTTP/1.1 on the same port, the same moment.
+    assert_eq!(server.get("/v2/health/ready").status(), 200);
 }

@@ -81,8 +81,13 @@ def main():
         check(scores.shape == (1, 16) and scores.dtype == np.float32, f"scores {scores.shape}")
         pipeline["binary"].append({"label": label.decode(), "scores": scores[0].tolist()})
 
+        # In JSON a BYTES element is the string's own bytes, which a GIF's are not UTF-8 text
+        # (tritonclient refuses to send them), so the clip goes as base64 and the input says so.
+        # tritonclient has no setter for an input's parameters.
         media = http.InferInput("media", [1], "BYTES")
         media.set_data_from_numpy(np.array([base64.b64encode(data)], dtype=np.object_), binary_data=False)
+        media._parameters["encoding"] = "base64"
+
         outputs = [http.InferRequestedOutput(n, binary_data=False) for n in ("label", "scores")]
         result = client.infer("motion-classifier", [media], outputs=outputs)
         label = result.as_numpy("label").reshape(-1)[0]
@@ -107,6 +112,7 @@ def main():
     errors["wrong_shape"] = expect_error(lambda: client.infer("motion-resnet18", [wrong]), 400, ["shape"])
     not_base64 = http.InferInput("media", [1], "BYTES")
     not_base64.set_data_from_numpy(np.array([b"GIF89a not base64!"], dtype=np.object_), binary_data=False)
+    not_base64._parameters["encoding"] = "base64"
     errors["not_base64"] = expect_error(lambda: client.infer("motion-classifier", [not_base64]), 400, ["base64"])
     garbage = http.InferInput("media", [1], "BYTES")
     garbage.set_data_from_numpy(np.array([b"GIF89a\x00\x00broken"], dtype=np.object_))

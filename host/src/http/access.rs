@@ -39,6 +39,10 @@ impl AccessInfo {
     }
 }
 
+/// Marks a gRPC stream's response: its messages are counted as calls of their own.
+#[derive(Debug, Clone, Copy)]
+pub struct Stream;
+
 /// The error code of a failed request (a response extension set by `ApiError`).
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
@@ -111,6 +115,8 @@ pub async fn track(request: Request, next: Next) -> Response {
         grpc_code_name(code.unwrap_or(0))
     });
     match grpc_code {
+        // A stream's messages are counted one by one ([`stream_message`]), not the stream.
+        Some(_) if response.extensions().get::<Stream>().is_some() => {}
         Some(grpc_code) => METRICS.grpc_requests.with_label_values(&[route.as_str(), grpc_code]).inc(),
         None => METRICS.http_requests.with_label_values(&[route.as_str(), method, &status.to_string()]).inc(),
     }

@@ -80,7 +80,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     router
         .route(&format!("/{SERVICE}/{STREAM}"), any(stream))
         // Any other method of the service: UNIMPLEMENTED, from the generated server.
-        .route(&format!("/{SERVICE}/{{*method}}"), any(stream))
+        .route(&format!("/{SERVICE}/{{*method}}"), any(other))
         .route(&format!("/{HEALTH}/{{method}}"), any(health))
 }
 
@@ -117,8 +117,15 @@ async fn unary(State(app): State<Arc<AppState>>, request: Request) -> Response {
     }
 }
 
-/// A streaming RPC (and any method not served, which the generated server refuses).
+/// A streaming RPC.
 async fn stream(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    let mut response = other(State(app), request).await;
+    response.extensions_mut().insert(super::access::Stream);
+    response
+}
+
+/// A method not served, which the generated server refuses.
+async fn other(State(app): State<Arc<AppState>>, request: Request) -> Response {
     match server(&app).call(request).await {
         Ok(response) => response.into_response(),
         Err(never) => match never {},
@@ -642,7 +649,9 @@ fn parameters(map: HashMap<String, proto::InferParameter>) -> Result<wire::Param
                 Some(P::Uint64Param(n)) => match i64::try_from(n) {
                     Ok(n) => Parameter::Int(n),
                     Err(_) => {
-                        return Err(ApiError::bad_request(format!("parameter '{key:.64}' is too large: {n}")));
+                        return Err(ApiError::bad_request(format!(
+                            "parameter '{key:.64}' is too large: {n}"
+                        )));
                     }
                 },
                 Some(P::DoubleParam(x)) => Parameter::Float(x),
