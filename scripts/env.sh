@@ -193,6 +193,55 @@ media_tools() {
     debian_packages "the video tests" ffmpeg ffmpeg
 }
 
+# Triton's load generator, perf_analyzer, which speaks the Open Inference Protocol over REST and
+# gRPC (the tests and the benchmark load motion-host with it). PyPI's perf-analyzer wheels need
+# glibc 2.38; tritonclient 2.51.0 (the last release before that) carries a binary that runs on
+# glibc 2.34 and later, with gRPC, protobuf and curl inside. It links two small libraries the
+# base system lacks: libcudart.so.12 (used only for CUDA shared memory; from NVIDIA's PyPI wheel)
+# and libb64.so.0d (Debian's package, unpacked without installing it). Each download is checked
+# against its sha256. Exports MOTION_HOST_PERF_ANALYZER, a wrapper that finds the libraries.
+PERF_ANALYZER_VERSION=2.51.0
+perf_analyzer_tool() {
+    local dir="$MOTION_HOST_CACHE/perf-analyzer-$PERF_ANALYZER_VERSION"
+    if [ ! -x "$dir/perf_analyzer" ]; then
+        step download "fetching perf_analyzer (tritonclient $PERF_ANALYZER_VERSION) into $dir"
+        needs_network "perf_analyzer"
+        local partial deb=libb64-0d_1.2-5+b1_amd64.deb
+        local wheel="tritonclient-$PERF_ANALYZER_VERSION-py3-none-manylinux1_x86_64.whl"
+        local cudart=nvidia_cuda_runtime_cu12-12.6.77-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl
+        rm -rf "$MOTION_HOST_CACHE"/perf-analyzer.partial.*
+        mkdir -p "$MOTION_HOST_CACHE"
+        partial="$(mktemp -d "$MOTION_HOST_CACHE/perf-analyzer.partial.XXXXXX")"
+        mkdir -p "$partial/dl" "$partial/bin" "$partial/lib"
+        python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+            --platform manylinux1_x86_64 -d "$partial/dl" "tritonclient==$PERF_ANALYZER_VERSION"
+        python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+            --platform manylinux_2_17_x86_64 -d "$partial/dl" nvidia-cuda-runtime-cu12==12.6.77
+        curl -fsSL -o "$partial/dl/$deb" "https://deb.debian.org/debian/pool/main/libb/libb64/${deb/+/%2b}"
+        (cd "$partial/dl" && sha256sum --quiet -c -) <<SUMS
+c485bb0123bdf310f90bc8b03d3489b28df2ffed55b30c7eee0b795b48113d52  $wheel
+ba3b56a4f896141e25e19ab287cd71e52a6a0f4b29d0d31609f60e3b4d5219b7  $cudart
+b0e1d6fde8bdccc18c3884144aede064dc82464dd4777275fa80e74c05583e82  $deb
+SUMS
+        python3 -m zipfile -e "$partial/dl/$wheel" "$partial/wheel"
+        python3 -m zipfile -e "$partial/dl/$cudart" "$partial/cudart"
+        dpkg-deb -x "$partial/dl/$deb" "$partial/deb"
+        cp "$partial/wheel/tritonclient-$PERF_ANALYZER_VERSION.data/data/bin/perf_analyzer" "$partial/bin/"
+        cp "$partial/cudart/nvidia/cuda_runtime/lib/libcudart.so.12" "$partial/deb/usr/lib/x86_64-linux-gnu/libb64.so.0d" "$partial/lib/"
+        chmod 755 "$partial/bin/perf_analyzer"
+        cat > "$partial/perf_analyzer" <<'WRAPPER'
+#!/bin/sh
+here="$(dirname "$(readlink -f "$0")")"
+LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/bin/perf_analyzer" "$@"
+WRAPPER
+        chmod 755 "$partial/perf_analyzer"
+        "$partial/perf_analyzer" --version | grep -q "Perf Analyzer Version $PERF_ANALYZER_VERSION"
+        rm -rf "$partial/dl" "$partial/wheel" "$partial/cudart" "$partial/deb" "$dir"
+        mv "$partial" "$dir"
+    fi
+    export MOTION_HOST_PERF_ANALYZER="$dir/perf_analyzer"
+}
+
 # The toolchains of the guest templates (host/templates), at the versions the templates pin, in
 # the cache: componentize-py and wasm-tools in a virtual environment (from the Python template's
 # requirements), jco and componentize-js under node_modules (from the JavaScript template's

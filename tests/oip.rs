@@ -9,8 +9,9 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use base64::Engine as _;
 use motion_guest_sdk::decode::{Limits, Media};
-use motion_host_tests::{Server, ServerBuilder, json, repo_root, test_python};
+use motion_host_tests::{Server, ServerBuilder, json, perf_analyzer, repo_root, test_python};
 
 fn clip(name: &str) -> PathBuf {
     repo_root().join("tests/clips").join(name)
@@ -267,4 +268,49 @@ fn grpc_speaks_plain_http2_beside_http1_on_a_listener_without_tls() {
     inputs.check_pipeline(&server, &report["raw"]["raw_contents"], &answers);
     // HTTP/1.1 on the same port, the same moment.
     assert_eq!(server.get("/v2/health/ready").status(), 200);
+}
+
+/// One perf_analyzer run; its output, which must say it finished without an error.
+fn run_perf_analyzer(server: &Server, protocol: &str, model: &str, data: &[&str]) -> String {
+    let port = server.addresses()[0].port();
+    let output = Command::new(perf_analyzer())
+        .args(["-m", model, "-i", protocol, "-u", &format!("127.0.0.1:{port}"), "--shared-memory", "none"])
+        .args(["--concurrency-range", "1:4:3", "--measurement-interval", "1500", "--max-trials", "4"])
+        .args(data)
+        .output()
+        .expect("run perf_analyzer");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "perf_analyzer -i {protocol} -m {model} failed:\n{text}\nserver log:\n{}",
+        server.log()
+    );
+    assert!(!text.contains("error"), "perf_analyzer -i {protocol} -m {model} reported an error:\n{text}");
+    text
+}
+
+#[test]
+fn perf_analyzer_loads_both_models_over_http_and_grpc() {
+    let server = ServerBuilder::new().start();
+    let scratch = tempfile::tempdir().unwrap();
+    // The pipeline's one BYTES element, as perf_analyzer takes it: the serialized tensor
+    // (length-prefixed), in base64.
+    let gif = std::fs::read(clip("pan_left.gif")).unwrap();
+    let serialized = [&(gif.len() as u32).to_le_bytes()[..], &gif].concat();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(serialized);
+    let data = scratch.path().join("media.json");
+    let media = serde_json::json!({"data": [{"media": {"b64": b64, "shape": [1]}}]});
+    std::fs::write(&data, media.to_string()).unwrap();
+    let data = data.to_str().unwrap();
+    for protocol in ["http", "grpc"] {
+        let raw = run_perf_analyzer(&server, protocol, "motion-resnet18", &["--shape", "input:8,112,112"]);
+        let pipeline = run_perf_analyzer(&server, protocol, "motion-classifier", &["--input-data", data]);
+        for text in [raw, pipeline] {
+            // Both concurrencies measured, and the server's own statistics read back.
+            assert!(text.contains("Concurrency: 4, throughput:"), "{text}");
+            let count = text.lines().find_map(|l| l.trim().strip_prefix("Successful request count: "));
+            assert!(count.and_then(|c| c.parse::<u64>().ok()).is_some_and(|c| c > 0), "{text}");
+        }
+    }
 }

@@ -90,6 +90,18 @@ pub fn test_python() -> PathBuf {
     }
 }
 
+/// Triton's `perf_analyzer`: scripts/test installs it in the cache and names its wrapper in
+/// `MOTION_HOST_PERF_ANALYZER`.
+pub fn perf_analyzer() -> PathBuf {
+    match std::env::var_os("MOTION_HOST_PERF_ANALYZER") {
+        Some(path) => PathBuf::from(path),
+        None => panic!(
+            "MOTION_HOST_PERF_ANALYZER is not set: run the suite with scripts/test, which installs \
+             perf_analyzer (perf_analyzer_tool in scripts/env.sh) and sets it"
+        ),
+    }
+}
+
 /// A port that was free a moment ago (for tests that must choose the port, like `PORT`).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")

@@ -413,7 +413,10 @@ async fn run_pipeline(
             data: OutputData::Fp32(scores),
         },
     ];
-    if segments.is_some() {
+    // Without a timeline asked for, the timeline's outputs are empty, and only sent when named
+    // (Triton's clients, perf_analyzer among them, ask for every output the metadata lists).
+    let named = |name: &str| request.outputs.as_ref().is_some_and(|o| o.iter().any(|r| r.name == name));
+    if segments.is_some() || named(SEGMENTS) || named(SEGMENT_LABELS) {
         let rows = &classified.segments;
         let time = |t: Option<f64>| t.map_or(f32::NAN, |t| t as f32);
         let table = rows
