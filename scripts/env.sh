@@ -235,7 +235,7 @@ here="$(dirname "$(readlink -f "$0")")"
 LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/bin/perf_analyzer" "$@"
 WRAPPER
         chmod 755 "$partial/perf_analyzer"
-        "$partial/perf_analyzer" --version | grep -q "Perf Analyzer Version $PERF_ANALYZER_VERSION"
+        "$partial/perf_analyzer" --version 2>&1 | grep -q "Perf Analyzer Version $PERF_ANALYZER_VERSION"
         rm -rf "$partial/dl" "$partial/wheel" "$partial/cudart" "$partial/deb" "$dir"
         mv "$partial" "$dir"
     fi
