@@ -60,7 +60,11 @@ impl Inputs {
 
     /// Runs a client script of `tests/python` against `server`; its JSON report.
     fn run(&self, script: &str, server: &Server, ca: &OsStr) -> serde_json::Value {
-        let port = server.addresses()[0].port();
+        self.run_on(script, server, server.addresses()[0].port(), ca)
+    }
+
+    /// Runs a client script against `server`'s listener on `port`.
+    fn run_on(&self, script: &str, server: &Server, port: u16, ca: &OsStr) -> serde_json::Value {
         let output = Command::new(test_python())
             .arg(repo_root().join("tests/python").join(script))
             .arg(format!("127.0.0.1:{port}"))
@@ -258,16 +262,23 @@ fn rest_logits(server: &Server, inputs: &Inputs) -> Vec<Vec<f32>> {
 }
 
 #[test]
-fn grpc_speaks_plain_http2_beside_http1_on_a_listener_without_tls() {
-    let server = ServerBuilder::new().start();
+fn grpc_speaks_plain_http2_beside_http1_and_on_its_own_listener() {
+    let grpc_port = motion_host_tests::free_port();
+    let server = ServerBuilder::new().arg(&format!("--grpc-bind=127.0.0.1:{grpc_port}")).start();
     let scratch = tempfile::tempdir().unwrap();
     let inputs = Inputs::new(scratch.path());
-    let report = inputs.run("grpc_client.py", &server, OsStr::new("-"));
-    assert_eq!(report["health"][""], "SERVING");
-    let answers: Vec<&serde_json::Value> = report["pipeline"]["clips"].as_array().unwrap().iter().collect();
-    inputs.check_pipeline(&server, &report["raw"]["raw_contents"], &answers);
-    // HTTP/1.1 on the same port, the same moment.
+    for port in [server.addresses()[0].port(), grpc_port] {
+        let report = inputs.run_on("grpc_client.py", &server, port, OsStr::new("-"));
+        assert_eq!(report["health"][""], "SERVING");
+        let answers: Vec<&serde_json::Value> =
+            report["pipeline"]["clips"].as_array().unwrap().iter().collect();
+        inputs.check_pipeline(&server, &report["raw"]["raw_contents"], &answers);
+    }
+    // HTTP/1.1 on the main listener, the same moment; the gRPC listener serves gRPC alone.
     assert_eq!(server.get("/v2/health/ready").status(), 200);
+    let elsewhere =
+        server.client().get(format!("http://127.0.0.1:{grpc_port}/v2/health/ready")).send().unwrap();
+    motion_host_tests::assert_error(elsewhere, 404, "not_found", &["--grpc-bind"]);
 }
 
 /// One perf_analyzer run; its output, which must say it finished without an error.

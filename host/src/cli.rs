@@ -161,6 +161,13 @@ pub struct ServeArgs {
     #[arg(long = "bind", value_name = "ADDR", env = "MOTION_HOST_BIND", value_delimiter = ',')]
     pub bind: Vec<String>,
 
+    /// Address of a listener that serves gRPC alone (the Open Inference Protocol's
+    /// `inference.GRPCInferenceService` and `grpc.health.v1.Health`), repeatable, with the same
+    /// TLS as --bind. gRPC is served on the --bind listeners too; this is for platforms that
+    /// route gRPC to a port of its own. Default: none.
+    #[arg(long = "grpc-bind", value_name = "ADDR", env = "MOTION_HOST_GRPC_BIND", value_delimiter = ',')]
+    pub grpc_bind: Vec<String>,
+
     /// TLS certificate chain (PEM). Needs --tls-key. Default: TLS_CERTFILE, then
     /// `tls.crt` in --tls-dir, else plain HTTP.
     #[arg(long, value_name = "FILE", env = "TLS_CERTFILE")]

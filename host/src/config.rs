@@ -25,6 +25,8 @@ use motion_runtime as runtime;
 pub struct ServeConfig {
     pub addrs: Vec<SocketAddr>,
     pub bind_source: Source,
+    /// The `--grpc-bind` listeners' addresses.
+    pub grpc_addrs: Vec<SocketAddr>,
     pub plan: TlsPlan,
     /// The loaded TLS pair, when there is one.
     pub tls_config: Option<RustlsConfig>,
@@ -47,6 +49,10 @@ impl ServeConfig {
     ) -> anyhow::Result<ServeConfig> {
         let bind_source = source_of(matches, "bind", "--bind", "MOTION_HOST_BIND");
         let (addrs, bind_source) = bind::resolve(&args.bind, bind_source, port_env)?;
+        let grpc_addrs = bind::parse_all("--grpc-bind", &args.grpc_bind)?;
+        if let Some(both) = grpc_addrs.iter().find(|a| addrs.contains(a)) {
+            bail!("--grpc-bind {both} is also a --bind address, which serves gRPC already");
+        }
         let cert =
             args.tls_cert.clone().map(|p| (p, source_of(matches, "tls_cert", "--tls-cert", "TLS_CERTFILE")));
         let key =
@@ -123,6 +129,7 @@ impl ServeConfig {
         Ok(ServeConfig {
             addrs,
             bind_source,
+            grpc_addrs,
             plan,
             tls_config,
             guest_specs,

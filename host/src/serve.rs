@@ -30,6 +30,7 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let ServeConfig {
         addrs,
         bind_source,
+        grpc_addrs,
         plan,
         tls_config,
         guest_specs,
@@ -42,6 +43,9 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
 
     let listeners = addrs.iter().map(|&a| bind::listen(a)).collect::<Result<Vec<_>, _>>()?;
     let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+    let grpc_listeners = grpc_addrs.iter().map(|&a| bind::listen(a)).collect::<Result<Vec<_>, _>>()?;
+    let grpc_bound: Vec<SocketAddr> =
+        grpc_listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
     let scheme = if tls_config.is_some() { "https" } else { "http" };
 
     let admin_exposed_in_plain_text = tls_config.is_none() && bound.iter().any(|a| !a.ip().is_loopback());
@@ -75,9 +79,14 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         },
     );
     let router = http::router(Arc::clone(&app));
+    let grpc_router = http::grpc_router(Arc::clone(&app));
     let handle = Handle::new();
     let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners {
+    let routed = listeners
+        .into_iter()
+        .map(|l| (l, &router))
+        .chain(grpc_listeners.into_iter().map(|l| (l, &grpc_router)));
+    for (listener, router) in routed {
         let service = router.clone().into_make_service_with_connect_info::<SocketAddr>();
         let handle = handle.clone();
         let header_timeout = args.header_timeout;
@@ -120,6 +129,10 @@ pub async fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         "listening on {} (bind from {bind_source}); {tls_line}",
         urls.join(", ")
     );
+    if !grpc_bound.is_empty() {
+        let urls: Vec<String> = grpc_bound.iter().map(|a| format!("{scheme}://{a}")).collect();
+        tracing::info!(addresses = ?urls, "gRPC alone also on {} (--grpc-bind)", urls.join(", "));
+    }
     if tls_config.is_none() {
         tracing::warn!(
             "serving plain HTTP: mount tls.crt and tls.key in {} or pass --tls-cert/--tls-key",

@@ -124,6 +124,17 @@ async fn stream(State(app): State<Arc<AppState>>, request: Request) -> Response 
     response
 }
 
+/// Anything but gRPC's services, on a `--grpc-bind` listener.
+pub async fn not_served(uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let message =
+        format!("'{:.64}' is not served here: this listener (--grpc-bind) serves gRPC alone", uri.path());
+    if super::access::is_grpc(&headers) {
+        Status::unimplemented(message).into_http::<Body>().into_response()
+    } else {
+        ApiError::not_found(message).into_response()
+    }
+}
+
 /// A method not served, which the generated server refuses.
 async fn other(State(app): State<Arc<AppState>>, request: Request) -> Response {
     match server(&app).call(request).await {

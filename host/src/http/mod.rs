@@ -131,6 +131,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The router of a `--grpc-bind` listener: the gRPC services alone, through the same layers.
+pub fn grpc_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .merge(grpc::routes())
+        .fallback(grpc::not_served)
+        .layer(axum::middleware::from_fn(connections::health_only))
+        .layer(axum::middleware::from_fn(access::track))
+        .with_state(state)
+}
+
 /// `GET /metrics`: the Prometheus exposition.
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let (mut models, mut guests) = (Vec::new(), Vec::new());

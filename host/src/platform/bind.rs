@@ -12,10 +12,10 @@ pub const DEFAULT_PORT: u16 = 8000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("--bind '{0}' is not ADDR:PORT (e.g. [::]:8000, 0.0.0.0:8000, localhost:8000)")]
-    Malformed(String),
-    #[error("--bind '{addr}' does not resolve: {source}")]
-    Unresolved { addr: String, source: std::io::Error },
+    #[error("{flag} '{spec}' is not ADDR:PORT (e.g. [::]:8000, 0.0.0.0:8000, localhost:8000)")]
+    Malformed { flag: &'static str, spec: String },
+    #[error("{flag} '{addr}' does not resolve: {source}")]
+    Unresolved { flag: &'static str, addr: String, source: std::io::Error },
     #[error("PORT='{0}' is not a port number (1-65535)")]
     BadPortEnv(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -30,15 +30,7 @@ pub fn resolve(
     port_env: Option<&str>,
 ) -> Result<(Vec<SocketAddr>, Source), BindError> {
     if !bind.is_empty() {
-        let mut addrs = Vec::new();
-        for spec in bind {
-            for addr in parse(spec)? {
-                if !addrs.contains(&addr) {
-                    addrs.push(addr);
-                }
-            }
-        }
-        return Ok((addrs, bind_source));
+        return Ok((parse_all("--bind", bind)?, bind_source));
     }
     if let Some(port) = port_env.filter(|p| !p.trim().is_empty()) {
         let port: u16 =
@@ -48,23 +40,37 @@ pub fn resolve(
     Ok((vec![SocketAddr::from(([0u16; 8], DEFAULT_PORT))], Source::Default))
 }
 
-/// Parses one `--bind` value: a socket address, or `HOST:PORT` resolved to every address of
-/// HOST.
-pub fn parse(spec: &str) -> Result<Vec<SocketAddr>, BindError> {
+/// Parses the addresses of `flag`'s values (`--bind`, `--grpc-bind`), without duplicates.
+pub fn parse_all(flag: &'static str, specs: &[String]) -> Result<Vec<SocketAddr>, BindError> {
+    let mut addrs = Vec::new();
+    for spec in specs {
+        for addr in parse_for(flag, spec)? {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+    }
+    Ok(addrs)
+}
+
+/// Parses one value: a socket address, or `HOST:PORT` resolved to every address of HOST.
+fn parse_for(flag: &'static str, spec: &str) -> Result<Vec<SocketAddr>, BindError> {
     let spec = spec.trim();
     if let Ok(addr) = spec.parse::<SocketAddr>() {
         return Ok(vec![addr]);
     }
-    let (host, port) = spec.rsplit_once(':').ok_or_else(|| BindError::Malformed(spec.into()))?;
+    let malformed = || BindError::Malformed { flag, spec: spec.into() };
+    let (host, port) = spec.rsplit_once(':').ok_or_else(malformed)?;
     if host.is_empty() || port.parse::<u16>().is_err() || host.contains(':') {
-        return Err(BindError::Malformed(spec.into()));
+        return Err(malformed());
     }
     let addrs: Vec<SocketAddr> = spec
         .to_socket_addrs()
-        .map_err(|source| BindError::Unresolved { addr: spec.into(), source })?
+        .map_err(|source| BindError::Unresolved { flag, addr: spec.into(), source })?
         .collect();
     if addrs.is_empty() {
-        return Err(BindError::Unresolved { addr: spec.into(), source: std::io::ErrorKind::NotFound.into() });
+        let source = std::io::ErrorKind::NotFound.into();
+        return Err(BindError::Unresolved { flag, addr: spec.into(), source });
     }
     Ok(addrs)
 }
@@ -118,15 +124,15 @@ mod tests {
 
     #[test]
     fn host_names_resolve() {
-        let addrs = parse("localhost:8080").unwrap();
+        let addrs = parse_for("--bind", "localhost:8080").unwrap();
         assert!(addrs.iter().all(|a| a.port() == 8080 && a.ip().is_loopback()), "{addrs:?}");
     }
 
     #[test]
     fn bad_values_are_named() {
         for bad in ["8000", ":::", "[::]", "localhost:port", "[::]:99999", ":80"] {
-            let err = parse(bad).unwrap_err().to_string();
-            assert!(err.contains(bad), "{bad}: {err}");
+            let err = parse_for("--grpc-bind", bad).unwrap_err().to_string();
+            assert!(err.contains(bad) && err.starts_with("--grpc-bind"), "{bad}: {err}");
         }
         let err = resolve(&[], Source::Default, Some("http")).unwrap_err().to_string();
         assert!(err.contains("PORT='http'"), "{err}");
