@@ -325,3 +325,83 @@ fn perf_analyzer_loads_both_models_over_http_and_grpc() {
         }
     }
 }
+
+#[test]
+fn rest_reads_and_writes_json_as_triton_does() {
+    let server = ServerBuilder::new().start();
+    let post = |path: &str, body: Vec<u8>| {
+        let response = server.client().post(server.url(path)).body(body).send().unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().unwrap())
+    };
+
+    // A BYTES element in JSON is the string's own bytes: a GIF, raw, escaped only where JSON
+    // must be (quote, backslash, control characters).
+    let gif = std::fs::read(clip("pan_left.gif")).unwrap();
+    let mut body = br#"{"inputs":[{"name":"media","shape":[1],"datatype":"BYTES","data":[""#.to_vec();
+    for &b in &gif {
+        match b {
+            b'"' | b'\\' => body.extend([b'\\', b]),
+            0..0x20 => body.extend(format!("\\u{b:04x}").bytes()),
+            _ => body.push(b),
+        }
+    }
+    body.extend(br#""]}],"outputs":[{"name":"label"}]}"#);
+    assert!(std::str::from_utf8(&body).is_err(), "the body must not be UTF-8 for this case");
+    let (status, text) = post("/v2/models/motion-classifier/infer", body);
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let v1 = json(
+        server
+            .client()
+            .post(server.url("/v1/classify"))
+            .header("Content-Type", "image/gif")
+            .body(gif)
+            .send()
+            .unwrap(),
+    )
+    .1;
+    assert_eq!(answer["outputs"][0]["data"][0], v1["label"], "{text}");
+
+    // NaN, Infinity and -Infinity in, at an integer version; NaN back out, as literals.
+    let n = 8 * 112 * 112;
+    let data: Vec<String> = ["NaN", "Infinity", "-Infinity"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(std::iter::repeat_n("0.5".to_string(), n - 3))
+        .collect();
+    let body = format!(
+        r#"{{"inputs":[{{"name":"input","shape":[1,8,112,112],"datatype":"FP32","data":[{}]}}]}}"#,
+        data.join(",")
+    );
+    let (status, text) = post("/v2/models/motion-resnet18/versions/1/infer", body.into_bytes());
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""data":[NaN,NaN,"#), "{text}");
+    assert!(text.contains(r#""model_version":"1.0.0""#), "{text}");
+    let (status, text) = post(
+        "/v2/models/motion-resnet18/versions/2/infer",
+        br#"{"inputs":[{"name":"input","shape":[0],"datatype":"FP32","data":[]}]}"#.to_vec(),
+    );
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("'2'") && text.contains("'1'"), "{text}");
+
+    // The statistics saw it; the repository lists both models.
+    let (status, stats) = json(server.get("/v2/models/motion-resnet18/versions/1/stats"));
+    assert_eq!(status, 200, "{stats}");
+    let stats = &stats["model_stats"][0];
+    assert_eq!((stats["name"].as_str(), stats["version"].as_str()), (Some("motion-resnet18"), Some("1")));
+    assert!(stats["inference_stats"]["success"]["count"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(stats["execution_count"].as_u64().unwrap() >= 1, "{stats}");
+    let (status, text) = post("/v2/repository/index", Vec::new());
+    assert_eq!(status, 200, "{text}");
+    let index: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = index.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["motion-resnet18", "motion-classifier"]);
+    let (status, config) = json(server.get("/v2/models/motion-classifier/config"));
+    assert_eq!(status, 200, "{config}");
+    assert_eq!(config["max_batch_size"], 0);
+    assert_eq!(
+        config["input"][0],
+        serde_json::json!({"name": "media", "data_type": "TYPE_STRING", "dims": [-1]})
+    );
+}
