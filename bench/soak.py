@@ -172,7 +172,8 @@ class Tally:
 
 def v2_body(clip):
     encoded = base64.b64encode(clip).decode()
-    return json.dumps({"inputs": [{"name": "media", "shape": [1], "datatype": "BYTES", "data": [encoded]}]})
+    media = {"name": "media", "shape": [1], "datatype": "BYTES", "parameters": {"encoding": "base64"}, "data": [encoded]}
+    return json.dumps({"inputs": [media]})
 
 
 def client(server, clip, expected, stop, tally, seed):
