@@ -391,6 +391,9 @@ impl GrpcInferenceService for Grpc {
         let mut incoming = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let grpc = Arc::new(Grpc { app: Arc::clone(&self.app) });
+        // A stream runs at most as many requests at once as the server does; past that its
+        // next message is not read until one finishes (HTTP/2 flow control holds the client).
+        let most = self.app.settings.max_in_flight;
         tokio::spawn(async move {
             // Dropped when the stream ends or its client goes away: the work still running
             // stops there (each request's `Work` counts its cancellation).
@@ -399,7 +402,7 @@ impl GrpcInferenceService for Grpc {
             while open || !running.is_empty() {
                 tokio::select! {
                     _ = tx.closed() => break,
-                    next = incoming.message(), if open => match next {
+                    next = incoming.message(), if open && running.len() < most => match next {
                         Ok(Some(message)) => {
                             let (grpc, tx, pin) = (Arc::clone(&grpc), tx.clone(), pin.clone());
                             running.spawn(async move {
