@@ -121,54 +121,60 @@ pub async fn track(request: Request, next: Next) -> Response {
         None => METRICS.http_requests.with_label_values(&[route.as_str(), method, &status.to_string()]).inc(),
     }
     let _entered = span.enter();
-    match response.extensions().get::<AccessInfo>() {
-        Some(info) => inference_line(method, &route, &path, status, code, grpc_code, info, total),
-        None => access_line(method, &route, &path, status, code, grpc_code, total),
-    }
+    let line = Line { method, route: &route, path: &path, status, code, grpc_code };
+    line.write(response.extensions().get::<AccessInfo>(), total);
     response
 }
 
-/// The access line of a request that ran an inference, and its stage metrics.
-#[allow(clippy::too_many_arguments)]
-fn inference_line(
-    method: &str,
-    route: &str,
-    path: &str,
+/// What every access line says of its request.
+struct Line<'a> {
+    method: &'a str,
+    route: &'a str,
+    path: &'a str,
     status: u16,
-    code: Option<&str>,
-    grpc_code: Option<&str>,
-    info: &AccessInfo,
-    total: Duration,
-) {
-    let (guest, guest_version) = info.guest.clone().unzip();
-    let t = &info.timings;
-    let stages = [
-        ("queue", t.queue),
-        ("preprocess", t.preprocess),
-        ("inference", t.inference),
-        ("postprocess", t.postprocess),
-        ("total", total),
-    ];
-    METRICS.observe_stages(&info.model, guest.as_deref().unwrap_or(""), &stages);
-    tracing::info!(
-        target: "access",
-        method,
-        route,
-        path,
-        status,
-        code,
-        grpc_code,
-        model = %info.model,
-        guest,
-        guest_version,
-        batch_size = info.batch_size,
-        queue_ms = ms(t.queue),
-        preprocess_ms = ms(t.preprocess),
-        inference_ms = ms(t.inference),
-        postprocess_ms = ms(t.postprocess),
-        total_ms = ms(total),
-        "{method} {path} {status}"
-    );
+    code: Option<&'a str>,
+    grpc_code: Option<&'a str>,
+}
+
+impl Line<'_> {
+    /// Writes the line, with the inference's model, guest, batch and stages when it ran one
+    /// (and records those stages' metrics).
+    fn write(&self, info: Option<&AccessInfo>, total: Duration) {
+        let Line { method, route, path, status, code, grpc_code } = *self;
+        let Some(info) = info else {
+            tracing::info!(target: "access", method, route, path, status, code, grpc_code, total_ms = ms(total), "{method} {path} {status}");
+            return;
+        };
+        let (guest, guest_version) = info.guest.clone().unzip();
+        let t = &info.timings;
+        let stages = [
+            ("queue", t.queue),
+            ("preprocess", t.preprocess),
+            ("inference", t.inference),
+            ("postprocess", t.postprocess),
+            ("total", total),
+        ];
+        METRICS.observe_stages(&info.model, guest.as_deref().unwrap_or(""), &stages);
+        tracing::info!(
+            target: "access",
+            method,
+            route,
+            path,
+            status,
+            code,
+            grpc_code,
+            model = %info.model,
+            guest,
+            guest_version,
+            batch_size = info.batch_size,
+            queue_ms = ms(t.queue),
+            preprocess_ms = ms(t.preprocess),
+            inference_ms = ms(t.inference),
+            postprocess_ms = ms(t.postprocess),
+            total_ms = ms(total),
+            "{method} {path} {status}"
+        );
+    }
 }
 
 /// One message of a gRPC stream, answered: its own access line (in a span with its request
@@ -179,10 +185,9 @@ pub fn stream_message(route: &str, id: &str, code: i32, info: Option<&AccessInfo
     let _entered = span.enter();
     let grpc_code = grpc_code_name(code);
     METRICS.grpc_requests.with_label_values(&[route, grpc_code]).inc();
-    match info {
-        Some(info) => inference_line("POST", route, route, 200, None, Some(grpc_code), info, total),
-        None => access_line("POST", route, route, 200, None, Some(grpc_code), total),
-    }
+    let line =
+        Line { method: "POST", route, path: route, status: 200, code: None, grpc_code: Some(grpc_code) };
+    line.write(info, total);
 }
 
 /// Whether a request or response is a gRPC call, by its content type.
@@ -214,16 +219,4 @@ pub fn grpc_code_name(code: i32) -> &'static str {
         "UNAUTHENTICATED",
     ];
     usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("UNKNOWN")
-}
-
-fn access_line(
-    method: &str,
-    route: &str,
-    path: &str,
-    status: u16,
-    code: Option<&str>,
-    grpc_code: Option<&str>,
-    total: Duration,
-) {
-    tracing::info!(target: "access", method, route, path, status, code, grpc_code, total_ms = ms(total), "{method} {path} {status}");
 }
