@@ -164,6 +164,7 @@ fn tritonclient_grpc_drives_both_models_over_tls_with_the_same_answers() {
     let inputs = Inputs::new(scratch.path());
     let report = inputs.run("grpc_client.py", &server, ca.as_os_str());
 
+    assert_eq!(report["errors"]["unknown_service"], "UNIMPLEMENTED");
     let health = &report["health"];
     assert_eq!(health[""], "SERVING");
     assert_eq!(health["inference.GRPCInferenceService"], "SERVING");

@@ -169,6 +169,13 @@ def main():
     errors["unimplemented"] = expect_error(
         lambda: client.get_system_shared_memory_status(), "UNIMPLEMENTED", []
     )
+    unknown = channel(url, ca).unary_unary("/no.such.Service/Method", request_serializer=lambda b: b,
+                                           response_deserializer=lambda b: b)
+    try:
+        unknown(b"", timeout=10)
+        fail("a call to an unknown service succeeded")
+    except grpc.RpcError as e:
+        errors["unknown_service"] = e.code().name
     report["errors"] = errors
     report["statistics"] = client.get_inference_statistics("motion-classifier", as_json=True)
 

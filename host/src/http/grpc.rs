@@ -101,7 +101,7 @@ fn server(app: &Arc<AppState>) -> GrpcInferenceServiceServer<Grpc> {
 async fn unary(State(app): State<Arc<AppState>>, request: Request) -> Response {
     let received = Instant::now();
     let (parts, body) = request.into_parts();
-    let deadline = match grpc_timeout(&parts.headers) {
+    let deadline = match grpc_timeout(parts.headers.get(GRPC_TIMEOUT).map(|v| v.as_bytes())) {
         Ok(own) => app.deadline(received).tightened(received, own, work::Source::GrpcTimeout),
         Err(status) => return status.into_http::<Body>().into_response(),
     };
@@ -129,10 +129,15 @@ pub async fn not_served(uri: axum::http::Uri, headers: HeaderMap) -> Response {
     let message =
         format!("'{:.64}' is not served here: this listener (--grpc-bind) serves gRPC alone", uri.path());
     if super::access::is_grpc(&headers) {
-        Status::unimplemented(message).into_http::<Body>().into_response()
+        unimplemented(message)
     } else {
         ApiError::not_found(message).into_response()
     }
+}
+
+/// A gRPC answer of UNIMPLEMENTED.
+pub fn unimplemented(message: String) -> Response {
+    Status::unimplemented(message).into_http::<Body>().into_response()
 }
 
 /// A method not served, which the generated server refuses.
@@ -182,10 +187,13 @@ async fn health(State(app): State<Arc<AppState>>, request: Request) -> Response 
     }
 }
 
-/// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
-fn grpc_timeout(headers: &HeaderMap) -> Result<Option<Duration>, Status> {
-    let Some(value) = headers.get("grpc-timeout") else { return Ok(None) };
-    let text = value.to_str().unwrap_or_default();
+/// The header a gRPC client's deadline travels in.
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// A `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(value: Option<&[u8]>) -> Result<Option<Duration>, Status> {
+    let Some(value) = value else { return Ok(None) };
+    let text = std::str::from_utf8(value).unwrap_or_default();
     let bad =
         || Status::invalid_argument(format!("grpc-timeout '{text:.16}' is not up to 8 digits and a unit"));
     let (digits, unit) = text.split_at(text.len().saturating_sub(1));
@@ -388,6 +396,10 @@ impl GrpcInferenceService for Grpc {
         request: tonic::Request<tonic::Streaming<proto::ModelInferRequest>>,
     ) -> Answer<Pin<Box<dyn Stream<Item = Result<proto::ModelStreamInferResponse, Status>> + Send>>> {
         let pin = pinned(request.metadata())?;
+        // The stream's deadline bounds the whole call, as gRPC's do; each request in it has its
+        // own from --request-timeout and its `timeout` parameter.
+        let timeout = grpc_timeout(request.metadata().get(GRPC_TIMEOUT).map(|v| v.as_bytes()))?;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut incoming = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let grpc = Arc::new(Grpc { app: Arc::clone(&self.app) });
@@ -399,9 +411,20 @@ impl GrpcInferenceService for Grpc {
             // stops there (each request's `Work` counts its cancellation).
             let mut running = tokio::task::JoinSet::new();
             let mut open = true;
+            let expired = async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(expired);
             while open || !running.is_empty() {
                 tokio::select! {
                     _ = tx.closed() => break,
+                    _ = &mut expired => {
+                        let _ = tx.send(Err(Status::deadline_exceeded("the stream's grpc-timeout passed"))).await;
+                        break;
+                    }
                     next = incoming.message(), if open && running.len() < most => match next {
                         Ok(Some(message)) => {
                             let (grpc, tx, pin) = (Arc::clone(&grpc), tx.clone(), pin.clone());
@@ -720,24 +743,20 @@ fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
     use proto::model_infer_request as infer_request;
 
     #[test]
     fn grpc_timeout_is_digits_and_a_unit() {
-        let mut headers = HeaderMap::new();
         for (text, expected) in [
             ("2S", Duration::from_secs(2)),
             ("1500m", Duration::from_millis(1500)),
             ("1H", Duration::from_secs(3600)),
             ("99999999n", Duration::from_nanos(99_999_999)),
         ] {
-            headers.insert("grpc-timeout", HeaderValue::from_static(text));
-            assert_eq!(grpc_timeout(&headers).unwrap(), Some(expected), "{text}");
+            assert_eq!(grpc_timeout(Some(text.as_bytes())).unwrap(), Some(expected), "{text}");
         }
         for text in ["S", "2", "123456789S", "2s", "-1S", "1.5S"] {
-            headers.insert("grpc-timeout", HeaderValue::from_static(text));
-            assert!(grpc_timeout(&headers).is_err(), "{text}");
+            assert!(grpc_timeout(Some(text.as_bytes())).is_err(), "{text}");
         }
     }
 

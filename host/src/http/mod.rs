@@ -179,7 +179,15 @@ fn is_v2(uri: &axum::http::Uri) -> bool {
     uri.path() == "/v2" || uri.path().starts_with("/v2/")
 }
 
-async fn not_found(uri: axum::http::Uri) -> Response {
+async fn not_found(uri: axum::http::Uri, headers: axum::http::HeaderMap) -> Response {
+    if access::is_grpc(&headers) {
+        let message = format!(
+            "no gRPC service at '{:.64}'; served: {}, grpc.health.v1.Health",
+            uri.path(),
+            grpc::SERVICE
+        );
+        return grpc::unimplemented(message);
+    }
     if is_v2(&uri) {
         let e = ApiError::not_found(
             "no such route; see GET /v2, /v2/health/ready, /v2/models/{model}, POST /v2/models/{model}/infer",
