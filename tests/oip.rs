@@ -185,7 +185,11 @@ fn tritonclient_grpc_drives_both_models_over_tls_with_the_same_answers() {
     assert_eq!(config["input"][0]["dims"], serde_json::json!(["8", "112", "112"]));
     assert_eq!(config["input"][0]["data_type"], "TYPE_FP32");
     assert!(config["dynamic_batching"]["max_queue_delay_microseconds"].is_string(), "{config}");
-    assert_eq!(report["model_config"]["motion-classifier"]["input"][0]["data_type"], "TYPE_STRING");
+    let pipeline = &report["model_config"]["motion-classifier"];
+    assert_eq!(pipeline["input"][0]["data_type"], "TYPE_STRING");
+    // The labels, which gRPC's metadata has no place for, are in the configuration.
+    let labels = pipeline["parameters"]["labels"]["string_value"].as_str().unwrap();
+    assert_eq!(labels.split(',').collect::<Vec<_>>(), motion_host_tests::LABELS);
     let index = report["repository_index"]["models"].as_array().unwrap();
     assert_eq!(index.len(), 2, "{index:?}");
     assert!(index.iter().all(|m| m["state"] == "READY"));

@@ -495,6 +495,11 @@ impl GrpcInferenceService for Grpc {
                     ..Default::default()
                 })
             }),
+            parameters: c
+                .parameters
+                .iter()
+                .map(|(k, v)| (k.to_string(), proto::ModelParameter { string_value: v.clone() }))
+                .collect(),
             ..Default::default()
         };
         Ok(tonic::Response::new(proto::ModelConfigResponse { config: Some(config) }))

@@ -185,6 +185,9 @@ pub struct Config {
     pub dynamic_batching: Option<(Vec<u32>, Duration)>,
     /// `KIND_CPU` or `KIND_GPU`, and one instance (the model's inference thread).
     pub instance_kind: &'static str,
+    /// The metadata's parameters (the labels, where the network runs), as the configuration's
+    /// string parameters: gRPC's metadata message has no place for them.
+    pub parameters: Vec<(&'static str, String)>,
 }
 
 pub fn configure(name: &str, target: &Target) -> Config {
@@ -206,6 +209,7 @@ pub fn configure(name: &str, target: &Target) -> Config {
                 outputs: d.outputs.iter().map(unbatched).collect(),
                 dynamic_batching: Some((vec![model.batching.max_rows as u32], model.batching.max_delay)),
                 instance_kind,
+                parameters: d.parameters,
             }
         }
         // One request is one clip: no batch dimension. Its forward pass is batched with the
@@ -219,6 +223,7 @@ pub fn configure(name: &str, target: &Target) -> Config {
             outputs: d.outputs,
             dynamic_batching: None,
             instance_kind,
+            parameters: d.parameters,
         },
     }
 }

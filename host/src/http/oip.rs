@@ -129,6 +129,9 @@ fn model_config(name: &str, target: &Target) -> serde_json::Value {
         "output": tensors(&c.outputs),
         "instance_group": [{"name": format!("{}_0", c.name), "kind": c.instance_kind, "count": 1}],
     });
+    let parameters: serde_json::Map<String, serde_json::Value> =
+        c.parameters.iter().map(|(k, v)| (k.to_string(), json!({ "string_value": v }))).collect();
+    config["parameters"] = parameters.into();
     if let Some((preferred, delay)) = &c.dynamic_batching {
         config["dynamic_batching"] = json!({
             "preferred_batch_size": preferred,
