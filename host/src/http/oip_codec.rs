@@ -359,7 +359,13 @@ fn rewrite_non_finite(json: &[u8]) -> Option<Vec<u8>> {
             i += 1;
             continue;
         }
-        let literal = [&b"-Infinity"[..], b"Infinity", b"NaN"].into_iter().find(|l| json[i..].starts_with(l));
+        // Only a capital or a minus can start one: most bytes are decided by one comparison.
+        let literal = match b {
+            b'N' | b'I' | b'-' => {
+                [&b"-Infinity"[..], b"Infinity", b"NaN"].into_iter().find(|l| json[i..].starts_with(l))
+            }
+            _ => None,
+        };
         match (b, literal) {
             (b'"', _) => in_string = true,
             (_, Some(literal)) => {
