@@ -1,12 +1,14 @@
-//! HTTP: the routes of each protocol and their JSON contracts, over the application
+//! HTTP: the routes of each protocol and their contracts, over the application
 //! [`Service`](crate::service::Service).
 //!
-//! Architecture invariant: only this module (and `serve`, which runs the servers) knows axum;
-//! handlers turn requests into calls on the service and its answers into the documented JSON.
-//! `mod.rs` holds what every route shares: the settings, admission to a `--max-in-flight`
-//! slot, the router and the fallbacks; `body.rs` reads bodies within their limits; `work.rs`
-//! holds an inference request's deadline and what happens when its client goes away; `v1.rs` is the `/health` and `/v1` API, `oip.rs` the Open Inference Protocol,
-//! `admin.rs` the admin API.
+//! Architecture invariant: only this module (and `serve`, which runs the servers) knows axum
+//! and tonic; handlers turn requests into calls on the service and its answers into the
+//! documented JSON or messages. `mod.rs` holds what every route shares: the settings,
+//! admission to a `--max-in-flight` slot, the routers and the fallbacks; `body.rs` reads
+//! bodies within their limits; `work.rs` holds an inference request's deadline and what
+//! happens when its client goes away; `v1.rs` is the `/health` and `/v1` API; `inference.rs`
+//! the Open Inference Protocol's models, which `oip.rs` serves over REST and `grpc.rs` over
+//! gRPC; `admin.rs` the admin API.
 
 mod access;
 mod admin;
