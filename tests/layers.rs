@@ -26,7 +26,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("motion-guest", &["motion-guest-sdk"]),
     ("motion-toolkit", &["motion-guest-sdk"]),
 ];
-const HTTP_STACK: &[&str] = &["axum", "axum-server", "hyper", "hyper-util", "tower", "tower-service", "h2"];
+const HTTP_STACK: &[&str] =
+    &["axum", "axum-server", "hyper", "hyper-util", "tower", "tower-service", "h2", "tonic", "prost"];
 
 fn metadata() -> serde_json::Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
