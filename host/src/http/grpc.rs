@@ -33,7 +33,7 @@ use tonic::{Code, Status};
 use tower_service::Service as _;
 
 use super::inference::{self, Target};
-use super::oip_codec::{self as wire, Elements, OutputData, Parameter};
+use super::oip_codec::{self as wire, Elements, Parameter};
 use super::work::{self, Deadline, Work};
 use super::{ApiError, AppState, VERSION};
 use crate::metrics::StageTotals;
@@ -716,20 +716,11 @@ fn encode(
     let mut tensors = Vec::with_capacity(outputs.len());
     let mut raw = Vec::with_capacity(outputs.len());
     for (o, _) in outputs {
-        let (datatype, bytes) = match &o.data {
-            OutputData::Fp32(v) => ("FP32", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            OutputData::Bytes(v) => {
-                let mut bytes = Vec::new();
-                for element in v {
-                    bytes.extend((element.len() as u32).to_le_bytes());
-                    bytes.extend(element);
-                }
-                ("BYTES", bytes)
-            }
-        };
+        let mut bytes = Vec::new();
+        o.data.write_raw(&mut bytes);
         tensors.push(infer_response::InferOutputTensor {
             name: o.name.clone(),
-            datatype: datatype.into(),
+            datatype: o.data.datatype().into(),
             shape: o.shape.iter().map(|&d| d as i64).collect(),
             ..Default::default()
         });

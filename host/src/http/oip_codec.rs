@@ -423,6 +423,31 @@ pub enum OutputData {
     Bytes(Vec<Vec<u8>>),
 }
 
+impl OutputData {
+    /// The protocol's name for the datatype.
+    pub fn datatype(&self) -> &'static str {
+        match self {
+            OutputData::Fp32(_) => "FP32",
+            OutputData::Bytes(_) => "BYTES",
+        }
+    }
+
+    /// Appends the elements as raw tensor bytes, as the binary extension and gRPC's
+    /// `raw_output_contents` carry them: FP32 little-endian, BYTES each a 4-byte
+    /// little-endian length and its bytes.
+    pub fn write_raw(&self, out: &mut Vec<u8>) {
+        match self {
+            OutputData::Fp32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            OutputData::Bytes(v) => {
+                for element in v {
+                    out.extend((element.len() as u32).to_le_bytes());
+                    out.extend(element);
+                }
+            }
+        }
+    }
+}
+
 /// One output tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
@@ -477,23 +502,12 @@ pub fn encode_response(model: &str, version: &str, id: Option<&str>, outputs: &[
         }
         body.extend_from_slice(b"{\"name\":");
         string(&mut body, &o.name);
-        let datatype = match o.data {
-            OutputData::Fp32(_) => "FP32",
-            OutputData::Bytes(_) => "BYTES",
-        };
+        let datatype = o.data.datatype();
         body.extend_from_slice(format!(",\"datatype\":\"{datatype}\",\"shape\":").as_bytes());
         serde_json::to_writer(&mut body, &o.shape).expect("a shape serializes");
         if *as_binary {
             let start = binary.len();
-            match &o.data {
-                OutputData::Fp32(v) => binary.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-                OutputData::Bytes(v) => {
-                    for element in v {
-                        binary.extend((element.len() as u32).to_le_bytes());
-                        binary.extend(element);
-                    }
-                }
-            }
+            o.data.write_raw(&mut binary);
             let size = binary.len() - start;
             body.extend_from_slice(format!(",\"parameters\":{{\"binary_data_size\":{size}}}").as_bytes());
         } else {
