@@ -546,17 +546,14 @@ impl GrpcInferenceService for Grpc {
         &self,
         _: tonic::Request<proto::RepositoryIndexRequest>,
     ) -> Answer<proto::RepositoryIndexResponse> {
-        let names = inference::served_names(&self.app.service).map_err(|e| to_status(&e))?;
-        let models = names
+        let index = inference::repository(&self.app.service).map_err(|e| to_status(&e))?;
+        let models = index
             .into_iter()
-            .map(|name| {
-                let version = self.resolve(&name, "").map(|t| t.version().to_string()).unwrap_or_default();
-                proto::repository_index_response::ModelIndex {
-                    name,
-                    version,
-                    state: "READY".into(),
-                    reason: String::new(),
-                }
+            .map(|(name, version)| proto::repository_index_response::ModelIndex {
+                name,
+                version,
+                state: "READY".into(),
+                reason: String::new(),
             })
             .collect();
         Ok(tonic::Response::new(proto::RepositoryIndexResponse { models }))

@@ -63,10 +63,9 @@ pub fn version_matches(served: &str, asked: &str) -> bool {
     if asked == served {
         return true;
     }
-    let major = served.split('.').next().unwrap_or(served);
     !asked.is_empty()
         && asked.bytes().all(|b| b.is_ascii_digit())
-        && asked.parse::<u64>().ok() == major.parse().ok()
+        && asked.parse::<u64>().ok() == major(served).parse().ok()
 }
 
 /// Finds `name` (at `version`, when given and not empty) among the served models.
@@ -86,11 +85,28 @@ pub fn resolve(service: &Service, name: &str, version: Option<&str>) -> Result<T
             Err(ApiError::not_found(format!(
                 "model '{name}' has no version '{v:.64}' (serving version '{}', also reachable as '{}')",
                 target.version(),
-                target.version().split('.').next().unwrap_or_default()
+                major(target.version())
             )))
         }
         _ => Ok(target),
     }
+}
+
+/// The repository index: every model served (the raw models, then the pipeline) with the
+/// version it serves (empty while it cannot be resolved, as the pipeline before its guest is
+/// loaded). Models load at start and guests through the admin API, so there is nothing else
+/// to list.
+pub fn repository(service: &Service) -> Result<Vec<(String, String)>, ApiError> {
+    let index = served_names(service)?.into_iter().map(|name| {
+        let version = resolve(service, &name, None).map(|t| t.version().to_string()).unwrap_or_default();
+        (name, version)
+    });
+    Ok(index.collect())
+}
+
+/// The major number of a version (`1` of `1.0.0`).
+fn major(version: &str) -> &str {
+    version.split('.').next().unwrap_or(version)
 }
 
 /// Every model name served: the raw models, then the pipeline.
@@ -258,7 +274,7 @@ pub fn statistics(name: &str, target: &Target) -> Statistics {
         name: name.into(),
         // Triton's tools match statistics to a model by an integer version (perf_analyzer
         // reads it with `stoll`), so they carry the major number.
-        version: target.version().split('.').next().unwrap_or_default().into(),
+        version: major(target.version()).into(),
         inference_count: success.count,
         execution_count: METRICS.batches(model),
         fail: METRICS.failures(model, guest),

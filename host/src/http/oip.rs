@@ -192,15 +192,11 @@ async fn stats_at(
     Ok(axum::Json(model_stats(&model, &target)).into_response())
 }
 
-/// `POST /v2/repository/index`: every model served, each `READY`. Models are loaded at start
-/// and guests through the admin API, so the repository has nothing else to list.
+/// `POST /v2/repository/index`: every model served, each `READY`.
 async fn repository_index(State(app): State<Arc<AppState>>) -> Result<Response, V2Error> {
-    let index: Vec<serde_json::Value> = inference::served_names(&app.service)?
+    let index: Vec<serde_json::Value> = inference::repository(&app.service)?
         .into_iter()
-        .map(|name| {
-            let version = inference::resolve(&app.service, &name, None).map(|t| t.version().to_string());
-            json!({"name": name, "version": version.unwrap_or_default(), "state": "READY"})
-        })
+        .map(|(name, version)| json!({"name": name, "version": version, "state": "READY"}))
         .collect();
     Ok(axum::Json(index).into_response())
 }
