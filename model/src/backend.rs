@@ -228,10 +228,6 @@ pub struct Batching {
     pub max_rows: usize,
     /// How long a batch may wait for a call that was announced (`--max-batch-delay`).
     pub max_delay: Duration,
-    /// Calls queued at most (`--max-queue`).
-    pub max_queue: usize,
-    /// Threads a forward pass runs on.
-    pub threads: usize,
 }
 
 /// A request's promise that it will call a model; kept until the inference thread takes its
@@ -305,12 +301,7 @@ impl Model {
             })
             .map_err(|e| BackendError::Torch(format!("cannot start the inference thread: {e}")))?;
         ready_rx.recv().map_err(|_| BackendError::Stopped)??;
-        let batching = Batching {
-            max_rows: tuning.max_batch.max(1),
-            max_delay: tuning.batch_delay_on(kind),
-            max_queue: tuning.max_queue.max(1),
-            threads: tuning.threads.max(1),
-        };
+        let batching = Batching { max_rows: tuning.max_batch.max(1), max_delay: tuning.batch_delay_on(kind) };
         Ok(Model { manifest, sha256, device: kind, precision: tuning.precision, batching, jobs, expected })
     }
 

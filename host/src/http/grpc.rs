@@ -67,7 +67,7 @@ const HEALTH: &str = "grpc.health.v1.Health";
 /// The health service's paths start with this.
 pub const HEALTH_PATH: &str = "/grpc.health.v1.Health/";
 /// The header that names the guest version that answered, as `/v1` and `/v2` do.
-const GUEST_DIGEST: &str = "x-guest-digest";
+const GUEST_DIGEST: &str = super::v1::GUEST_DIGEST_NAME;
 /// How often the health service's watchers see the server's phase.
 const HEALTH_POLL: Duration = Duration::from_millis(250);
 
@@ -285,14 +285,8 @@ impl Grpc {
 
 /// The version a client asked for: gRPC's empty string is none.
 fn pinned(metadata: &tonic::metadata::MetadataMap) -> Result<Option<String>, Status> {
-    match metadata.get(GUEST_DIGEST) {
-        None => Ok(None),
-        Some(v) => {
-            v.to_str().ok().filter(|d| d.starts_with("sha256:")).map(|d| Some(d.to_string())).ok_or_else(
-                || Status::invalid_argument("x-guest-digest must be a digest like 'sha256:<64 hex digits>'"),
-            )
-        }
-    }
+    let value = metadata.get(GUEST_DIGEST).map(|v| v.to_str().ok());
+    super::v1::digest_pin(value).map(|d| d.map(str::to_string)).map_err(|e| to_status(&e))
 }
 
 fn digest_metadata(metadata: &mut tonic::metadata::MetadataMap, digest: Option<&str>) {

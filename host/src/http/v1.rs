@@ -232,13 +232,21 @@ pub(super) fn served_by(mut response: Response, digest: &str) -> Response {
 }
 
 /// The header that pins a request to one live or canary version of its guest, for debugging.
-pub(super) const GUEST_DIGEST: HeaderName = HeaderName::from_static("x-guest-digest");
+pub(super) const GUEST_DIGEST: HeaderName = HeaderName::from_static(GUEST_DIGEST_NAME);
+/// Its name, which gRPC's metadata carries too.
+pub(super) const GUEST_DIGEST_NAME: &str = "x-guest-digest";
 
 /// The version digest a client pinned with `X-Guest-Digest`, if any.
 pub(super) fn pinned_digest(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    match headers.get(GUEST_DIGEST) {
+    digest_pin(headers.get(GUEST_DIGEST).map(|v| v.to_str().ok()))
+}
+
+/// The pin an `X-Guest-Digest` value asks for (`None`: no header; `Some(None)`: one that is
+/// not text): the header over HTTP, the metadata over gRPC.
+pub(super) fn digest_pin(value: Option<Option<&str>>) -> Result<Option<&str>, ApiError> {
+    match value {
         None => Ok(None),
-        Some(v) => v.to_str().ok().filter(|d| d.starts_with("sha256:")).map(Some).ok_or_else(|| {
+        Some(v) => v.filter(|d| d.starts_with("sha256:")).map(Some).ok_or_else(|| {
             ApiError::bad_request("header X-Guest-Digest must be a digest like 'sha256:<64 hex digits>'")
         }),
     }
