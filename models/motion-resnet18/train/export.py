@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import pathlib
 
 import torch
 
@@ -14,6 +15,9 @@ from train import (
     HELDOUT_SEED,
     LABELS,
     MODEL_DIR,
+    NUISANCES,
+    ROBUST_SEED,
+    SLICE_SEED_STEP,
     Config,
     generator_digest,
     phases,
@@ -22,7 +26,10 @@ from train import (
 )
 
 NAME = "motion-resnet18"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
+# The model contract's preprocessing this model was trained with: 1.1 crops letterbox and
+# pillarbox bars before resizing.
+PREPROCESSING = "1.1"
 
 
 def _toml_value(value: object) -> str:
@@ -51,7 +58,19 @@ def export(cfg: Config, model: torch.nn.Module, report: dict) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     params = sum(p.numel() for p in model.parameters())
 
-    recipe = dataclasses.asdict(scenes.RECIPE)
+    recipe = {k: v for k, v in dataclasses.asdict(scenes.RECIPE).items() if k != "nuisances"}
+    real_footage = "\n".join(f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(scenes.REAL_FOOTAGE).items())
+    slices = report["nuisances"]
+    nuisance_rows = "\n".join(f"{name} = {slices[name]['top1']:.4f}" for name in NUISANCES)
+    weakest = "\n".join(
+        f'{name} = ["{slices[name]["worst_class"]}", {slices[name]["worst_class_top1"]:.4f}]' for name in NUISANCES
+    )
+    cycles = phases(cfg)
+    if cfg.base:
+        base_digest = hashlib.sha256(pathlib.Path(cfg.base).read_bytes()).hexdigest()
+        start = f"the weights of motion-resnet18 1.0.0 (model.pt, sha256 {base_digest}), made by its two clean cycles"
+    else:
+        start = "scratch"
     per_class = "\n".join(f"{label} = {report['per_class'][label]:.4f}" for label in LABELS)
     confusion = "\n".join(f"  {_toml_value(row)}, # {label}" for row, label in zip(report["confusion"], LABELS))
     recipe_lines = "\n".join(f"{key} = {_toml_value(value)}" for key, value in recipe.items())
@@ -59,6 +78,7 @@ def export(cfg: Config, model: torch.nn.Module, report: dict) -> None:
         f'''# The default model of motion-host; written by train/export.py (see train/README.md).
 name = "{NAME}"
 version = "{VERSION}"
+preprocessing = "{PREPROCESSING}"
 format = "torchscript"
 file = "model.pt"
 sha256 = "{digest}"
@@ -79,15 +99,19 @@ made_by = "models/motion-resnet18/train/run"
 torch = "{torch.__version__.split('+')[0]}"
 parameters = {params}
 architecture = "models/motion-resnet18/make_model.py: torchvision's resnet18 layout, 8-channel stem, 16-way head"
-weights = "trained from scratch on synthetic layered-scene clips (train/scenes.py)"
+weights = "trained on synthetic layered-scene clips (train/scenes.py): two cycles on clean clips, then one on clips with real footage's nuisances"
+started_from = "{start}"
 training_clips = {cfg.train_clips}
-training_seeds = "0..{cfg.train_clips - 1}, label = seed mod 16"
+training_seeds = "0..{cfg.train_clips - 1}, label = seed mod 16 (the clean cycles)"
+real_footage_clips = {cfg.robust_clips}
+real_footage_seeds = "{ROBUST_SEED}..{ROBUST_SEED + cfg.robust_clips - 1}, label = seed mod 16 (the real-footage cycle)"
 training_photos = {_toml_value(scenes.TRAIN_PHOTOS)}
 symmetries = "time reversal, left-right and up-down mirrors, x/y transpose, each with its label map (16 per clip)"
-steps = {_toml_value([steps for steps, _ in phases(cfg)])}
-peak_learning_rates = {_toml_value([lr for _, lr in phases(cfg)])}
+cycles = {_toml_value([split for _, split, _, _ in cycles])}
+steps = {_toml_value([steps for _, _, steps, _ in cycles])}
+peak_learning_rates = {_toml_value([lr for _, _, _, lr in cycles])}
 batch = {cfg.batch}
-optimiser = "AdamW, one-cycle learning rate per cycle (the second cycle starts from the first's weights), weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}"
+optimiser = "AdamW, one-cycle learning rate per cycle (each cycle starts from the last one's weights), weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}"
 seed = {cfg.seed}
 training_minutes = {report['training_minutes']:.1f}
 cycle_minutes = {_toml_value([round(m, 1) for m in report['cycle_minutes']])}
@@ -97,8 +121,12 @@ generator_digest = "{generator_digest()}"
 [provenance.recipe]
 {recipe_lines}
 
+[provenance.real_footage]
+# The chance of each nuisance in a clip of the real-footage cycle (scenes.REAL_FOOTAGE).
+{real_footage}
+
 [evaluation]
-dataset = "held-out synthetic clips: seeds {HELDOUT_SEED}..{HELDOUT_SEED + cfg.heldout_clips - 1}, photographs no training clip used"
+dataset = "clean held-out synthetic clips (every nuisance off): seeds {HELDOUT_SEED}..{HELDOUT_SEED + cfg.heldout_clips - 1}, photographs no training clip used"
 heldout_photos = {_toml_value(scenes.HELDOUT_PHOTOS)}
 clips = {report['clips']}
 top1 = {report['top1']:.4f}
@@ -110,6 +138,15 @@ confusion = [
 
 [evaluation.per_class]
 {per_class}
+
+[evaluation.nuisances]
+# Top-1 on a held-out slice per nuisance: {cfg.slice_clips} clips each ({cfg.slice_clips // len(LABELS)} per label),
+# that nuisance in every clip and no other, seeds {HELDOUT_SEED} + {SLICE_SEED_STEP} k.., the
+# held-out photographs.
+{nuisance_rows}
+
+[evaluation.nuisances.weakest_class]
+{weakest}
 '''
     )
     if (record := recorded_precision(digest)) is not None:

@@ -7,7 +7,9 @@ here once and the guest (`guest/src/preprocess.rs`) is checked against them by t
 - 8 frames sampled uniformly, first and last included: frame i of n is round(i*(n-1)/7);
 - each frame's BT.601 luma on full-range values in [0, 1] (a grey image is used as is, a Y4M's
   Y plane as is);
-- resized to 112x112 over the whole frame with a triangle filter whose support widens with the
+- letterbox and pillarbox bars cropped away (contract 1.1): the same crop for the 8 frames,
+  found from them by `bars` below;
+- resized to 112x112 over what is left with a triangle filter whose support widens with the
   shrink factor (Pillow's BILINEAR, the image crate's Triangle), as two small matrices;
 - normalised by (x - 0.5) / 0.25; channel i is frame i in time order.
 
@@ -26,6 +28,13 @@ import numpy as np
 
 FRAMES = 8
 SIZE = 112
+# A row (or column) is a bar when, in every sampled frame, its mean luma is at most BAR_MEAN and
+# its pixels stray from that mean by at most BAR_SPREAD on average, and its mean moves by at most
+# BAR_DRIFT across the frames: flat, dark and still, as a matte is and as scene content, even a
+# dark one, rarely is over a whole line.
+BAR_MEAN = 0.1
+BAR_SPREAD = 0.02
+BAR_DRIFT = 0.02
 MEAN = 0.5
 STD = 0.25
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -65,6 +74,45 @@ def resize(luma: np.ndarray) -> np.ndarray:
     return triangle_matrix(height) @ luma.astype(np.float32) @ triangle_matrix(width).T
 
 
+def _bar_lines(frames: np.ndarray) -> np.ndarray:
+    """Which lines (the last axis's rows of each [T, lines, length] stack) are bars."""
+    means = frames.mean(axis=2)
+    spread = np.abs(frames - means[..., None]).mean(axis=2)
+    flat = ((means <= BAR_MEAN) & (spread <= BAR_SPREAD)).all(axis=0)
+    return flat & (means.max(axis=0) - means.min(axis=0) <= BAR_DRIFT)
+
+
+def _run(bars: np.ndarray) -> int:
+    """How many bars come first in `bars`."""
+    return len(bars) if bars.all() else int(np.argmin(bars))
+
+
+def _symmetric(bars: np.ndarray) -> int:
+    """The lines to crop from each end: as many as both ends have bars, if at least 2 and if at
+    least a quarter of the lines stays."""
+    n = len(bars)
+    crop = min(_run(bars), _run(bars[::-1]))
+    return crop if crop >= 2 and 4 * (n - 2 * crop) >= n else 0
+
+
+def bars(frames: list[np.ndarray]) -> tuple[int, int]:
+    """(rows, columns): how many rows to crop from the top and from the bottom, and columns from
+    the left and from the right, of frames of one size ([H, W] luma in [0, 1]) to take away their
+    letterbox and pillarbox bars. Frames of different sizes are not cropped."""
+    if len({f.shape for f in frames}) != 1:
+        return 0, 0
+    stack = np.stack(frames).astype(np.float32)
+    return _symmetric(_bar_lines(stack)), _symmetric(_bar_lines(stack.transpose(0, 2, 1)))
+
+
+def crop(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """The frames without their bars (the same crop for all)."""
+    rows, columns = bars(frames)
+    if rows == columns == 0:
+        return frames
+    return [f[rows : f.shape[0] - rows, columns : f.shape[1] - columns] for f in frames]
+
+
 def normalise(x: np.ndarray) -> np.ndarray:
     return (x - MEAN) / STD
 
@@ -79,7 +127,9 @@ def to_luma(pixels: np.ndarray) -> np.ndarray:
 def model_input(frames: list[np.ndarray]) -> np.ndarray:
     """A clip's luma frames (each [H, W] in [0, 1]) to the model input [8, 112, 112]."""
     indices = sample_indices(len(frames))
-    return np.stack([normalise(resize(frames[i])) for i in indices]).astype(np.float32)
+    distinct = sorted(set(indices))
+    cropped = dict(zip(distinct, crop([frames[i] for i in distinct])))
+    return np.stack([normalise(resize(cropped[i])) for i in indices]).astype(np.float32)
 
 
 def read_y4m(data: bytes) -> list[np.ndarray]:

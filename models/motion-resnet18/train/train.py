@@ -1,16 +1,19 @@
 """Trains motion-resnet18 on synthetic clips and writes it in the model contract.
 
-    python train.py all        # render, fit, evaluate, export: what `./run` does
+    python train.py all        # render, fit, evaluate, export, precision: what `./run` does
     python train.py render     # render the clip caches (resumable, shard by shard)
     python train.py fit        # train from the caches (checkpoints; a stopped run resumes)
     python train.py evaluate   # held-out accuracy, per-class accuracy, confusion matrix PNG
     python train.py export     # TorchScript model.pt and model.toml beside make_model.py
     python train.py precision  # held-out top-1 of model.pt at fp32, bf16 and fp16, into model.toml
 
-Clips come from scenes.py: the training set from seeds 0.. and the photographs in
-TRAIN_PHOTOS, the held-out set from seeds 1,000,000,000.. and HELDOUT_PHOTOS. Each clip is
-rendered only at the 8 frames the contract samples, and turned into the model input by
-preprocess.py, the guest's numbers. Rendered inputs are cached (float16) under
+Clips come from scenes.py: the clean training set from seeds 0.. and the photographs in
+TRAIN_PHOTOS, the real-footage training set (scenes.REAL_FOOTAGE's nuisances) from seeds
+100,000.., the clean held-out set from seeds 1,000,000,000.. and HELDOUT_PHOTOS, and one
+held-out slice per nuisance (that nuisance in every clip, no other) from seeds
+1,000,000,000 + 1,000,000 k... Each clip is rendered only at the 8 frames the contract samples,
+and turned into the model input by preprocess.py, the guest's numbers (contract 1.1: bars
+cropped). Rendered inputs are cached (float16) under
 $MOTION_HOST_CACHE/train, keyed by a digest of the generator, so a changed generator renders
 afresh. Training multiplies each cached clip by 16 exact symmetries: time reversal, left-right
 and up-down mirrors and the x/y transpose, each with the label it turns the motion into.
@@ -42,8 +45,11 @@ from make_model import MotionResNet18  # noqa: E402
 
 CACHE = pathlib.Path(os.environ.get("MOTION_HOST_CACHE", pathlib.Path.home() / ".cache" / "motion-host")) / "train"
 SHARD = 500
+ROBUST_SEED = 100_000
 HELDOUT_SEED = 1_000_000_000
+SLICE_SEED_STEP = 1_000_000
 LABELS = scenes.LABELS
+NUISANCES = scenes.Nuisances.names()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +63,13 @@ class Config:
     label_smoothing: float = 0.05
     polish_steps: int = 1_500
     polish_lr: float = 5e-4
+    robust_clips: int = 10_000
+    robust_steps: int = 3_000
+    robust_lr: float = 1e-3
+    slice_clips: int = 400
+    # A model file whose weights stand in for the two clean cycles (they made it): the shipped
+    # 1.1.0 started from 1.0.0's model.pt. Empty: train them.
+    base: str = ""
     seed: int = 20261122
     threads: int = 2
 
@@ -74,21 +87,36 @@ def clip_input(clip: scenes.Clip) -> np.ndarray:
     """The model input [8, 112, 112] of one clip, rendering only the sampled frames."""
     indices = preprocess.sample_indices(clip.frames)
     distinct = sorted(set(indices))
-    frames = clip.render(distinct)[:, 0].numpy()
+    frames = preprocess.crop(list(clip.render(distinct)[:, 0].numpy()))
     resized = {i: preprocess.normalise(preprocess.resize(f)) for i, f in zip(distinct, frames)}
     return np.stack([resized[i] for i in indices]).astype(np.float32)
+
+
+def source(split: str) -> tuple[int, tuple[str, ...], scenes.Recipe]:
+    """A split's first seed, photographs and recipe: "train" and "robust" for training,
+    "heldout" and "heldout-<nuisance>" for evaluation."""
+    if split == "train":
+        return 0, scenes.TRAIN_PHOTOS, scenes.RECIPE
+    if split == "robust":
+        return ROBUST_SEED, scenes.TRAIN_PHOTOS, scenes.Recipe(nuisances=scenes.REAL_FOOTAGE)
+    if split == "heldout":
+        return HELDOUT_SEED, scenes.HELDOUT_PHOTOS, scenes.RECIPE
+    name = split.removeprefix("heldout-")
+    first = HELDOUT_SEED + SLICE_SEED_STEP * (NUISANCES.index(name) + 1)
+    return first, scenes.HELDOUT_PHOTOS, scenes.Recipe(nuisances=scenes.Nuisances.only(name))
 
 
 def _render_shard(job: tuple[str, int, int, str]) -> str:
     split, first, count, path = job
     torch.set_num_threads(1)
-    photos = scenes.TRAIN_PHOTOS if split == "train" else scenes.HELDOUT_PHOTOS
+    base, photos, recipe = source(split)
     inputs = np.empty((count, 8, 112, 112), dtype=np.float16)
     labels = np.empty(count, dtype=np.int64)
     for k in range(count):
         seed = first + k
-        label = seed % len(LABELS)
-        inputs[k] = clip_input(scenes.Clip.draw(seed, label, photos))
+        # Labels cycle with the seed's offset in its split, so every slice has them all alike.
+        label = (seed - base) % len(LABELS)
+        inputs[k] = clip_input(scenes.Clip.draw(seed, label, photos, recipe))
         labels[k] = label
     tmp = path + ".tmp"
     torch.save({"inputs": torch.from_numpy(inputs), "labels": torch.from_numpy(labels), "first_seed": first}, tmp)
@@ -97,7 +125,7 @@ def _render_shard(job: tuple[str, int, int, str]) -> str:
 
 
 def shard_paths(split: str, clips: int) -> list[tuple[str, int, int, str]]:
-    base = 0 if split == "train" else HELDOUT_SEED
+    base = source(split)[0]
     digest = generator_digest()
     return [
         (split, base + first, min(SHARD, clips - first), str(CACHE / f"{split}-{digest}-{first // SHARD:04d}.pt"))
@@ -105,10 +133,22 @@ def shard_paths(split: str, clips: int) -> list[tuple[str, int, int, str]]:
     ]
 
 
-def render(cfg: Config, splits: tuple[str, ...] = ("heldout", "train")) -> None:
+def sizes(cfg: Config) -> dict[str, int]:
+    """Every split this configuration uses, with its clips; the clean training set only when
+    the clean cycles run."""
+    splits = {"heldout": cfg.heldout_clips}
+    splits |= {f"heldout-{name}": cfg.slice_clips for name in NUISANCES}
+    if cfg.robust_steps:
+        splits["robust"] = cfg.robust_clips
+    if not cfg.base:
+        splits["train"] = cfg.train_clips
+    return splits
+
+
+def render(cfg: Config, splits: tuple[str, ...] | None = None) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
-    sizes = {"heldout": cfg.heldout_clips, "train": cfg.train_clips}
-    jobs = [j for split in splits for j in shard_paths(split, sizes[split])]
+    wanted = sizes(cfg)
+    jobs = [j for split in (splits or tuple(wanted)) for j in shard_paths(split, wanted[split])]
     todo = [j for j in jobs if not os.path.exists(j[3])]
     # One thread per worker, for numpy's BLAS too: the workers already fill the cores.
     os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = "1"
@@ -175,23 +215,36 @@ def checkpoint_path(cfg: Config, phase: int) -> pathlib.Path:
     return CACHE / f"checkpoint-{key}-{phase}.pt"
 
 
-def phases(cfg: Config) -> list[tuple[int, float]]:
-    """(steps, peak learning rate) of each learning-rate cycle: the main one, then a shorter,
-    gentler one from its weights, which settles the last parallax confusions."""
-    return [(cfg.steps, cfg.lr)] + ([(cfg.polish_steps, cfg.polish_lr)] if cfg.polish_steps else [])
+def phases(cfg: Config) -> list[tuple[int, str, int, float]]:
+    """(cycle number, training split, steps, peak learning rate) of each learning-rate cycle: the
+    main one on clean clips, a shorter, gentler one from its weights, which settles the last
+    parallax confusions, then one on real footage's nuisances. With a base model, its weights
+    stand in for the first two."""
+    cycles = [(0, "train", cfg.steps, cfg.lr), (1, "train", cfg.polish_steps, cfg.polish_lr)]
+    cycles.append((2, "robust", cfg.robust_steps, cfg.robust_lr))
+    return [c for c in cycles if c[2] and not (cfg.base and c[1] == "train")]
+
+
+def base_weights(cfg: Config) -> dict[str, torch.Tensor]:
+    """The weights of the base model file (TorchScript, as export writes it)."""
+    return torch.jit.load(cfg.base, map_location="cpu").state_dict()
 
 
 def fit(cfg: Config) -> None:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    x_train, y_train = load("train", cfg.train_clips)
     x_held, y_held = load("heldout", cfg.heldout_clips)
-    plan = " then ".join(f"{steps} steps (peak lr {lr})" for steps, lr in phases(cfg))
-    print(f"fit: {len(y_train)} training clips, {len(y_held)} held out, batches of {cfg.batch}: {plan}", flush=True)
-    model = MotionResNet18().to(memory_format=torch.channels_last)
+    plan = " then ".join(f"{steps} steps on {split} (peak lr {lr})" for _, split, steps, lr in phases(cfg))
+    start = f"the weights of {cfg.base}" if cfg.base else "scratch"
+    print(f"fit: from {start}, {len(y_held)} held out, batches of {cfg.batch}: {plan}", flush=True)
+    model = MotionResNet18()
+    if cfg.base:
+        model.load_state_dict(base_weights(cfg))
+    model = model.to(memory_format=torch.channels_last)
     minutes = []
-    for phase, (steps, lr) in enumerate(phases(cfg)):
-        minutes.append(_cycle(cfg, phase, steps, lr, model, (x_train, y_train), (x_held, y_held)) / 60)
+    for phase, split, steps, lr in phases(cfg):
+        data = load(split, sizes(cfg)[split])
+        minutes.append(_cycle(cfg, phase, steps, lr, model, data, (x_held, y_held)) / 60)
     final = {"model": model.state_dict(), "config": dataclasses.asdict(cfg), "minutes": minutes}
     torch.save(final, CACHE / "final.tmp")
     os.replace(CACHE / "final.tmp", CACHE / "final.pt")
@@ -297,19 +350,37 @@ def evaluate(cfg: Config) -> dict:
     for truth, g in zip(y.tolist(), guess.tolist()):
         confusion[truth, g] += 1
     per_class = {LABELS[i]: confusion[i, i].item() / max(1, confusion[i].sum().item()) for i in range(n)}
+    slices = {}
+    for name in NUISANCES:
+        xs, ys = load(f"heldout-{name}", cfg.slice_clips)
+        right = predict(model, xs) == ys
+        worst = min(range(n), key=lambda c: right[ys == c].float().mean().item())
+        slices[name] = {
+            "top1": right.float().mean().item(),
+            "clips": len(ys),
+            "worst_class": LABELS[worst],
+            "worst_class_top1": right[ys == worst].float().mean().item(),
+        }
     report = {
         "top1": (guess == y).float().mean().item(),
         "per_class": per_class,
         "confusion": confusion.tolist(),
         "clips": len(y),
+        "nuisances": slices,
         "training_minutes": sum(state["minutes"]),
         "cycle_minutes": state["minutes"],
     }
     (CACHE / "evaluation.json").write_text(json.dumps(report, indent=1))
-    plot_confusion(confusion, report["top1"], MODEL_DIR / "confusion.png")
-    print(f"evaluate: top-1 {report['top1']:.4f} on {len(y)} held-out clips", flush=True)
+    plot_confusion(confusion, report["top1"], slices, MODEL_DIR / "confusion.png")
+    print(f"evaluate: top-1 {report['top1']:.4f} on {len(y)} clean held-out clips", flush=True)
     for label, accuracy in per_class.items():
         print(f"  {label:24s} {accuracy:.3f}", flush=True)
+    for name, result in slices.items():
+        print(
+            f"  {name:24s} {result['top1']:.3f} on {result['clips']} clips "
+            f"(weakest: {result['worst_class']} {result['worst_class_top1']:.2f})",
+            flush=True,
+        )
     return report
 
 
@@ -365,14 +436,15 @@ def recorded_precision(digest: str) -> dict | None:
     return record if record.get("sha256") == digest else None
 
 
-def plot_confusion(confusion: torch.Tensor, top1: float, path: pathlib.Path) -> None:
+def plot_confusion(confusion: torch.Tensor, top1: float, slices: dict, path: pathlib.Path) -> None:
+    """The clean held-out confusion matrix, and beside it top-1 on each nuisance's slice."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rates = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)
-    fig, ax = plt.subplots(figsize=(9, 8), dpi=100)
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(14, 8), dpi=100, gridspec_kw={"width_ratios": [9, 4]})
     ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     for i in range(len(LABELS)):
         for j in range(len(LABELS)):
@@ -383,7 +455,18 @@ def plot_confusion(confusion: torch.Tensor, top1: float, path: pathlib.Path) -> 
     ax.set_yticks(range(len(LABELS)), LABELS, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"motion-resnet18 on {confusion.sum().item()} held-out synthetic clips: top-1 {top1:.1%}")
+    ax.set_title(f"motion-resnet18 on {confusion.sum().item()} clean held-out clips: top-1 {top1:.1%}")
+    names = ["clean"] + list(slices)
+    values = [top1] + [s["top1"] for s in slices.values()]
+    bars.barh(range(len(names)), values, color=["#4c72b0"] + ["#dd8452"] * len(slices))
+    for i, value in enumerate(values):
+        bars.text(value - 0.01, i, f"{value:.1%}", ha="right", va="center", fontsize=8, color="white")
+    bars.set_yticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=8)
+    bars.invert_yaxis()
+    bars.set_xlim(0.5, 1.0)
+    bars.axvline(0.92, color="grey", linestyle=":", linewidth=1)
+    bars.set_xlabel("top-1")
+    bars.set_title(f"by nuisance ({next(iter(slices.values()))['clips'] if slices else 0} clips each)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
