@@ -97,16 +97,79 @@ pub fn prepare(media: &[Media], limits: &Limits) -> Result<Prepared, DecodeError
 
 impl Clip<'_> {
     /// The model's input planes for the frames at `indices`, in that order (an index may
-    /// repeat): each frame decoded once, resized to `SIZE`×`SIZE` and normalised;
-    /// `indices.len() × SIZE × SIZE` values.
+    /// repeat): each frame decoded once, its bars cropped, resized to `SIZE`×`SIZE` and
+    /// normalised; `indices.len() × SIZE × SIZE` values. Each run of [`FRAMES`] indices (one
+    /// model input: the clip's sample, or one window of a timeline) finds its own bars
+    /// ([`preprocess::Bars`]) from its own frames, as training did.
     ///
-    /// Each frame is resized as soon as it is decoded and then dropped, so one full-size frame is
-    /// alive at a time: in a guest, whose memory is fresh for every request, each page touched
-    /// costs a page fault.
+    /// A frame is resized as soon as it is decoded and then dropped, unless its input's bars are
+    /// still in question (its first frame has dark, flat lines at two opposite edges), when its
+    /// frames are kept until the input's last one is seen: in a guest, whose memory is fresh for
+    /// every request, each page touched costs a page fault.
     pub fn planes(&self, indices: &[usize], limits: &Limits) -> Result<Vec<f32>, DecodeError> {
-        let wanted = preprocess::distinct(indices);
-        let mut planes = Vec::with_capacity(wanted.len());
-        self.decode_each(&wanted, limits, |index, frame| planes.push((index, preprocess::resize(&frame))))?;
-        preprocess::model_input(indices, &planes).map_err(DecodeError::Malformed)
+        let mut inputs: Vec<Input> = indices.chunks(FRAMES).map(Input::new).collect();
+        self.decode_each(&preprocess::distinct(indices), limits, |index, frame| {
+            let mut holders = inputs.iter_mut().filter(|input| input.wants(index)).peekable();
+            while let Some(input) = holders.next() {
+                if holders.peek().is_some() {
+                    input.take(index, frame.clone());
+                } else {
+                    input.take(index, frame);
+                    break;
+                }
+            }
+        })?;
+        let mut values = Vec::with_capacity(indices.len() * (SIZE * SIZE) as usize);
+        for input in inputs {
+            values.extend(
+                preprocess::model_input(input.indices, &input.planes).map_err(DecodeError::Malformed)?,
+            );
+        }
+        Ok(values)
+    }
+}
+
+/// One model input being built: its frames' planes, and until its crop is known, its bars so far
+/// and the frames that wait for them.
+struct Input<'a> {
+    indices: &'a [usize],
+    distinct: Vec<usize>,
+    bars: preprocess::Bars,
+    crop: Option<preprocess::Crop>,
+    waiting: Vec<(usize, preprocess::Frame)>,
+    planes: Vec<(usize, Vec<f32>)>,
+}
+
+impl<'a> Input<'a> {
+    fn new(indices: &'a [usize]) -> Self {
+        Input {
+            indices,
+            distinct: preprocess::distinct(indices),
+            bars: preprocess::Bars::new(),
+            crop: None,
+            waiting: Vec::new(),
+            planes: Vec::new(),
+        }
+    }
+
+    fn wants(&self, index: usize) -> bool {
+        self.distinct.binary_search(&index).is_ok()
+    }
+
+    fn take(&mut self, index: usize, frame: preprocess::Frame) {
+        if let Some(crop) = self.crop {
+            self.planes.push((index, preprocess::resize_within(&frame, crop)));
+            return;
+        }
+        self.bars.observe(&frame);
+        self.waiting.push((index, frame));
+        let complete = self.planes.len() + self.waiting.len() == self.distinct.len();
+        if complete || !self.bars.possible() {
+            let crop = self.bars.crop();
+            self.crop = Some(crop);
+            for (index, frame) in self.waiting.drain(..) {
+                self.planes.push((index, preprocess::resize_within(&frame, crop)));
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! From decoded frames to the model input, exactly as the model contract says: 8 frames sampled
-//! uniformly (first and last included), each luma resized to 112×112 over the whole frame with
+//! uniformly (first and last included), letterbox and pillarbox bars cropped away (the same crop
+//! for the 8, found from them: contract 1.1), each luma resized to 112×112 over what is left with
 //! an antialiased triangle filter, scaled to [0,1] and mapped by `(x - 0.5) / 0.25`.
 
 /// Frames in one model input (its channels).
@@ -11,6 +12,14 @@ pub const INPUT_LEN: usize = FRAMES * (SIZE as usize) * (SIZE as usize);
 /// Luma mean and spread used to normalise, as in training.
 const MEAN: f32 = 0.5;
 const STD: f32 = 0.25;
+/// A line (row or column) is a bar when, in every frame, its mean luma is at most `BAR_MEAN`
+/// and its values stray from that mean by at most `BAR_SPREAD` on average, and its mean moves by
+/// at most `BAR_DRIFT` across the frames: flat, dark and still, as a matte is and as scene
+/// content, even a dark one, rarely is over a whole line. The training pipeline's
+/// `preprocess.py` holds the same numbers.
+const BAR_MEAN: f32 = 0.1;
+const BAR_SPREAD: f32 = 0.02;
+const BAR_DRIFT: f32 = 0.02;
 
 /// One decoded frame: luma in [0, 1], row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,24 +53,166 @@ pub fn luma(r: f32, g: f32, b: f32) -> f32 {
     0.299 * r + 0.587 * g + 0.114 * b
 }
 
+/// What to cut from a frame before resizing: `rows` from the top and as many from the bottom,
+/// `columns` from the left and as many from the right.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Crop {
+    pub rows: u32,
+    pub columns: u32,
+}
+
+impl Crop {
+    /// The whole frame.
+    pub const NONE: Crop = Crop { rows: 0, columns: 0 };
+}
+
+/// Finds the letterbox and pillarbox bars of a clip's frames, shown one at a time
+/// ([`Bars::observe`]), without keeping them: what [`Bars::crop`] gives is what the training
+/// pipeline's `preprocess.bars` gives for the same frames.
+///
+/// A bar is a line at the frame's edge that is flat, dark and still in every frame (see
+/// `BAR_MEAN`). Bars are cut in pairs, as many lines from each end as both ends have (a dark sky
+/// above a lit street is not a letterbox), when that is at least 2 and leaves at least a quarter
+/// of the frame; frames of different sizes are not cropped. Only the lines from each edge inward
+/// are read, and only while they are bars, so a frame without bars costs four lines.
+#[derive(Debug, Clone, Default)]
+pub struct Bars {
+    size: Option<(u32, u32)>,
+    mixed: bool,
+    /// Top, bottom, left, right.
+    ends: [End; 4],
+}
+
+/// One edge: how many lines from it are bars in every frame so far (up to one more than could be
+/// cut), and each such line's lowest and highest mean over the frames.
+#[derive(Debug, Clone, Default)]
+struct End {
+    run: usize,
+    means: Vec<(f32, f32)>,
+}
+
+impl Bars {
+    pub fn new() -> Self {
+        Bars::default()
+    }
+
+    /// Takes one frame's lines into account.
+    pub fn observe(&mut self, frame: &Frame) {
+        let size = (frame.width, frame.height);
+        match self.size {
+            None => {
+                self.size = Some(size);
+                for (end, lines) in self.ends.iter_mut().zip([size.1, size.1, size.0, size.0]) {
+                    end.run = most(lines as usize) + 1;
+                }
+            }
+            Some(first) if first != size => self.mixed = true,
+            Some(_) => {}
+        }
+        if self.mixed {
+            return;
+        }
+        for (side, end) in self.ends.iter_mut().enumerate() {
+            let mut depth = 0;
+            while depth < end.run {
+                let Some(mean) = bar_mean(frame, side, depth) else { break };
+                match end.means.get_mut(depth) {
+                    Some((lo, hi)) => (*lo, *hi) = (lo.min(mean), hi.max(mean)),
+                    None => end.means.push((mean, mean)),
+                }
+                depth += 1;
+            }
+            end.run = depth;
+            end.means.truncate(depth);
+        }
+    }
+
+    /// Whether the frames seen so far leave room for a crop: false once no edge pair can have
+    /// bars, when the rest of the clip's frames can be resized as they come.
+    pub fn possible(&self) -> bool {
+        let [top, bottom, left, right] = &self.ends;
+        self.size.is_none()
+            || (!self.mixed && (top.run > 0 && bottom.run > 0 || left.run > 0 && right.run > 0))
+    }
+
+    /// The crop the frames seen call for.
+    pub fn crop(&self) -> Crop {
+        let Some((width, height)) = self.size else { return Crop::NONE };
+        if self.mixed {
+            return Crop::NONE;
+        }
+        let [top, bottom, left, right] = &self.ends;
+        Crop { rows: pair(top, bottom, height as usize), columns: pair(left, right, width as usize) }
+    }
+}
+
+/// The most lines a pair of bars may take from each end and leave a quarter of `lines`:
+/// `4·(lines − 2c) ≥ lines`.
+fn most(lines: usize) -> usize {
+    3 * lines / 8
+}
+
+/// Lines from an end that are bars: flat in every frame (the run) and still across them.
+fn still_run(end: &End) -> usize {
+    end.means.iter().take(end.run).take_while(|(lo, hi)| hi - lo <= BAR_DRIFT).count()
+}
+
+fn pair(a: &End, b: &End, lines: usize) -> u32 {
+    let cut = still_run(a).min(still_run(b));
+    if cut >= 2 && cut <= most(lines) { cut as u32 } else { 0 }
+}
+
+/// The mean of line `depth` from edge `side` (top, bottom, left, right) if it is flat and dark.
+fn bar_mean(frame: &Frame, side: usize, depth: usize) -> Option<f32> {
+    let (width, height) = (frame.width as usize, frame.height as usize);
+    let row = |y: usize| &frame.luma[y * width..(y + 1) * width];
+    let (mean, spread) = match side {
+        0 => row_stats(row(depth)),
+        1 => row_stats(row(height - 1 - depth)),
+        2 => column_stats(frame, depth),
+        _ => column_stats(frame, width - 1 - depth),
+    };
+    (mean <= BAR_MEAN && spread <= BAR_SPREAD).then_some(mean)
+}
+
+fn row_stats(line: &[f32]) -> (f32, f32) {
+    let n = line.len() as f32;
+    let mean = line.iter().sum::<f32>() / n;
+    (mean, line.iter().map(|v| (v - mean).abs()).sum::<f32>() / n)
+}
+
+fn column_stats(frame: &Frame, x: usize) -> (f32, f32) {
+    let column = || frame.luma.iter().skip(x).step_by(frame.width as usize);
+    let n = frame.height as f32;
+    let mean = column().sum::<f32>() / n;
+    (mean, column().map(|v| (v - mean).abs()).sum::<f32>() / n)
+}
+
 /// Resizes a frame to `SIZE`×`SIZE` with a triangle filter whose support widens with the
 /// shrink factor (Pillow's `resize(..., BILINEAR)`), so shrinking HD frames does not alias.
+pub fn resize(frame: &Frame) -> Vec<f32> {
+    resize_within(frame, Crop::NONE)
+}
+
+/// Resizes what `crop` leaves of a frame to `SIZE`×`SIZE`, as [`resize`] does a whole frame.
 ///
 /// Separable: the vertical pass first, as whole-row multiply-adds that vectorise, then the
 /// horizontal pass over the `SIZE` rows left.
-pub fn resize(frame: &Frame) -> Vec<f32> {
-    if frame.width == SIZE && frame.height == SIZE {
-        return frame.luma.clone();
-    }
-    let (width, height) = (frame.width as usize, frame.height as usize);
+pub fn resize_within(frame: &Frame, crop: Crop) -> Vec<f32> {
+    let stride = frame.width as usize;
+    let (top, left) = (crop.rows as usize, crop.columns as usize);
+    let (width, height) = (stride - 2 * left, frame.height as usize - 2 * top);
+    let line = |y: usize| &frame.luma[(top + y) * stride + left..(top + y) * stride + left + width];
     let out = SIZE as usize;
+    if (width, height) == (out, out) {
+        return (0..out).flat_map(line).copied().collect();
+    }
 
     let mut rows = vec![0.0f32; out * width];
     for (y, taps) in triangle_taps(height, out).iter().enumerate() {
         let row = &mut rows[y * width..(y + 1) * width];
         for (k, &weight) in taps.weights.iter().enumerate() {
-            let source = &frame.luma[(taps.first + k) * width..(taps.first + k + 1) * width];
-            for (acc, &value) in row.iter_mut().zip(source) {
+            for (acc, &value) in row.iter_mut().zip(line(taps.first + k)) {
                 *acc += weight * value;
             }
         }
@@ -255,6 +406,131 @@ mod tests {
         let plane = (SIZE * SIZE) as usize;
         let channel_values: Vec<f32> = (0..FRAMES).map(|c| input[c * plane]).collect();
         assert_eq!(channel_values, vec![-2.0, -2.0, 0.0, 0.0, 0.0, 0.0, 2.0, 2.0]);
+    }
+
+    /// A frame of `width`×`height` with a deterministic textured picture (values 0.2..0.8).
+    fn picture(width: u32, height: u32, seed: u32) -> Frame {
+        let luma = (0..width * height)
+            .map(|i| {
+                0.2 + 0.6 * ((i.wrapping_mul(2_654_435_761).wrapping_add(seed * 97) >> 7) % 256) as f32
+                    / 255.0
+            })
+            .collect();
+        Frame::new(width, height, luma)
+    }
+
+    fn bars_of(frames: &[Frame]) -> Crop {
+        let mut bars = Bars::new();
+        frames.iter().for_each(|f| bars.observe(f));
+        bars.crop()
+    }
+
+    fn fill_rows(frame: &mut Frame, rows: std::ops::Range<u32>, value: f32) {
+        let w = frame.width as usize;
+        for y in rows {
+            frame.luma[y as usize * w..(y as usize + 1) * w].fill(value);
+        }
+    }
+
+    #[test]
+    fn letterbox_and_pillarbox_bars_are_found() {
+        let mut letterboxed: Vec<Frame> = (0..8).map(|i| picture(160, 90, i)).collect();
+        for f in &mut letterboxed {
+            fill_rows(f, 0..12, 0.0);
+            fill_rows(f, 78..90, 16.0 / 255.0);
+        }
+        assert_eq!(bars_of(&letterboxed), Crop { rows: 12, columns: 0 });
+
+        let mut pillarboxed: Vec<Frame> = (0..8).map(|i| picture(160, 90, i)).collect();
+        for f in &mut pillarboxed {
+            for y in 0..90 {
+                f.luma[y * 160..y * 160 + 20].fill(0.0);
+                f.luma[y * 160 + 140..(y + 1) * 160].fill(0.0);
+            }
+        }
+        assert_eq!(bars_of(&pillarboxed), Crop { rows: 0, columns: 20 });
+
+        // Uneven bars (a subtitle in the bottom one) are cut by the shorter.
+        let mut uneven = letterboxed.clone();
+        for f in &mut uneven {
+            fill_rows(f, 84..86, 0.9);
+        }
+        assert_eq!(bars_of(&uneven), Crop { rows: 4, columns: 0 });
+    }
+
+    #[test]
+    fn dark_scenes_and_one_sided_darkness_are_not_cropped() {
+        // Dark but textured: no line is flat.
+        let dark: Vec<Frame> = (0..8)
+            .map(|i| {
+                let f = picture(160, 90, i);
+                Frame::new(160, 90, f.luma.iter().map(|v| (v - 0.2) * 0.15).collect())
+            })
+            .collect();
+        assert_eq!(bars_of(&dark), Crop::NONE);
+        // Black all over: there is nothing to crop to.
+        assert_eq!(bars_of(&vec![Frame::new(160, 90, vec![0.0; 160 * 90]); 8]), Crop::NONE);
+        // A black sky above a lit street.
+        let mut sky = picture(160, 90, 1);
+        fill_rows(&mut sky, 0..20, 0.0);
+        assert_eq!(bars_of(&vec![sky; 8]), Crop::NONE);
+        // Dark lines whose brightness changes between frames are scene, not a matte.
+        let mut changing: Vec<Frame> = (0..8).map(|i| picture(160, 90, i)).collect();
+        for (i, f) in changing.iter_mut().enumerate() {
+            fill_rows(f, 0..10, 0.08 * (i % 2) as f32);
+            fill_rows(f, 80..90, 0.0);
+        }
+        assert_eq!(bars_of(&changing), Crop::NONE);
+        // Frames of different sizes are left whole.
+        let mut a = picture(160, 90, 1);
+        fill_rows(&mut a, 0..10, 0.0);
+        fill_rows(&mut a, 80..90, 0.0);
+        assert_eq!(bars_of(&[a.clone(), picture(160, 92, 2)]), Crop::NONE);
+        assert_eq!(bars_of(&[a.clone(), a]), Crop { rows: 10, columns: 0 });
+    }
+
+    #[test]
+    fn bars_leave_at_least_a_quarter_and_come_in_lines_of_two_or_more() {
+        let mut thin = picture(100, 80, 1);
+        fill_rows(&mut thin, 0..1, 0.0);
+        fill_rows(&mut thin, 79..80, 0.0);
+        assert_eq!(bars_of(&[thin]), Crop::NONE);
+        // 80 rows: at most 30 from each end (4·(80 − 60) = 80).
+        for (bar, expected) in [(30, 30), (31, 0)] {
+            let mut f = picture(100, 80, 1);
+            fill_rows(&mut f, 0..bar, 0.0);
+            fill_rows(&mut f, 80 - bar..80, 0.0);
+            assert_eq!(bars_of(&[f]).rows, expected, "bars of {bar}");
+        }
+    }
+
+    #[test]
+    fn a_frame_without_bars_settles_the_question_at_once() {
+        let mut bars = Bars::new();
+        assert!(bars.possible());
+        bars.observe(&picture(160, 90, 1));
+        assert!(!bars.possible());
+        let mut boxed = picture(160, 90, 1);
+        fill_rows(&mut boxed, 0..10, 0.0);
+        fill_rows(&mut boxed, 80..90, 0.0);
+        let mut bars = Bars::new();
+        bars.observe(&boxed);
+        assert!(bars.possible());
+    }
+
+    #[test]
+    fn resizing_within_a_crop_is_resizing_the_cropped_frame() {
+        let frame = picture(200, 120, 3);
+        let crop = Crop { rows: 7, columns: 13 };
+        let (w, h) = (200 - 26, 120 - 14);
+        let inner: Vec<f32> =
+            (7..7 + h).flat_map(|y| frame.luma[y * 200 + 13..y * 200 + 13 + w].iter().copied()).collect();
+        assert_eq!(resize_within(&frame, crop), resize(&Frame::new(w as u32, h as u32, inner)));
+        // A crop that leaves exactly the model's size is a copy of what it leaves.
+        let frame = picture(120, 116, 4);
+        let kept = resize_within(&frame, Crop { rows: 2, columns: 4 });
+        assert_eq!(kept[0], frame.luma[2 * 120 + 4]);
+        assert_eq!(kept.len(), (SIZE * SIZE) as usize);
     }
 
     #[test]
