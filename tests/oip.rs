@@ -126,7 +126,10 @@ fn tritonclient_drives_both_models_over_tls_in_json_and_binary() {
         raw_md["outputs"][0],
         serde_json::json!({"name": "logits", "datatype": "FP32", "shape": [-1, 16]})
     );
-    assert_eq!(raw_md["parameters"], serde_json::json!({"device": "cpu", "precision": "fp32"}));
+    assert_eq!(
+        raw_md["parameters"],
+        serde_json::json!({"device": "cpu", "precision": "fp32", "preprocessing": "1.1"})
+    );
     let pipe_md = &report["model_metadata"]["motion-classifier"];
     assert_eq!(pipe_md["inputs"][0]["datatype"], "BYTES");
     assert_eq!(pipe_md["parameters"]["model"], "motion-resnet18");

@@ -865,6 +865,7 @@ mod tests {
             sha256: None,
             inputs: vec![spec("input", vec![-1, 4, 2, 2])],
             outputs: vec![spec("logits", vec![-1, 16])],
+            preprocessing: "1.0".into(),
             description: None,
             provenance: None,
             evaluation: None,

@@ -23,6 +23,11 @@ pub struct Manifest {
     pub sha256: Option<String>,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// The version of the model contract's preprocessing the model was trained with, which a
+    /// guest (or a client sending tensors) must follow: "1.0" resizes whole frames, "1.1" crops
+    /// letterbox and pillarbox bars first. "1.0" when the manifest does not say.
+    #[serde(default = "default_preprocessing")]
+    pub preprocessing: String,
     /// What the model is, how it was made and evaluated: written for people, accepted (so that
     /// unknown fields can still be refused as typos) but not read by the host.
     #[serde(default)]
@@ -39,6 +44,10 @@ pub struct Manifest {
 
 fn default_file() -> String {
     "model.pt".into()
+}
+
+fn default_preprocessing() -> String {
+    "1.0".into()
 }
 
 /// A named tensor of the model's signature; `-1` marks the batch dimension.

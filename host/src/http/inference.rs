@@ -156,6 +156,7 @@ pub fn describe(name: &str, target: &Target) -> Description {
                 parameters: vec![
                     ("device", model.device.to_string()),
                     ("precision", model.precision.name().to_string()),
+                    ("preprocessing", m.preprocessing.clone()),
                 ],
             }
         }
