@@ -66,6 +66,8 @@ class Config:
     robust_clips: int = 10_000
     robust_steps: int = 3_000
     robust_lr: float = 1e-3
+    robust_polish_steps: int = 3_000
+    robust_polish_lr: float = 4e-4
     slice_clips: int = 400
     # A model file whose weights stand in for the two clean cycles (they made it): the shipped
     # 1.1.0 started from 1.0.0's model.pt. Empty: train them.
@@ -138,7 +140,7 @@ def sizes(cfg: Config) -> dict[str, int]:
     the clean cycles run."""
     splits = {"heldout": cfg.heldout_clips}
     splits |= {f"heldout-{name}": cfg.slice_clips for name in NUISANCES}
-    if cfg.robust_steps:
+    if cfg.robust_steps or cfg.robust_polish_steps:
         splits["robust"] = cfg.robust_clips
     if not cfg.base:
         splits["train"] = cfg.train_clips
@@ -211,17 +213,23 @@ def symmetrise(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[
 
 
 def checkpoint_path(cfg: Config, phase: int) -> pathlib.Path:
-    key = hashlib.sha256(f"{generator_digest()} {cfg}".encode()).hexdigest()[:12]
+    """Where cycle `phase` keeps its state, keyed by what it depends on: the generator, the
+    cycles up to it and the settings they share, so that adding a later cycle keeps it."""
+    cycles = [c for c in phases(cfg) if c[0] <= phase]
+    own = {"steps", "lr", "polish_steps", "polish_lr", "robust_steps", "robust_lr", "robust_polish_steps", "robust_polish_lr"}
+    shared = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in own}
+    key = hashlib.sha256(f"{generator_digest()} {cycles} {shared}".encode()).hexdigest()[:12]
     return CACHE / f"checkpoint-{key}-{phase}.pt"
 
 
 def phases(cfg: Config) -> list[tuple[int, str, int, float]]:
     """(cycle number, training split, steps, peak learning rate) of each learning-rate cycle: the
     main one on clean clips, a shorter, gentler one from its weights, which settles the last
-    parallax confusions, then one on real footage's nuisances. With a base model, its weights
-    stand in for the first two."""
+    parallax confusions, then two on real footage's nuisances, the second gentler, as on clean
+    clips. With a base model, its weights stand in for the first two."""
     cycles = [(0, "train", cfg.steps, cfg.lr), (1, "train", cfg.polish_steps, cfg.polish_lr)]
     cycles.append((2, "robust", cfg.robust_steps, cfg.robust_lr))
+    cycles.append((3, "robust", cfg.robust_polish_steps, cfg.robust_polish_lr))
     return [c for c in cycles if c[2] and not (cfg.base and c[1] == "train")]
 
 
