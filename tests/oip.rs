@@ -388,7 +388,7 @@ fn rest_reads_and_writes_json_as_triton_does() {
     let (status, text) = post("/v2/models/motion-resnet18/versions/1/infer", body.into_bytes());
     assert_eq!(status, 200, "{text}");
     assert!(text.contains(r#""data":[NaN,NaN,"#), "{text}");
-    assert!(text.contains(r#""model_version":"1.0.0""#), "{text}");
+    assert!(text.contains(r#""model_version":"1.1.0""#), "{text}");
     let (status, text) = post(
         "/v2/models/motion-resnet18/versions/2/infer",
         br#"{"inputs":[{"name":"input","shape":[0],"datatype":"FP32","data":[]}]}"#.to_vec(),
