@@ -105,20 +105,20 @@ impl Clip<'_> {
     /// A frame is resized as soon as it is decoded and then dropped, unless its input's bars are
     /// still in question (its first frame has dark, flat lines at two opposite edges), when its
     /// frames are kept until the input's last one is seen: in a guest, whose memory is fresh for
-    /// every request, each page touched costs a page fault.
+    /// every request, each page touched costs a page fault. Where keeping them would take more
+    /// than [`HELD_BYTES`] in all (frames larger than 1080p, or several timeline windows in
+    /// question at once), an input's frames are decoded twice instead: once to find its bars,
+    /// once to resize.
     pub fn planes(&self, indices: &[usize], limits: &Limits) -> Result<Vec<f32>, DecodeError> {
         let mut inputs: Vec<Input> = indices.chunks(FRAMES).map(Input::new).collect();
         self.decode_each(&preprocess::distinct(indices), limits, |index, frame| {
-            let mut holders = inputs.iter_mut().filter(|input| input.wants(index)).peekable();
-            while let Some(input) = holders.next() {
-                if holders.peek().is_some() {
-                    input.take(index, frame.clone());
-                } else {
-                    input.take(index, frame);
-                    break;
-                }
-            }
+            deliver(&mut inputs, index, frame)
         })?;
+        let missing: Vec<usize> = inputs.iter().flat_map(Input::missing).collect();
+        let again = preprocess::distinct(&missing);
+        if !again.is_empty() {
+            self.decode_each(&again, limits, |index, frame| deliver(&mut inputs, index, frame))?;
+        }
         let mut values = Vec::with_capacity(indices.len() * (SIZE * SIZE) as usize);
         for input in inputs {
             values.extend(
@@ -129,14 +129,36 @@ impl Clip<'_> {
     }
 }
 
+/// The most the model inputs of one call keep of full-size frames while their bars are in
+/// question: 8 frames of 1920×1080 luma.
+pub const HELD_BYTES: usize = 64 << 20;
+
+/// Hands a decoded frame to every input that samples it and has not resized it yet.
+fn deliver(inputs: &mut [Input], index: usize, frame: preprocess::Frame) {
+    let wanting: Vec<usize> = (0..inputs.len()).filter(|&i| inputs[i].wants(index)).collect();
+    for (n, &i) in wanting.iter().enumerate() {
+        let held: usize = inputs.iter().map(Input::held_bytes).sum();
+        let room = HELD_BYTES.saturating_sub(held);
+        if n + 1 < wanting.len() {
+            inputs[i].take(index, frame.clone(), room);
+        } else {
+            inputs[i].take(index, frame, room);
+            break;
+        }
+    }
+}
+
 /// One model input being built: its frames' planes, and until its crop is known, its bars so far
-/// and the frames that wait for them.
+/// and the frames that wait for them. A deferred input keeps none: it finds its bars on a first
+/// decoding of its frames and is resized on a second.
 struct Input<'a> {
     indices: &'a [usize],
     distinct: Vec<usize>,
     bars: preprocess::Bars,
     crop: Option<preprocess::Crop>,
     waiting: Vec<(usize, preprocess::Frame)>,
+    seen: usize,
+    deferred: bool,
     planes: Vec<(usize, Vec<f32>)>,
 }
 
@@ -148,28 +170,106 @@ impl<'a> Input<'a> {
             bars: preprocess::Bars::new(),
             crop: None,
             waiting: Vec::new(),
+            seen: 0,
+            deferred: false,
             planes: Vec::new(),
         }
     }
 
     fn wants(&self, index: usize) -> bool {
-        self.distinct.binary_search(&index).is_ok()
+        self.distinct.binary_search(&index).is_ok() && self.planes.iter().all(|(i, _)| *i != index)
     }
 
-    fn take(&mut self, index: usize, frame: preprocess::Frame) {
+    /// The frames it still needs planes of: after the first decoding, those a deferred input
+    /// saw before it knew its bars.
+    fn missing(&self) -> impl Iterator<Item = usize> + '_ {
+        self.distinct.iter().copied().filter(|&i| self.planes.iter().all(|(p, _)| *p != i))
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.waiting.iter().map(|(_, f)| f.luma.len() * std::mem::size_of::<f32>()).sum()
+    }
+
+    /// Takes one of its frames; `room` is what it may still keep of frames in question.
+    fn take(&mut self, index: usize, frame: preprocess::Frame, room: usize) {
         if let Some(crop) = self.crop {
             self.planes.push((index, preprocess::resize_within(&frame, crop)));
             return;
         }
         self.bars.observe(&frame);
-        self.waiting.push((index, frame));
-        let complete = self.planes.len() + self.waiting.len() == self.distinct.len();
-        if complete || !self.bars.possible() {
+        self.seen += 1;
+        let complete = self.seen == self.distinct.len();
+        if !self.bars.possible() || (complete && !self.deferred) {
             let crop = self.bars.crop();
             self.crop = Some(crop);
+            self.waiting.push((index, frame));
             for (index, frame) in self.waiting.drain(..) {
                 self.planes.push((index, preprocess::resize_within(&frame, crop)));
             }
+            return;
+        }
+        if !self.deferred && frame.luma.len() * std::mem::size_of::<f32>() > room {
+            // No room to keep it: find the bars on this decoding, resize on a second one.
+            self.deferred = true;
+            self.waiting.clear();
+        }
+        if self.deferred {
+            if complete {
+                self.crop = Some(self.bars.crop());
+            }
+        } else {
+            self.waiting.push((index, frame));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mono Y4M of `frames` frames of `width`×`height`, textured, with `bar` black rows at the
+    /// top and bottom.
+    fn y4m(width: usize, height: usize, frames: usize, bar: usize) -> Vec<u8> {
+        let mut data = format!("YUV4MPEG2 W{width} H{height} F25:1 Cmono\n").into_bytes();
+        for f in 0..frames {
+            data.extend_from_slice(b"FRAME\n");
+            data.extend((0..width * height).map(|i| {
+                let y = i / width;
+                if y < bar || y >= height - bar { 0 } else { 60 + ((i * 7 + f * 13 + y * 3) % 150) as u8 }
+            }));
+        }
+        data
+    }
+
+    /// The planes as the contract defines them: all sampled frames at once, their bars, then
+    /// each resized within them.
+    fn reference(clip: &Clip, indices: &[usize]) -> Vec<f32> {
+        let mut out = Vec::new();
+        for row in indices.chunks(FRAMES) {
+            let frames = clip.decode(&preprocess::distinct(row), &Limits::default()).unwrap();
+            let mut bars = preprocess::Bars::new();
+            frames.iter().for_each(|(_, f)| bars.observe(f));
+            let planes: Vec<(usize, Vec<f32>)> =
+                frames.iter().map(|(i, f)| (*i, preprocess::resize_within(f, bars.crop()))).collect();
+            out.extend(preprocess::model_input(row, &planes).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn planes_crop_alike_whether_frames_are_kept_or_decoded_twice() {
+        // Small frames with bars are kept; frames too large to keep eight of are decoded twice;
+        // frames without bars are resized as they come; a timeline's rows each find their bars.
+        for (width, height, bar, frames) in [(320, 180, 20, 16), (2200, 1200, 150, 12), (2200, 1200, 0, 12)] {
+            let data = y4m(width, height, frames, bar);
+            let media = [Media { content_type: "video/x-yuv4mpeg", data: &data }];
+            let clip = Clip::open(&media, &Limits::default()).unwrap();
+            let mut indices = preprocess::sample_indices(frames).to_vec();
+            indices.extend((0..FRAMES).map(|i| i % 5));
+            let got = clip.planes(&indices, &Limits::default()).unwrap();
+            assert_eq!(got, reference(&clip, &indices), "{width}x{height}, bars of {bar}");
+            // The bars were taken away: the input's first row is the picture, not black.
+            assert!(got[0] > preprocess::normalise(0.2), "{width}x{height}: the bars were left in");
         }
     }
 }
