@@ -53,7 +53,7 @@ impl Inputs {
         let input_path = dir.join("input.f32");
         std::fs::write(&input_path, input).unwrap();
         let mut frames: Vec<PathBuf> =
-            std::fs::read_dir(clip("dolly_in")).unwrap().map(|e| e.unwrap().path()).collect();
+            std::fs::read_dir(clip("pan_left")).unwrap().map(|e| e.unwrap().path()).collect();
         frames.sort();
         Inputs { clips, input_path, frames }
     }
@@ -150,7 +150,10 @@ fn tritonclient_drives_both_models_over_tls_in_json_and_binary() {
     }
     let answers: Vec<&serde_json::Value> = report["pipeline"]["binary"].as_array().unwrap().iter().collect();
     inputs.check_pipeline(&server, &raw["json"], &answers);
-    assert_eq!(report["pipeline"]["frames"], "dolly_in", "the frames clip, sent as 8 PNG elements");
+    assert_eq!(
+        report["pipeline"]["frames"], "pan_left",
+        "the frames clip, sent as one PNG element per frame in time order"
+    );
 
     let log = server.log();
     let access =
@@ -207,7 +210,10 @@ fn tritonclient_grpc_drives_both_models_over_tls_with_the_same_answers() {
     }
     let answers: Vec<&serde_json::Value> = report["pipeline"]["clips"].as_array().unwrap().iter().collect();
     inputs.check_pipeline(&server, &raw["raw_contents"], &answers);
-    assert_eq!(report["pipeline"]["frames"], "dolly_in", "the frames clip, sent as 8 PNG elements");
+    assert_eq!(
+        report["pipeline"]["frames"], "pan_left",
+        "the frames clip, sent as one PNG element per frame in time order"
+    );
 
     // The stream: each answer carries its request's id; a failed one its error, and the
     // stream goes on.
