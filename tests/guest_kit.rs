@@ -36,6 +36,11 @@ fn run(command: &mut Command, what: &str) -> String {
 /// script, as its README says; returns the component. A Rust project builds on the SDK it
 /// carries, as it would anywhere.
 fn new_and_build(lang: &str, name: &str, dir: &Path) -> Vec<u8> {
+    new_and_build_with(lang, name, dir, |_| {})
+}
+
+/// [`new_and_build`], with `edit` changing the project before it is built.
+fn new_and_build_with(lang: &str, name: &str, dir: &Path, edit: impl FnOnce(&Path)) -> Vec<u8> {
     let project = dir.join(name);
     run(
         Command::new(bin())
@@ -44,6 +49,7 @@ fn new_and_build(lang: &str, name: &str, dir: &Path) -> Vec<u8> {
             .arg(&project),
         &format!("guest new --lang {lang}"),
     );
+    edit(&project);
     let tools = guest_tools();
     let path = format!("{}:{}", tools.join("venv/bin").display(), std::env::var("PATH").unwrap_or_default());
     if lang == "js" {
@@ -221,4 +227,45 @@ fn templates_build_outside_the_repository_check_and_swap_in_under_load() {
     eprintln!("answered {} requests; guests seen: {seen:?} ({names:?})", answered.load(Ordering::Relaxed));
     // The default and each template's build answered live traffic.
     assert!(seen.len() > guests.len(), "{seen:?}");
+}
+
+/// The toolkit holds a guest's policy to the model's contract: a Python guest whose `frames`
+/// chooses 7 frames, and one whose `rank` fails, are refused by `guest check` with the reason,
+/// because validation's samples run through them as a request would.
+#[test]
+fn a_policy_that_breaks_the_contract_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("kit-seven", "for i in range(8)]", "for i in range(7)]", "the model takes 8 frames"),
+        (
+            "kit-failing",
+            "        return [[Label",
+            "        raise Err('no answer today')\n        return [[Label",
+            "no answer today",
+        ),
+    ];
+    for (name, from, to, reason) in cases {
+        new_and_build_with("python", name, dir.path(), |project| {
+            let app = project.join("app.py");
+            let source = std::fs::read_to_string(&app).unwrap();
+            assert!(source.contains(from), "app.py no longer holds {from:?}");
+            let source = source.replacen(from, to, 1).replacen(
+                "import math",
+                "import math\n\nfrom componentize_py_types import Err",
+                1,
+            );
+            std::fs::write(&app, source).unwrap();
+        });
+        let wasm = dir.path().join(name).join(format!("{name}.wasm"));
+        let out = Command::new(bin())
+            .current_dir(repo_root())
+            .args(["guest", "check"])
+            .arg(&wasm)
+            .output()
+            .unwrap();
+        let report =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{name} passed the check:\n{report}");
+        assert!(report.contains(reason), "{name}: the check does not say {reason:?}:\n{report}");
+    }
 }

@@ -47,7 +47,8 @@ pub struct GuestNewArgs {
     pub name: String,
 
     /// The language of the guest: rust (on the motion-guest-sdk crate), python
-    /// (componentize-py) or js (jco); python and js guests decode through the toolkit component.
+    /// (componentize-py) or js (jco); a python or js guest is its policy (labels, frames, ranking),
+    /// and its build composes the toolkit component around it, which decodes and preprocesses.
     #[arg(long, value_enum)]
     pub lang: GuestLang,
 

@@ -1,110 +1,141 @@
-//! The toolkit component: `motion:toolkit/preprocess` (`wit/toolkit/toolkit.wit`) over
-//! motion-guest-sdk, so a guest written in Python or JavaScript decodes and preprocesses at Rust
-//! speed. A guest's build composes it in (`wasm-tools compose guest.wasm -d toolkit.wasm`), so
-//! the host sees one component with the toolkit inside it, and nothing of the toolkit in its
-//! own code.
+//! The toolkit component: the `motion:guest` classifier the host runs, built on
+//! motion-guest-sdk, around the `motion:toolkit/policy` (`wit/toolkit/toolkit.wit`) of a guest
+//! written in any language. A guest's build composes the two (`wasm-tools compose toolkit.wasm
+//! -d guest.wasm`), so the host sees one component.
 //!
-//! A clip keeps its own copy of the media (the guest's memory is another instance's) and reads
-//! the headers again at each `planes` call, which costs microseconds against the decoding.
+//! The upload arrives here from the host, once, and never crosses into the guest: the toolkit
+//! decodes it, asks the guest which frames feed the model, preprocesses them, runs the model
+//! through wasi:nn, and asks the guest to rank each row's logits. The guest's code runs for
+//! three small calls a request (`describe`, `frames`, `rank`), whatever the size of the clip.
 
 #[cfg(target_arch = "wasm32")]
 mod component {
-    use std::cell::Cell;
+    use std::collections::HashMap;
 
-    use motion_guest_sdk::decode::{ACCEPTS, DecodeError, Limits};
-    use motion_guest_sdk::{postprocess, preprocess, timeline};
+    use motion_guest_sdk::decode::Limits;
+    use motion_guest_sdk::preprocess::{FRAMES, SIZE, distinct};
+    use motion_guest_sdk::{
+        Classification, Clip, Error, GuestInfo, LabelScore, Model, Plan, Request, Segment,
+    };
 
     wit_bindgen::generate!({
         world: "toolkit",
         path: "../wit/toolkit",
-        generate_all,
+        with: {
+            "motion:guest/types@0.2.0": motion_guest_sdk::bindings::motion::guest::types,
+            "wasi:nn/tensor@0.2.0-rc-2024-10-28": motion_guest_sdk::bindings::wasi::nn::tensor,
+            "wasi:nn/errors@0.2.0-rc-2024-10-28": motion_guest_sdk::bindings::wasi::nn::errors,
+            "wasi:nn/inference@0.2.0-rc-2024-10-28": motion_guest_sdk::bindings::wasi::nn::inference,
+            "wasi:nn/graph@0.2.0-rc-2024-10-28": motion_guest_sdk::bindings::wasi::nn::graph,
+        },
     });
 
-    use exports::motion::toolkit::preprocess::{Error, Guest, GuestClip, Media, Segmentation, Window};
+    use motion::toolkit::policy;
 
     struct Toolkit;
 
-    /// A clip: its media, owned, and the frame count its headers gave when it was opened.
-    struct Clip {
-        media: Vec<Media>,
-        frames: Cell<usize>,
-    }
-
-    fn error(e: DecodeError) -> Error {
-        match e {
-            DecodeError::Unsupported(m) => Error::UnsupportedMedia(m),
-            DecodeError::Malformed(m) => Error::BadInput(m),
+    impl exports::motion::guest::classifier::Guest for Toolkit {
+        fn info() -> GuestInfo {
+            let about = policy::describe();
+            GuestInfo {
+                name: about.name,
+                version: about.version,
+                model: about.model,
+                input_shape: vec![-1, FRAMES as i64, i64::from(SIZE), i64::from(SIZE)],
+                labels: about.labels,
+                accepts: about.accepts,
+            }
         }
-    }
 
-    impl Clip {
-        fn open(&self) -> Result<motion_guest_sdk::Clip<'_>, Error> {
-            let media: Vec<motion_guest_sdk::Media> = self
-                .media
+        fn classify(req: Request) -> Result<Classification, Error> {
+            let limits = Limits::default();
+            let media = motion_guest_sdk::media(&req);
+            let clip = Clip::open(&media, &limits)?;
+            // The timeline's windows (none unless asked for); the frames are the guest's choice.
+            let plan = Plan::new(&req, &clip)?;
+            let mut choices = Choices::default();
+            let frames = choices.frames(clip.frame_count())?;
+            let mut indices = frames.clone();
+            for window in &plan.windows {
+                indices.extend(choices.frames(window.end - window.start)?.iter().map(|i| window.start + i));
+            }
+            let input = clip.planes(&indices, &limits)?;
+            let model = policy::describe().model;
+            let rows = Model::load(&model)?.run_rows(&input)?;
+            let mut ranked = policy::rank(&rows, req.top_k).map_err(Error::Inference)?.into_iter();
+            if ranked.len() != rows.len() {
+                return Err(Error::Inference(format!(
+                    "the guest's rank answered {} rows of {}",
+                    ranked.len(),
+                    rows.len()
+                )));
+            }
+            let (label, score, top_k) = best(ranked.next())?;
+            let segments = plan
+                .windows
                 .iter()
-                .map(|m| motion_guest_sdk::Media { content_type: &m.content_type, data: &m.data })
-                .collect();
-            motion_guest_sdk::Clip::open(&media, &Limits::default()).map_err(error)
-        }
-    }
-
-    impl GuestClip for Clip {
-        fn open(media: Vec<Media>) -> Result<exports::motion::toolkit::preprocess::Clip, Error> {
-            let clip = Clip { media, frames: Cell::new(0) };
-            let frames = clip.open()?.frame_count();
-            clip.frames.set(frames);
-            Ok(exports::motion::toolkit::preprocess::Clip::new(clip))
-        }
-
-        fn frame_count(&self) -> u32 {
-            u32::try_from(self.frames.get()).unwrap_or(u32::MAX)
-        }
-
-        fn planes(&self, indices: Vec<u32>) -> Result<Vec<u8>, Error> {
-            let indices: Vec<usize> = indices.into_iter().map(|i| i as usize).collect();
-            let values = self.open()?.planes(&indices, &Limits::default()).map_err(error)?;
-            Ok(motion_guest_sdk::le_bytes(&values).to_vec())
-        }
-
-        fn windows(&self, how: Segmentation, max: u32) -> Result<Vec<Window>, Error> {
-            let how = match how {
-                Segmentation::Seconds(s) => timeline::Segmentation::Seconds(s),
-                Segmentation::Frames(n) => timeline::Segmentation::Frames(n),
-            };
-            let clip = self.open()?;
-            let windows = timeline::windows(clip.frame_count(), clip.timing().as_ref(), how, max as usize)
-                .map_err(Error::BadRequest)?;
-            Ok(windows
-                .into_iter()
-                .map(|w| Window {
-                    start_frame: w.start as u32,
-                    end_frame: w.end as u32,
-                    start_s: w.start_s,
-                    end_s: w.end_s,
-                    sample: w.sample_indices().iter().map(|&i| i as u32).collect(),
+                .zip(ranked)
+                .map(|(window, top)| {
+                    let (label, score, top_k) = best(Some(top))?;
+                    Ok(Segment {
+                        start_frame: count(window.start),
+                        end_frame: count(window.end),
+                        start_s: window.start_s,
+                        end_s: window.end_s,
+                        label,
+                        score,
+                        top_k,
+                    })
                 })
-                .collect())
+                .collect::<Result<_, Error>>()?;
+            Ok(Classification {
+                label,
+                score,
+                top_k,
+                frames_total: count(clip.frame_count()),
+                frames_used: count(distinct(&frames).len()),
+                segments,
+            })
         }
     }
 
-    impl Guest for Toolkit {
-        type Clip = Clip;
+    /// The guest's choice of frames, asked once per length of run: a timeline's windows are
+    /// mostly of one length.
+    #[derive(Default)]
+    struct Choices(HashMap<usize, Vec<usize>>);
 
-        fn accepts() -> Vec<String> {
-            ACCEPTS.iter().map(|a| a.to_string()).collect()
+    impl Choices {
+        fn frames(&mut self, frame_count: usize) -> Result<Vec<usize>, Error> {
+            if let Some(frames) = self.0.get(&frame_count) {
+                return Ok(frames.clone());
+            }
+            let chosen = policy::frames(count(frame_count));
+            if chosen.len() != FRAMES || chosen.iter().any(|&i| i as usize >= frame_count) {
+                return Err(Error::Inference(format!(
+                    "the guest's frames({frame_count}) chose {chosen:?}; the model takes {FRAMES} frames, each \
+                     below {frame_count}"
+                )));
+            }
+            let frames: Vec<usize> = chosen.into_iter().map(|i| i as usize).collect();
+            self.0.insert(frame_count, frames.clone());
+            Ok(frames)
         }
+    }
 
-        fn sample_indices(frame_count: u32) -> Vec<u32> {
-            preprocess::sample_indices((frame_count as usize).max(1)).iter().map(|&i| i as u32).collect()
-        }
+    /// One row's ranking as the world has it: the best label, its score, and the whole list.
+    fn best(top: Option<Vec<policy::LabelScore>>) -> Result<(String, f32, Vec<LabelScore>), Error> {
+        let top: Vec<LabelScore> = top
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| LabelScore { label: s.label, score: s.score })
+            .collect();
+        let first =
+            top.first().ok_or_else(|| Error::Inference("the guest's rank gave a row no labels".into()))?;
+        Ok((first.label.clone(), first.score, top))
+    }
 
-        fn softmax(logits: Vec<f32>) -> Result<Vec<f32>, String> {
-            postprocess::softmax(&logits)
-        }
-
-        fn top_k(scores: Vec<f32>, k: u32) -> Vec<u32> {
-            postprocess::top_k(&scores, k as usize).into_iter().map(|i| i as u32).collect()
-        }
+    fn count(n: usize) -> u32 {
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     export!(Toolkit);
