@@ -6,9 +6,10 @@ For each guest it prints and writes (bench/results/guests.json) the build time o
 (its toolchain installed, its own build from scratch), the component's size, the time of
 `motion-host guest check`, the server's validation time, and, over sequential requests for the
 benchmark clip as Y4M and as PNG frames (and a 16-frame 1280×720 Y4M, where the costs that do
-not grow with the clip weigh less), the median instantiation, the median preprocessing
-less instantiation (the guest's own work before its first wasi:nn call, as the race's table
-reports it) against the default Rust guest's, and the end-to-end p50 seen by the client.
+not grow with the clip weigh less), the guests taking turns, the median instantiation, the
+median preprocessing less instantiation (the guest's own work before its first wasi:nn call, as
+the race's table reports it) against the default Rust guest's, and the end-to-end p50 seen by
+the client.
 """
 
 import argparse
@@ -89,28 +90,41 @@ def hd_clip(work):
     return path
 
 
-def measure(port, guest, clip, requests):
-    """Sequential requests for the clip in each form; medians of the guest's stages."""
-    out = {}
+# Requests a guest gets in a row, after WARM_IN_A_ROW untimed ones: each guest in turn, round
+# after round, so a drift of the machine's speed weighs on every guest alike, while each is timed
+# as it runs when it gets the traffic (its pool slot and caches its own, not another guest's).
+IN_A_ROW = 10
+WARM_IN_A_ROW = 2
+
+
+def measure(port, guests, clip, requests):
+    """Sequential requests for the clip in each form, the guests taking turns IN_A_ROW requests
+    at a time; medians of each guest's stages over `requests` timed requests."""
+    out = {guest: {} for guest in guests}
     for form, (path, content_type) in clip["forms"].items():
         body = path.read_bytes()
-        route = "/v1/classify" if guest == "motion" else f"/v1/guests/{guest}/classify"
-        for _ in range(3):  # warm: the slot's memory, the caches
-            request(port, route, body, content_type)
-        instantiate, preprocess, total = [], [], []
-        for _ in range(requests):
-            started = time.perf_counter()
-            answer = request(port, route, body, content_type)
-            total.append((time.perf_counter() - started) * 1e3)
-            t = answer["timings_ms"]
-            instantiate.append(t["instantiate"])
-            preprocess.append(t["preprocess"] - t["instantiate"])
-        out[form] = {
-            "instantiate_ms": statistics.median(instantiate),
-            "preprocess_ms": statistics.median(preprocess),
-            "p50_ms": statistics.median(total),
-            "label": answer["label"],
-        }
+        routes = {guest: "/v1/classify" if guest == "motion" else f"/v1/guests/{guest}/classify" for guest in guests}
+        times = {guest: ([], [], []) for guest in guests}
+        answers = {}
+        for _ in range(-(-requests // IN_A_ROW)):
+            for guest, route in routes.items():
+                instantiate, preprocess, total = times[guest]
+                for i in range(WARM_IN_A_ROW + IN_A_ROW):
+                    started = time.perf_counter()
+                    answers[guest] = request(port, route, body, content_type)
+                    took = (time.perf_counter() - started) * 1e3
+                    if i >= WARM_IN_A_ROW:
+                        t = answers[guest]["timings_ms"]
+                        total.append(took)
+                        instantiate.append(t["instantiate"])
+                        preprocess.append(t["preprocess"] - t["instantiate"])
+        for guest, (instantiate, preprocess, total) in times.items():
+            out[guest][form] = {
+                "instantiate_ms": statistics.median(instantiate),
+                "preprocess_ms": statistics.median(preprocess),
+                "p50_ms": statistics.median(total),
+                "label": answers[guest]["label"],
+            }
     return out
 
 
@@ -149,9 +163,9 @@ def main():
             for name, wasm in built.items():
                 entry = request(port, f"/admin/guests/{name}", wasm, None, token=TOKEN, method="PUT")
                 rows[name]["validation_ms"] = entry["validation_ms"]
-            for name in rows:
-                log(f"timing {name}")
-                rows[name]["clips"] = measure(port, name, clip, args.requests)
+            log(f"timing {', '.join(rows)}, taking turns")
+            for name, clips in measure(port, list(rows), clip, args.requests).items():
+                rows[name]["clips"] = clips
         finally:
             halt(proc, server_log)
 

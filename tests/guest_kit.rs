@@ -267,5 +267,6 @@ fn a_policy_that_breaks_the_contract_is_refused_with_the_reason() {
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(!out.status.success(), "{name} passed the check:\n{report}");
         assert!(report.contains(reason), "{name}: the check does not say {reason:?}:\n{report}");
+        eprintln!("{name}: {report}");
     }
 }
