@@ -35,6 +35,9 @@ RUN --mount=type=secret,id=ca_bundle with-build-ca sh -euc '\
     apt-get install -y --no-install-recommends g++ make python3 python3-pip ca-certificates binutils; \
     rm -rf /var/lib/apt/lists/*; \
     '
+# Marks this stage's images (and the cuda-libs stage's, built on it) so that scripts/container.sh
+# can remove the ones a newer build has replaced.
+LABEL io.motion-host.stage="builder"
 WORKDIR /src
 COPY . .
 # Changes when the sources do, so a cached layer is never reused for other sources.
