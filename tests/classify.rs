@@ -396,6 +396,9 @@ fn the_forward_pass_spins_briefly_between_operators_unless_the_operator_says_oth
     let server = ServerBuilder::new().tls().start();
     assert!(environment_has(&server, "GOMP_SPINCOUNT=10000"), "{}", server.log());
     assert_eq!(post(&server, "/v1/classify", "video/x-yuv4mpeg", clips::y4m(16, 160, 90)).status(), 200);
+    // Started again through /proc/self/exe, it still goes by its own name (ps, pgrep, killall).
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", server.pid())).unwrap();
+    assert_eq!(comm.trim_end(), "motion-host");
 
     let server = ServerBuilder::new().tls().env("GOMP_SPINCOUNT", "300000").start();
     assert!(environment_has(&server, "GOMP_SPINCOUNT=300000"));

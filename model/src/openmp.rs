@@ -23,6 +23,8 @@ const GOMP_SPINCOUNT: &str = "10000";
 /// Call it before any other thread starts.
 pub fn spin_briefly_between_operators() {
     if std::env::var_os("GOMP_SPINCOUNT").is_some() {
+        #[cfg(target_os = "linux")]
+        take_back_the_program_name();
         return;
     }
     #[cfg(target_os = "linux")]
@@ -39,5 +41,19 @@ pub fn spin_briefly_between_operators() {
         eprintln!(
             "note: cannot restart with GOMP_SPINCOUNT={GOMP_SPINCOUNT} ({error}); libgomp's default applies"
         );
+    }
+}
+
+/// A program started again through `/proc/self/exe` is named `exe`, the link's name, wherever
+/// the kernel shows a process's name: `ps`, `top`, `pgrep -x`, `killall`. This names it after
+/// its own file again (the kernel keeps the first 15 bytes), before any thread starts, so the
+/// threads that are not named otherwise take that name too.
+#[cfg(target_os = "linux")]
+fn take_back_the_program_name() {
+    let Ok(exe) = std::env::current_exe() else { return };
+    let Some(name) = exe.file_name() else { return };
+    if std::fs::read("/proc/self/comm").is_ok_and(|comm| comm == b"exe\n") {
+        // Only cosmetic: a process that cannot rename itself runs as well.
+        let _ = std::fs::write("/proc/self/comm", name.as_encoded_bytes());
     }
 }
