@@ -1,5 +1,5 @@
 //! The benchmark's floor: what the work costs with no server around it. Times a bare tch
-//! forward pass of the model at batch 1 and 16, and the default guest's preprocessing
+//! forward pass of the model at batch 1 and 16 (or `--batch` sizes), and the default guest's preprocessing
 //! (`motion_guest_sdk::prepare`, the code the guest runs in wasm) compiled natively, on the
 //! benchmark clip; writes medians as JSON.
 //!
@@ -35,7 +35,10 @@ struct Args {
     /// The same clip as Y4M.
     #[arg(long)]
     y4m: Option<PathBuf>,
-    /// Timed runs of each measurement (batch 16 runs a quarter as many).
+    /// Batch sizes to time the forward pass at (the limit needs 1 and 16).
+    #[arg(long = "batch", value_delimiter = ',', default_values_t = [1, 16])]
+    batches: Vec<usize>,
+    /// Timed runs of each measurement (a batch of 4n rows runs 1/n as many).
     #[arg(long, default_value_t = 40)]
     iterations: usize,
     #[arg(long)]
@@ -60,7 +63,8 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot load {}", args.model.display()))?;
 
     let mut forward_ms = BTreeMap::new();
-    for (batch, runs) in [(1, args.iterations), (16, args.iterations.div_ceil(4))] {
+    for &batch in &args.batches {
+        let runs = args.iterations.div_ceil(batch.div_ceil(4).max(1));
         let input = model.random_input(&[batch as i64, 8, 112, 112])?;
         for _ in 0..3 {
             model.forward(&input)?;
