@@ -367,6 +367,9 @@ def race(args, threads: int) -> dict:
                                     "--y4m", str(clip["forms"]["y4m"][0]))
     floor = fp32_floor()
     floor_timings = [{"forward_ms": floor["forward_ms"], "prepare_ms": floor["prepare_ms"]}]
+    # The server optimises the model for inference as it loads (unless --plain-model), and so
+    # does the floor above: the module as its file has it, timed too, shows what that gains.
+    floor["forward_plain_ms"] = time_floor(work / "floor-plain.json", "--plain-model")["forward_ms"]
     if cpu_has_bf16():
         floor["forward_bf16_ms"] = time_floor(work / "floor-bf16.json", "--precision", "bf16")["forward_ms"]
     else:
@@ -575,6 +578,9 @@ def table(results: dict) -> str:
                   f"{floor['forward_ms']['16']:.1f} ms at batch 16 ({floor['forward_ms']['16'] / 16:.1f} ms a row); "
                   f"native preprocessing {floor['prepare_ms']['png']:.2f} ms (PNG), "
                   f"{floor['prepare_ms']['y4m']:.2f} ms (Y4M)",
+              *([f"plain floor (the module as its file has it, not optimised for inference): bare forward "
+                 f"{floor['forward_plain_ms']['1']:.1f} ms at batch 1, {floor['forward_plain_ms']['16']:.1f} ms at "
+                 f"batch 16"] if "forward_plain_ms" in floor else []),
               *([f"bf16 floor: bare forward {floor['forward_bf16_ms']['1']:.1f} ms at batch 1, "
                  f"{floor['forward_bf16_ms']['16']:.1f} ms at batch 16 (the limit and targets stay at fp32)"]
                 if "forward_bf16_ms" in floor else []),

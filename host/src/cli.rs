@@ -239,6 +239,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PRECISION", env = "MOTION_HOST_PRECISION", default_value = "fp32")]
     pub precision: motion_model::Precision,
 
+    /// Run each model's TorchScript module as its file has it. By default an FP32 model on the
+    /// CPU is frozen and optimised for inference as it loads (`torch.jit.optimize_for_inference`:
+    /// batch norm folded into the convolutions, which run in oneDNN's layout), and a module that
+    /// cannot be runs as it is, with a warning.
+    #[arg(long, env = "MOTION_HOST_PLAIN_MODEL")]
+    pub plain_model: bool,
+
     /// libtorch intra-op threads per model. Default: the CPUs this process may use (cgroup
     /// quota included).
     #[arg(long, value_name = "N", env = "MOTION_HOST_INFERENCE_THREADS")]

@@ -90,6 +90,7 @@ impl ServeConfig {
             max_batch: args.max_batch_size,
             batch_delay: args.max_batch_delay,
             precision: args.precision,
+            optimise: !args.plain_model,
         };
 
         if args.max_in_flight == 0 || args.max_queue == 0 {

@@ -24,6 +24,8 @@ pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
         max_batch: 1,
         batch_delay: Some(Duration::ZERO),
         precision: Precision::Fp32,
+        // The check needs the model's answers, not its speed: skip the optimisation's load time.
+        optimise: false,
     };
     let models =
         boot::models(args.runtime.model_dir.clone(), device, tuning, Arc::new(|_: &str, _| {})).await?;

@@ -257,6 +257,7 @@ async fn load_everything(
             sha256 = %model.sha256,
             device = %model.device,
             precision = %model.precision,
+            optimised = model.optimised,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model loaded and warmed up"
         );

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::device::DeviceKind;
 use crate::error::BackendError;
 use crate::manifest::{Manifest, TensorSpec};
+use crate::optimised::Optimised;
 use crate::precision::Precision;
 use crate::progress::{Progress, Stage};
 
@@ -43,6 +44,9 @@ pub struct Tuning {
     pub batch_delay: Option<Duration>,
     /// What the weights and the forward pass run in; inputs and outputs stay FP32.
     pub precision: Precision,
+    /// Whether an FP32 model on the CPU is frozen and optimised for inference at load
+    /// (`optimised.rs`); otherwise, and elsewhere, the module runs as its file has it.
+    pub optimise: bool,
 }
 
 impl Tuning {
@@ -213,6 +217,9 @@ pub struct Model {
     pub sha256: String,
     pub device: DeviceKind,
     pub precision: Precision,
+    /// Whether its forward pass runs the module frozen and optimised for inference
+    /// ([`Tuning::optimise`]), not as its file has it.
+    pub optimised: bool,
     /// How its inference thread batches: what Triton's model configuration reports.
     pub batching: Batching,
     jobs: mpsc::Sender<Job>,
@@ -285,13 +292,20 @@ impl Model {
                 let _no_grad = tch::no_grad_guard();
                 let capacity = tuning.max_batch.max(MAX_ROWS_PER_CALL as usize);
                 let weights = tuning.precision.kind();
-                let loaded =
-                    load_and_warm(&file, device, weights, &input_spec, &output_spec, tuning.max_batch)
-                        .and_then(|module| Ok((module, Staging::new(&input_spec, capacity, device)?)));
+                let loaded = load_and_warm(
+                    &file,
+                    device,
+                    weights,
+                    tuning.optimise,
+                    &input_spec,
+                    &output_spec,
+                    tuning.max_batch,
+                )
+                .and_then(|graph| Ok((graph, Staging::new(&input_spec, capacity, device)?)));
                 match loaded {
-                    Ok((module, staging)) => {
-                        let _ = ready_tx.send(Ok(()));
-                        let pass = Pass { module, device, kind: weights, output: output_spec, name, batches };
+                    Ok((graph, staging)) => {
+                        let _ = ready_tx.send(Ok(matches!(graph, Graph::Optimised(_))));
+                        let pass = Pass { graph, device, kind: weights, output: output_spec, name, batches };
                         serve(&pass, staging, queue, &waiting_for, tuning, tuning.batch_delay_on(kind));
                     }
                     Err(e) => {
@@ -300,9 +314,18 @@ impl Model {
                 }
             })
             .map_err(|e| BackendError::Torch(format!("cannot start the inference thread: {e}")))?;
-        ready_rx.recv().map_err(|_| BackendError::Stopped)??;
+        let optimised = ready_rx.recv().map_err(|_| BackendError::Stopped)??;
         let batching = Batching { max_rows: tuning.max_batch.max(1), max_delay: tuning.batch_delay_on(kind) };
-        Ok(Model { manifest, sha256, device: kind, precision: tuning.precision, batching, jobs, expected })
+        Ok(Model {
+            manifest,
+            sha256,
+            device: kind,
+            precision: tuning.precision,
+            optimised,
+            batching,
+            jobs,
+            expected,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -387,7 +410,7 @@ impl Model {
 /// A TorchScript model run directly on the CPU, with no inference thread, queue or batching
 /// around it: the benchmark's floor.
 pub struct BareModel {
-    module: CModule,
+    graph: Graph,
     kind: Kind,
 }
 
@@ -397,14 +420,23 @@ pub struct BareInput {
 }
 
 impl BareModel {
-    /// Loads `file` onto the CPU in eval mode at `precision`, with `threads` intra-op threads.
-    pub fn load(file: &Path, threads: usize, precision: Precision) -> Result<BareModel, BackendError> {
+    /// Loads `file` onto the CPU in eval mode at `precision`, with `threads` intra-op threads,
+    /// optimised for inference as the server's would be (`optimise`, FP32 only).
+    pub fn load(
+        file: &Path,
+        threads: usize,
+        precision: Precision,
+        optimise: bool,
+    ) -> Result<BareModel, BackendError> {
         tch::set_num_threads(threads.max(1) as i32);
-        let mut module = CModule::load_on_device(file, Device::Cpu).map_err(torch_err)?;
-        module.set_eval();
         let kind = precision.kind();
-        convert(&mut module, Device::Cpu, kind)?;
-        Ok(BareModel { module, kind })
+        let graph = Graph::load(file, Device::Cpu, kind, optimise)?;
+        Ok(BareModel { graph, kind })
+    }
+
+    /// Whether the forward pass runs the module optimised for inference.
+    pub fn optimised(&self) -> bool {
+        matches!(self.graph, Graph::Optimised(_))
     }
 
     /// An input of `shape` with values drawn uniformly from [0, 1).
@@ -416,7 +448,7 @@ impl BareModel {
     /// One forward pass, gradients off; the output is dropped.
     pub fn forward(&self, input: &BareInput) -> Result<(), BackendError> {
         let _no_grad = tch::no_grad_guard();
-        self.module.forward_ts(&[&input.tensor]).map(drop).map_err(torch_err)
+        self.graph.forward(&input.tensor).map(drop)
     }
 }
 
@@ -434,30 +466,72 @@ fn convert(module: &mut CModule, device: Device, kind: Kind) -> Result<(), Backe
         .map_err(|_| BackendError::Torch(format!("cannot convert the model's weights to {kind:?}")))
 }
 
-/// Loads the module onto `device` with its weights in `kind`, and warms it up.
+/// A model's forward pass: the TorchScript module as tch runs it, or optimised for inference.
+enum Graph {
+    Plain(CModule),
+    Optimised(Optimised),
+}
+
+impl Graph {
+    /// Loads `file` onto `device` in eval mode with its weights in `kind`: optimised for
+    /// inference when asked to and it is FP32 on the CPU, and as the file has it otherwise or
+    /// when libtorch cannot optimise it (a warning says why).
+    fn load(file: &Path, device: Device, kind: Kind, optimise: bool) -> Result<Graph, BackendError> {
+        if optimise && device == Device::Cpu && kind == Kind::Float {
+            match Optimised::load(file) {
+                Ok(optimised) => return Ok(Graph::Optimised(optimised)),
+                Err(reason) => tracing::warn!(
+                    file = %file.display(),
+                    %reason,
+                    "the model cannot be optimised for inference; it runs as its file has it"
+                ),
+            }
+        }
+        let mut module = CModule::load_on_device(file, device).map_err(torch_err)?;
+        module.set_eval();
+        convert(&mut module, device, kind)?;
+        Ok(Graph::Plain(module))
+    }
+
+    fn forward(&self, input: &Tensor) -> Result<Tensor, BackendError> {
+        match self {
+            Graph::Plain(module) => module.forward_ts(&[input]).map_err(torch_err),
+            Graph::Optimised(optimised) => optimised.forward(input).map_err(BackendError::Torch),
+        }
+    }
+}
+
+/// Loads the module onto `device` with its weights in `kind` (optimised if `optimise` and it
+/// can be), and warms it up.
 fn load_and_warm(
     file: &Path,
     device: Device,
     kind: Kind,
+    optimise: bool,
     input: &TensorSpec,
     output: &TensorSpec,
     max_batch: usize,
-) -> Result<CModule, BackendError> {
-    let mut module = CModule::load_on_device(file, device).map_err(torch_err)?;
-    module.set_eval();
-    convert(&mut module, device, kind)?;
-    // The first pass at a batch size pays for libtorch's kernel set-up: pay it now, for a
-    // lone call and for a full batch, and check the output against the manifest.
+) -> Result<Graph, BackendError> {
+    let graph = Graph::load(file, device, kind, optimise)?;
+    // The first passes at a batch size pay for libtorch's kernel set-up (and TorchScript's
+    // profiling runs, which come before its optimised plan): pay them now, for a lone call and
+    // for a full batch, and check the output against the manifest.
     for rows in [1, max_batch.max(1)] {
         let mut shape = input.shape.clone();
         shape[0] = rows as i64;
         let warm = Tensor::f_zeros(&shape, (kind, device)).map_err(torch_err)?;
-        let warm_output = module.forward_ts(&[warm]).map_err(torch_err)?;
-        check_output(&warm_output.size(), rows, output)
-            .map_err(|e| BackendError::Output(format!("warm-up with {rows} row(s): {e}")))?;
+        for _ in 0..WARM_UP_PASSES {
+            let warm_output = graph.forward(&warm)?;
+            check_output(&warm_output.size(), rows, output)
+                .map_err(|e| BackendError::Output(format!("warm-up with {rows} row(s): {e}")))?;
+        }
     }
-    Ok(module)
+    Ok(graph)
 }
+
+/// Forward passes at each warm-up batch size: TorchScript's profiling executor runs a graph as
+/// it is twice before it runs its optimised plan.
+const WARM_UP_PASSES: usize = 3;
 
 /// Checks that a forward pass over `rows` rows returned `[rows, ...]` as the manifest's output
 /// says.
@@ -535,7 +609,7 @@ impl Staging {
 /// What a forward pass needs: the module, its device and precision, the output it must return,
 /// and whom to tell of each batch.
 struct Pass {
-    module: CModule,
+    graph: Graph,
     device: Device,
     /// What the input is cast to before the pass (the weights' kind).
     kind: Kind,
@@ -689,7 +763,7 @@ fn forward(
     } else {
         input
     };
-    let output = pass.module.forward_ts(&[input]).map_err(torch_err)?;
+    let output = pass.graph.forward(&input)?;
     check_output(&output.size(), rows, &pass.output).map_err(BackendError::Output)?;
     let output = output
         .f_to_device(Device::Cpu)
@@ -727,6 +801,7 @@ mod tests {
             max_batch,
             batch_delay: Some(batch_delay),
             precision: Precision::Fp32,
+            optimise: true,
         };
         let registry = ModelRegistry::load_dir(&dir, &cpu, tuning, batches).unwrap();
         Arc::clone(registry.get("motion-resnet18").unwrap())
@@ -762,6 +837,29 @@ mod tests {
 
     fn floats(bytes: &[u8]) -> Vec<f32> {
         bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+
+    #[test]
+    fn the_optimised_forward_pass_answers_as_the_plain_one() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/motion-resnet18/model.pt");
+        let optimised = Graph::load(&file, Device::Cpu, Kind::Float, true).unwrap();
+        let plain = Graph::load(&file, Device::Cpu, Kind::Float, false).unwrap();
+        assert!(matches!(optimised, Graph::Optimised(_)), "the model fell back to its plain module");
+        assert!(matches!(plain, Graph::Plain(_)));
+        // Bf16 is never optimised: the optimisation is for FP32 on the CPU.
+        let bf16 = Graph::load(&file, Device::Cpu, Kind::BFloat16, true).unwrap();
+        assert!(matches!(bf16, Graph::Plain(_)));
+
+        let _no_grad = tch::no_grad_guard();
+        for rows in [1, 5] {
+            let input = Tensor::f_rand([rows, 8, 112, 112], (Kind::Float, Device::Cpu)).unwrap();
+            let (a, b) = (optimised.forward(&input).unwrap(), plain.forward(&input).unwrap());
+            assert_eq!(a.size(), [rows, 16]);
+            assert_eq!(a.size(), b.size());
+            let worst = f64::try_from((&a - &b).abs().max()).unwrap();
+            let scale = f64::try_from(b.abs().max()).unwrap();
+            assert!(worst <= 1e-4 * scale.max(1.0), "{rows} rows: off by {worst} (logits up to {scale})");
+        }
     }
 
     #[test]
@@ -810,7 +908,14 @@ mod tests {
         let manifest = Manifest::read(&dir.join("model.toml")).unwrap();
         let cpu = DeviceChoice { device: DeviceKind::Cpu, reason: "test".into() };
         let at = |precision| {
-            let tuning = Tuning { threads: 1, max_queue: 8, max_batch: 1, batch_delay: None, precision };
+            let tuning = Tuning {
+                threads: 1,
+                max_queue: 8,
+                max_batch: 1,
+                batch_delay: None,
+                precision,
+                optimise: true,
+            };
             let model = Model::load(
                 manifest.clone(),
                 &dir.join("model.pt"),
@@ -877,6 +982,7 @@ mod tests {
             max_batch,
             batch_delay: Some(Duration::from_millis(300)),
             precision: Precision::Fp32,
+            optimise: true,
         };
         Model::load(manifest, &file, "test".into(), &cpu, tuning, ignore_batches()).map(Arc::new)
     }

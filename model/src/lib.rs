@@ -11,6 +11,7 @@ mod error;
 mod manifest;
 mod memory;
 mod openmp;
+mod optimised;
 mod precision;
 mod progress;
 mod registry;

@@ -29,6 +29,9 @@ struct Args {
     /// What the weights and the forward pass run in (as the server's --precision).
     #[arg(long, default_value = "fp32")]
     precision: Precision,
+    /// Run the module as its file has it (as the server's --plain-model), not optimised.
+    #[arg(long)]
+    plain_model: bool,
     /// The clip's frames as PNG files, in order.
     #[arg(long = "png")]
     pngs: Vec<PathBuf>,
@@ -49,6 +52,8 @@ struct Args {
 struct Floor {
     threads: i32,
     precision: String,
+    /// Whether the forward pass ran the module optimised for inference.
+    optimised: bool,
     /// Batch size → median milliseconds of one forward pass.
     forward_ms: BTreeMap<usize, f64>,
     /// Input form → median milliseconds of native `prepare`.
@@ -59,7 +64,7 @@ fn main() -> anyhow::Result<()> {
     // As the server does, so the floor's forward passes run as the server's.
     motion_model::spin_briefly_between_operators();
     let args = Args::parse();
-    let model = BareModel::load(&args.model, args.threads as usize, args.precision)
+    let model = BareModel::load(&args.model, args.threads as usize, args.precision, !args.plain_model)
         .with_context(|| format!("cannot load {}", args.model.display()))?;
 
     let mut forward_ms = BTreeMap::new();
@@ -98,8 +103,13 @@ fn main() -> anyhow::Result<()> {
         prepare_ms.insert(form.clone(), ms);
     }
 
-    let floor =
-        Floor { threads: args.threads, precision: args.precision.to_string(), forward_ms, prepare_ms };
+    let floor = Floor {
+        threads: args.threads,
+        precision: args.precision.to_string(),
+        optimised: model.optimised(),
+        forward_ms,
+        prepare_ms,
+    };
     std::fs::write(&args.out, serde_json::to_vec_pretty(&floor)?)?;
     println!("{}", serde_json::to_string(&floor)?);
     Ok(())
