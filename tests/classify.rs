@@ -390,7 +390,7 @@ fn environment_has(server: &Server, entry: &str) -> bool {
 }
 
 #[test]
-fn the_forward_pass_spins_briefly_between_operators_unless_the_operator_says_otherwise() {
+fn the_forward_pass_spins_briefly_and_runs_optimised_unless_the_operator_says_otherwise() {
     // libgomp reads GOMP_SPINCOUNT as it loads, so the server starts itself again with it set;
     // the same process, with the same arguments, serves.
     let server = ServerBuilder::new().tls().start();
@@ -399,8 +399,12 @@ fn the_forward_pass_spins_briefly_between_operators_unless_the_operator_says_oth
     // Started again through /proc/self/exe, it still goes by its own name (ps, pgrep, killall).
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", server.pid())).unwrap();
     assert_eq!(comm.trim_end(), "motion-host");
+    // On the CPU at fp32 the model runs frozen and optimised for inference, unless told not to.
+    assert!(server.log().contains(r#""optimised":true"#), "{}", server.log());
 
-    let server = ServerBuilder::new().tls().env("GOMP_SPINCOUNT", "300000").start();
+    let server = ServerBuilder::new().tls().env("GOMP_SPINCOUNT", "300000").arg("--plain-model").start();
     assert!(environment_has(&server, "GOMP_SPINCOUNT=300000"));
     assert!(!environment_has(&server, "GOMP_SPINCOUNT=10000"));
+    assert!(server.log().contains(r#""optimised":false"#), "{}", server.log());
+    assert_eq!(post(&server, "/v1/classify", "video/x-yuv4mpeg", clips::y4m(16, 160, 90)).status(), 200);
 }
