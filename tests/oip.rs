@@ -345,7 +345,9 @@ fn perf_analyzer_loads_both_models_over_http_and_grpc() {
 
 #[test]
 fn rest_reads_and_writes_json_as_triton_does() {
-    let server = ServerBuilder::new().start();
+    // The module as its file has it: its kernels carry a NaN input through to NaN logits, which
+    // the NaN case below needs. oneDNN's, in the module optimised for inference, may not.
+    let server = ServerBuilder::new().arg("--plain-model").start();
     let post = |path: &str, body: Vec<u8>| {
         let response = server.client().post(server.url(path)).body(body).send().unwrap();
         let status = response.status().as_u16();
