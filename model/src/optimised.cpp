@@ -9,6 +9,7 @@
 
 #include <torch/script.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
