@@ -337,7 +337,7 @@ def main() -> None:
     for n in range(1, args.runs + 1):
         if args.runs > 1:
             log(f"run {n} of {args.runs}")
-        results = race(args, threads)
+        results = race(args, threads, n - 1)
         name = f"{tag}-run{n}" if args.runs > 1 else tag
         (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
         print(table(results), flush=True)
@@ -348,8 +348,11 @@ def main() -> None:
         print(median_summary(every))
 
 
-def race(args, threads: int) -> dict:
-    """One full run: the floor, then every server at every concurrency on both clips."""
+def race(args, threads: int, rotation: int = 0) -> dict:
+    """One full run: the floor, then every server at every concurrency on both clips. The
+    servers take turns in their listed order rotated by `rotation`: the machine's speed drifts
+    over a run, and with several runs each server starts a run in turn rather than always
+    meeting the same part of the drift."""
     levels = [int(c) for c in args.concurrency.split(",")]
     work = ROOT / "target" / "bench"
     work.mkdir(parents=True, exist_ok=True)
@@ -376,7 +379,10 @@ def race(args, threads: int) -> dict:
         log("this CPU has neither avx512_bf16 nor amx_bf16: no bf16 row")
 
     runs, servers = [], {}
-    for name, label, start, client in server_configs(args, certs, threads):
+    configs = server_configs(args, certs, threads)
+    turn = rotation % max(1, len(configs))
+    configs = configs[turn:] + configs[:turn]
+    for name, label, start, client in configs:
         for form in clip["forms"]:
             port = free_port()
             logfile = work / f"{name}-{form}.log"
@@ -426,7 +432,7 @@ def race(args, threads: int) -> dict:
         "clip": {"frames": FRAMES, "width": WIDTH, "height": HEIGHT,
                  "bytes": {form: body.stat().st_size for form, (body, _) in clip["forms"].items()}},
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "concurrency": levels,
-                     "threads": threads},
+                     "threads": threads, "order": [config[0] for config in configs]},
         "floor": floor,
         "servers": servers,
         "runs": runs,
