@@ -439,39 +439,58 @@ fn rgb8_luma(raw: &[u8], channels: usize) -> Vec<f32> {
     out
 }
 
-/// [`rgb8_luma`] four pixels at a time with wasm SIMD, the same arithmetic in the same order
-/// (so the same bits); returns how many pixels it wrote, leaving the last few to the caller.
-/// LLVM does not vectorise the plain loop's three-byte stride for wasm: in the default guest it
-/// took 13 % of a PNG request's CPU (a tenth of that natively), 1.0 ms of the benchmark's clip.
-/// One unaligned load holds four pixels; a swizzle per channel moves each pixel's byte into the
-/// low byte of its own 32-bit lane and zeroes the rest.
+/// [`rgb8_luma`] with wasm SIMD, the same arithmetic in the same order (so the same bits);
+/// returns how many pixels it wrote, leaving the last few to the caller. LLVM does not
+/// vectorise the plain loop's three-byte stride for wasm: in the default guest it took 13 % of
+/// a PNG request's CPU (a tenth of that natively), 1.0 ms of the benchmark's clip.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn rgb8_luma_vectors(raw: &[u8], channels: usize, out: &mut [std::mem::MaybeUninit<f32>]) -> usize {
+    match channels {
+        3 => luma_vectors::<3>(raw, out),
+        4 => luma_vectors::<4>(raw, out),
+        _ => 0,
+    }
+}
+
+/// Four pixels a vector, four vectors an iteration (so the loop's branch, its bounds checks and
+/// the epoch check at its back edge are paid once for sixteen pixels). One unaligned load holds
+/// four pixels; a swizzle per channel moves each pixel's byte into the low byte of its own
+/// 32-bit lane and zeroes the rest.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn luma_vectors<const CHANNELS: usize>(raw: &[u8], out: &mut [std::mem::MaybeUninit<f32>]) -> usize {
     use core::arch::wasm32::*;
+    const PIXELS: usize = 16;
     let lane = |c: usize| {
-        let at = |pixel: usize| (pixel * channels + c) as u8;
+        let at = |pixel: usize| (pixel * CHANNELS + c) as u8;
         // Indices of 16 or more read as zero.
         u8x16(at(0), 16, 16, 16, at(1), 16, 16, 16, at(2), 16, 16, 16, at(3), 16, 16, 16)
     };
     let (red, green, blue) = (lane(0), lane(1), lane(2));
     let (wr, wg, wb, scale) =
         (f32x4_splat(0.299), f32x4_splat(0.587), f32x4_splat(0.114), f32x4_splat(255.0));
-    // Each group of four pixels reads sixteen bytes from its first, which must all be there.
-    let groups = (raw.len().saturating_sub(16) / (4 * channels) + 1).min(out.len() / 4);
-    let groups = if raw.len() < 16 { 0 } else { groups };
-    for (g, slots) in out.chunks_exact_mut(4).take(groups).enumerate() {
-        let bytes = &raw[g * 4 * channels..][..16];
-        // SAFETY: `bytes` is sixteen bytes, what a v128 load reads (unaligned is fine).
-        let v = unsafe { v128_load(bytes.as_ptr().cast::<v128>()) };
-        let channel = |mask| f32x4_convert_i32x4(i8x16_swizzle(v, mask));
-        let sum = f32x4_add(
-            f32x4_add(f32x4_mul(wr, channel(red)), f32x4_mul(wg, channel(green))),
-            f32x4_mul(wb, channel(blue)),
-        );
-        // SAFETY: `slots` is four f32s, the sixteen bytes a v128 store writes.
-        unsafe { v128_store(slots.as_mut_ptr().cast::<v128>(), f32x4_div(sum, scale)) };
+    // An iteration's last load reads sixteen bytes from its thirteenth pixel.
+    let reads = 12 * CHANNELS + 16;
+    let runs = if raw.len() < reads {
+        0
+    } else {
+        ((raw.len() - reads) / (PIXELS * CHANNELS) + 1).min(out.len() / PIXELS)
+    };
+    for (run, slots) in out.chunks_exact_mut(PIXELS).take(runs).enumerate() {
+        let bytes = &raw[run * PIXELS * CHANNELS..][..reads];
+        for (quad, slots) in slots.chunks_exact_mut(4).enumerate() {
+            let at = &bytes[quad * 4 * CHANNELS..][..16];
+            // SAFETY: `at` is sixteen bytes, what a v128 load reads (unaligned is fine).
+            let v = unsafe { v128_load(at.as_ptr().cast::<v128>()) };
+            let channel = |mask| f32x4_convert_i32x4(i8x16_swizzle(v, mask));
+            let sum = f32x4_add(
+                f32x4_add(f32x4_mul(wr, channel(red)), f32x4_mul(wg, channel(green))),
+                f32x4_mul(wb, channel(blue)),
+            );
+            // SAFETY: `slots` is four f32s, the sixteen bytes a v128 store writes.
+            unsafe { v128_store(slots.as_mut_ptr().cast::<v128>(), f32x4_div(sum, scale)) };
+        }
     }
-    groups * 4
+    runs * PIXELS
 }
 
 /// Natively LLVM vectorises [`rgb8_luma`]'s plain loop itself.

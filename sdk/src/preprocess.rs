@@ -240,14 +240,7 @@ fn transpose(values: &[f32], width: usize) -> Vec<f32> {
     let height = values.len() / width;
     let mut transposed = vec![0.0f32; values.len()];
     let (tiled_height, tiled_width) = (height - height % TILE, width - width % TILE);
-    for y in (0..tiled_height).step_by(TILE) {
-        for x in (0..tiled_width).step_by(TILE) {
-            let rows = std::array::from_fn(|i| &values[(y + i) * width + x..][..TILE]);
-            for (j, column) in transpose_tile(rows).iter().enumerate() {
-                transposed[(x + j) * height + y..][..TILE].copy_from_slice(column);
-            }
-        }
-    }
+    transpose_tiles(&values[..width * height], width, (tiled_width, tiled_height), &mut transposed);
     // What the tiles leave: the last rows and the last columns.
     for y in 0..height {
         let xs = if y < tiled_height { tiled_width..width } else { 0..width };
@@ -261,30 +254,56 @@ fn transpose(values: &[f32], width: usize) -> Vec<f32> {
 /// Side of [`transpose`]'s tiles: one 128-bit vector of `f32`.
 const TILE: usize = 4;
 
-/// The columns of four rows of four, with wasm SIMD: four vector loads and eight shuffles.
-/// LLVM compiles the plain version below to a load and a store per value for wasm; this one
-/// took the default guest's preprocessing of the benchmark's Y4M clip from 1.65 to 1.56 ms.
+/// The tiles of [`transpose`] that cover the first `tiled` columns and rows, with wasm SIMD:
+/// four vector loads, eight shuffles and four vector stores a tile, and no bounds check inside
+/// the loop. LLVM compiles the plain version below to a load and a store per value for wasm;
+/// the shuffles took the default guest's preprocessing of the benchmark's Y4M clip from 1.65 to
+/// 1.56 ms, and leaving out the sixteen bounds checks a tile that slicing costs took it from
+/// 1.36 to 1.20 ms on another machine (interleaved A/B at one client, the stage less
+/// instantiation, p50).
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn transpose_tile(rows: [&[f32]; TILE]) -> [[f32; TILE]; TILE] {
-    use core::arch::wasm32::{i32x4_shuffle, v128, v128_load};
-    // SAFETY: each row holds four f32s, the sixteen bytes a v128 load reads (unaligned is fine).
-    let [a, b, c, d] = rows.map(|row| unsafe { v128_load(row[..TILE].as_ptr().cast::<v128>()) });
-    let (ab_low, ab_high) = (i32x4_shuffle::<0, 4, 1, 5>(a, b), i32x4_shuffle::<2, 6, 3, 7>(a, b));
-    let (cd_low, cd_high) = (i32x4_shuffle::<0, 4, 1, 5>(c, d), i32x4_shuffle::<2, 6, 3, 7>(c, d));
-    let columns = [
-        i32x4_shuffle::<0, 1, 4, 5>(ab_low, cd_low),
-        i32x4_shuffle::<2, 3, 6, 7>(ab_low, cd_low),
-        i32x4_shuffle::<0, 1, 4, 5>(ab_high, cd_high),
-        i32x4_shuffle::<2, 3, 6, 7>(ab_high, cd_high),
-    ];
-    // SAFETY: a v128 is sixteen bytes, as four f32s are, and every bit pattern is an f32.
-    columns.map(|column| unsafe { std::mem::transmute::<v128, [f32; TILE]>(column) })
+fn transpose_tiles(values: &[f32], width: usize, tiled: (usize, usize), transposed: &mut [f32]) {
+    use core::arch::wasm32::{i32x4_shuffle, v128, v128_load, v128_store};
+    let height = values.len() / width;
+    let (tiled_width, tiled_height) = tiled;
+    assert!(tiled_width <= width && tiled_height <= height && transposed.len() == values.len());
+    let (from, to) = (values.as_ptr(), transposed.as_mut_ptr());
+    for y in (0..tiled_height).step_by(TILE) {
+        for x in (0..tiled_width).step_by(TILE) {
+            // SAFETY: y + 3 < height and x + 3 < width, so row y + i's four values from column
+            // x end at most at (height − 1)·width + width, the length of `values`; column x + j's
+            // four from row y likewise end within `transposed`, as long. Unaligned is fine.
+            unsafe {
+                let row = |i: usize| v128_load(from.add((y + i) * width + x).cast::<v128>());
+                let (a, b, c, d) = (row(0), row(1), row(2), row(3));
+                let (ab_low, ab_high) =
+                    (i32x4_shuffle::<0, 4, 1, 5>(a, b), i32x4_shuffle::<2, 6, 3, 7>(a, b));
+                let (cd_low, cd_high) =
+                    (i32x4_shuffle::<0, 4, 1, 5>(c, d), i32x4_shuffle::<2, 6, 3, 7>(c, d));
+                let column = |j: usize, v| v128_store(to.add((x + j) * height + y).cast::<v128>(), v);
+                column(0, i32x4_shuffle::<0, 1, 4, 5>(ab_low, cd_low));
+                column(1, i32x4_shuffle::<2, 3, 6, 7>(ab_low, cd_low));
+                column(2, i32x4_shuffle::<0, 1, 4, 5>(ab_high, cd_high));
+                column(3, i32x4_shuffle::<2, 3, 6, 7>(ab_high, cd_high));
+            }
+        }
+    }
 }
 
-/// The columns of four rows of four.
+/// The tiles of [`transpose`], plainly.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-fn transpose_tile(rows: [&[f32]; TILE]) -> [[f32; TILE]; TILE] {
-    std::array::from_fn(|j| std::array::from_fn(|i| rows[i][j]))
+fn transpose_tiles(values: &[f32], width: usize, tiled: (usize, usize), transposed: &mut [f32]) {
+    let height = values.len() / width;
+    let (tiled_width, tiled_height) = tiled;
+    for y in (0..tiled_height).step_by(TILE) {
+        for x in (0..tiled_width).step_by(TILE) {
+            let rows: [&[f32]; TILE] = std::array::from_fn(|i| &values[(y + i) * width + x..][..TILE]);
+            for j in 0..TILE {
+                let column: [f32; TILE] = std::array::from_fn(|i| rows[i][j]);
+                transposed[(x + j) * height + y..][..TILE].copy_from_slice(&column);
+            }
+        }
+    }
 }
 
 /// The source samples one output sample reads, and their weights (summing to 1).
