@@ -358,8 +358,8 @@ fn decode_still(still: Still, data: &[u8], limits: &Limits) -> Result<Frame, Dec
 /// zlib's Adler-32 by default, and for the same reason: a checksum guards against storage
 /// damage, which the upload's transport already rules out, and a damaged stream still fails
 /// to decode. In wasm there is no carry-less multiply to compute it with, and checking it took
-/// 6 % of a PNG request's CPU in the default guest (1 % natively). The output is what `image`
-/// gives: palettes and depths below 8 bits expanded to 8, 16-bit samples kept.
+/// 6 % of a PNG request's CPU in the default guest (next to nothing natively). The output is
+/// what `image` gives: palettes and depths below 8 bits expanded to 8, 16-bit samples kept.
 fn decode_png(data: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
     let max_bytes = usize::try_from(limits.max_pixels * 8).unwrap_or(usize::MAX);
     let mut decoder = png::Decoder::new_with_limits(Cursor::new(data), png::Limits { bytes: max_bytes });
@@ -442,7 +442,7 @@ fn rgb8_luma(raw: &[u8], channels: usize) -> Vec<f32> {
 /// [`rgb8_luma`] with wasm SIMD, the same arithmetic in the same order (so the same bits);
 /// returns how many pixels it wrote, leaving the last few to the caller. LLVM does not
 /// vectorise the plain loop's three-byte stride for wasm: in the default guest it took 13 % of
-/// a PNG request's CPU (a tenth of that natively), 1.0 ms of the benchmark's clip.
+/// a PNG request's CPU (a tenth of that natively), about 1 ms of the benchmark's clip.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn rgb8_luma_vectors(raw: &[u8], channels: usize, out: &mut [std::mem::MaybeUninit<f32>]) -> usize {
     match channels {
