@@ -266,7 +266,9 @@ fn transpose_tiles(values: &[f32], width: usize, tiled: (usize, usize), transpos
     use core::arch::wasm32::{i32x4_shuffle, v128, v128_load, v128_store};
     let height = values.len() / width;
     let (tiled_width, tiled_height) = tiled;
+    // What the pointer walk below relies on, checked once here rather than by its caller.
     assert!(tiled_width <= width && tiled_height <= height && transposed.len() == values.len());
+    assert!(tiled_width % TILE == 0 && tiled_height % TILE == 0);
     let (from, to) = (values.as_ptr(), transposed.as_mut_ptr());
     for y in (0..tiled_height).step_by(TILE) {
         for x in (0..tiled_width).step_by(TILE) {
