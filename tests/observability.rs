@@ -1,8 +1,10 @@
 //! What operators see: Prometheus `/metrics` (read with the real exposition-format parser),
 //! request ids, one JSON access line per request, guest output tagged with guest and request,
-//! and the OpenAPI description checked against the running server by schemathesis.
+//! the OpenAPI description checked against the running server by schemathesis, and guest code
+//! named for perf.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use motion_host_tests::{
@@ -274,4 +276,60 @@ fn the_openapi_description_matches_the_running_server() {
     assert!(stdout.contains("passed"), "{stdout}");
     let tested = stdout.lines().find(|l| l.trim_start().starts_with("Tested:")).unwrap_or_default();
     assert!(tested.contains("21"), "every non-admin operation was tested: {tested}\n{stdout}");
+}
+
+/// Removes a file when dropped, so a failed assertion leaves nothing behind in /tmp.
+struct Removed(PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The guest functions a perf map lists: lines of `START SIZE NAME`, both numbers hex, named as
+/// wasmtime names a function of a core module in the component.
+fn guest_functions(map: &str) -> Vec<&str> {
+    map.lines()
+        .filter(|line| {
+            let mut fields = line.splitn(3, ' ');
+            let (Some(start), Some(size), Some(name)) = (fields.next(), fields.next(), fields.next()) else {
+                return false;
+            };
+            let start = u64::from_str_radix(start.trim_start_matches("0x"), 16);
+            let size = u64::from_str_radix(size, 16);
+            start.is_ok_and(|s| s > 0) && size.is_ok_and(|s| s > 0) && name.starts_with("wasm[")
+        })
+        .collect()
+}
+
+#[test]
+fn guest_code_is_named_for_perf_only_when_asked() {
+    let server = ServerBuilder::new().arg("--guest-profiler=perfmap").start();
+    let map = PathBuf::from(format!("/tmp/perf-{}.map", server.pid()));
+    let _removed = Removed(map.clone());
+    assert_eq!(classify(&server, "/v1/classify", clip(), None).status(), 200);
+    let listed =
+        std::fs::read_to_string(&map).unwrap_or_else(|e| panic!("{}: {e}\n{}", map.display(), server.log()));
+    let functions = guest_functions(&listed);
+    // The default guest compiles to over a thousand functions; its decoders alone are hundreds.
+    let head: Vec<&str> = listed.lines().take(20).collect();
+    assert!(
+        functions.len() > 500,
+        "{} guest functions in {}, which begins:\n{}",
+        functions.len(),
+        map.display(),
+        head.join("\n")
+    );
+    let started = log_lines(&server)
+        .into_iter()
+        .find(|l| l["message"] == "guest functions are listed for profilers")
+        .unwrap_or_else(|| panic!("no line names the map file:\n{}", server.log()));
+    assert_eq!(started["file"], map.display().to_string());
+
+    let plain = ServerBuilder::new().start();
+    assert_eq!(classify(&plain, "/v1/classify", clip(), None).status(), 200);
+    let unasked = format!("/tmp/perf-{}.map", plain.pid());
+    let _removed = Removed(PathBuf::from(&unasked));
+    assert!(!Path::new(&unasked).exists(), "{unasked} written without --guest-profiler");
 }

@@ -145,6 +145,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "MOTION_HOST_STATE_FILE",
     "MOTION_HOST_MAX_BODY_BYTES",
     "MOTION_HOST_LOG_FORMAT",
+    "MOTION_HOST_GUEST_PROFILER",
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "http_proxy",

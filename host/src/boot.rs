@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use motion_model::{BatchObserver, DeviceChoice, ModelRegistry, Tuning};
 
-use motion_runtime::{Limits, Runtime};
+use motion_runtime::{GuestProfiler, Limits, Runtime};
 
 /// Loads every model in `model_dir` on `device`; `batches` hears of every forward pass.
 pub async fn models(
@@ -25,12 +25,13 @@ pub async fn models(
 }
 
 /// The guest runtime over `models`: `concurrency` guests at once, compiled guests cached in
-/// `cache` (none: no cache).
+/// `cache` (none: no cache), guest code shown to `profiler`.
 pub fn runtime(
     models: ModelRegistry,
     limits: Limits,
     concurrency: u32,
     cache: Option<PathBuf>,
+    profiler: GuestProfiler,
 ) -> anyhow::Result<Arc<Runtime>> {
-    Ok(Arc::new(Runtime::new(Arc::new(models), limits, concurrency, cache)?))
+    Ok(Arc::new(Runtime::new(Arc::new(models), limits, concurrency, cache, profiler)?))
 }

@@ -214,6 +214,12 @@ pub struct ServeArgs {
     )]
     pub compile_cache: PathBuf,
 
+    /// What profilers learn of guest code: `off`, or `perfmap`, which lists every compiled guest
+    /// function in `/tmp/perf-PID.map` so `perf record -p PID` names them (by the component's
+    /// name section where it keeps one). The file stays after the server exits.
+    #[arg(long, value_name = "PROFILER", env = "MOTION_HOST_GUEST_PROFILER", default_value = "off")]
+    pub guest_profiler: motion_runtime::GuestProfiler,
+
     /// The guest that answers /v1/classify. Default: the first guest loaded.
     #[arg(long, value_name = "NAME", env = "MOTION_HOST_DEFAULT_GUEST")]
     pub default_guest: Option<String>,

@@ -29,7 +29,7 @@ pub async fn run(args: &GuestCheckArgs) -> anyhow::Result<ExitCode> {
     };
     let models =
         boot::models(args.runtime.model_dir.clone(), device, tuning, Arc::new(|_: &str, _| {})).await?;
-    let runtime = boot::runtime(models, args.runtime.limits(), 1, None)?;
+    let runtime = boot::runtime(models, args.runtime.limits(), 1, None, runtime::GuestProfiler::Off)?;
 
     println!("guest check: {}", args.file.display());
     match runtime.load(&name, bytes).await {

@@ -267,7 +267,10 @@ async fn load_everything(
     let limits = args.runtime.limits();
     let cache = Some(args.compile_cache.clone()).filter(|dir| dir.as_os_str() != "off");
     let concurrency = u32::try_from(args.max_in_flight).unwrap_or(u32::MAX);
-    service.attach(boot::runtime(models, limits, concurrency, cache)?);
+    service.attach(boot::runtime(models, limits, concurrency, cache, args.guest_profiler)?);
+    if let Some(file) = args.guest_profiler.file() {
+        tracing::info!(profiler = %args.guest_profiler, file = %file.display(), "guest functions are listed for profilers");
+    }
     for spec in specs {
         let bytes = tokio::fs::read(&spec.path)
             .await

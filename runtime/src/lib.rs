@@ -29,6 +29,7 @@ mod guests;
 mod limits;
 pub mod media;
 mod output;
+mod profiler;
 mod store;
 mod world;
 
@@ -38,6 +39,7 @@ pub use error::GuestError;
 pub use guest::{GuestInfo, LoadedGuest, Media, SampleRun, check_name, guest_digest, name_from_file};
 pub use guests::{Canary, GuestSet, HISTORY, Role, RolledBack, Routed, SetError, Tally, Trial};
 pub use limits::Limits;
+pub use profiler::GuestProfiler;
 pub use store::open_stores;
 pub use world::Segmentation;
 
@@ -86,17 +88,19 @@ impl Drop for Runtime {
 
 impl Runtime {
     /// A runtime serving `models` to at most `concurrency` requests at once; `cache_dir` keeps
-    /// compiled guests across restarts.
+    /// compiled guests across restarts; `profiler` says what profilers learn of guest code.
     pub fn new(
         models: Arc<ModelRegistry>,
         limits: Limits,
         concurrency: u32,
         cache_dir: Option<PathBuf>,
+        profiler: GuestProfiler,
     ) -> anyhow::Result<Runtime> {
         let engine = |reset| {
             let mut config = Config::new();
             config.wasm_component_model(true);
             config.epoch_interruption(true);
+            profiler.apply(&mut config);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(limits::pooling(
                 &limits,
                 concurrency,
