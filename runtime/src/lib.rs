@@ -96,6 +96,13 @@ impl Runtime {
         cache_dir: Option<PathBuf>,
         profiler: GuestProfiler,
     ) -> anyhow::Result<Runtime> {
+        // Wasmtime opens the profiler's file as the engine is made and says only why it could
+        // not: open it first, so the error names the file and the flag.
+        if let Some(file) = profiler.file() {
+            std::fs::OpenOptions::new().append(true).create(true).open(&file).map_err(|e| {
+                anyhow::anyhow!("--guest-profiler {profiler}: cannot write {}: {e}", file.display())
+            })?;
+        }
         let engine = |reset| {
             let mut config = Config::new();
             config.wasm_component_model(true);
