@@ -66,6 +66,7 @@ impl Inputs {
     /// Runs a client script against `server`'s listener on `port`.
     fn run_on(&self, script: &str, server: &Server, port: u16, ca: &OsStr) -> serde_json::Value {
         let output = Command::new(test_python())
+            .env("METRICS_URL", server.url("/metrics"))
             .arg(repo_root().join("tests/python").join(script))
             .arg(format!("127.0.0.1:{port}"))
             .arg(ca)
