@@ -160,6 +160,8 @@ struct Input<'a> {
     seen: usize,
     deferred: bool,
     planes: Vec<(usize, Vec<f32>)>,
+    /// The last frame size's resizer: a clip's frames are mostly all one size.
+    resizer: Option<preprocess::Resizer>,
 }
 
 impl<'a> Input<'a> {
@@ -173,6 +175,7 @@ impl<'a> Input<'a> {
             seen: 0,
             deferred: false,
             planes: Vec::new(),
+            resizer: None,
         }
     }
 
@@ -193,7 +196,7 @@ impl<'a> Input<'a> {
     /// Takes one of its frames; `room` is what it may still keep of frames in question.
     fn take(&mut self, index: usize, frame: preprocess::Frame, room: usize) {
         if let Some(crop) = self.crop {
-            self.planes.push((index, preprocess::resize_within(&frame, crop)));
+            self.resize(index, &frame, crop);
             return;
         }
         self.bars.observe(&frame);
@@ -203,8 +206,8 @@ impl<'a> Input<'a> {
             let crop = self.bars.crop();
             self.crop = Some(crop);
             self.waiting.push((index, frame));
-            for (index, frame) in self.waiting.drain(..) {
-                self.planes.push((index, preprocess::resize_within(&frame, crop)));
+            for (index, frame) in std::mem::take(&mut self.waiting) {
+                self.resize(index, &frame, crop);
             }
             return;
         }
@@ -220,6 +223,16 @@ impl<'a> Input<'a> {
         } else {
             self.waiting.push((index, frame));
         }
+    }
+
+    /// Resizes frame `index` within `crop` and keeps its plane.
+    fn resize(&mut self, index: usize, frame: &preprocess::Frame, crop: preprocess::Crop) {
+        let resizer = match self.resizer.take() {
+            Some(resizer) if resizer.fits(frame.width, frame.height, crop) => resizer,
+            _ => preprocess::Resizer::new(frame.width, frame.height, crop),
+        };
+        self.planes.push((index, resizer.resize(frame)));
+        self.resizer = Some(resizer);
     }
 }
 
