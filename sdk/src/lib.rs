@@ -227,7 +227,7 @@ impl<'a> Input<'a> {
 
     /// Resizes frame `index` within `crop` and keeps its plane.
     fn resize(&mut self, index: usize, frame: &preprocess::Frame, crop: preprocess::Crop) {
-        let resizer = match self.resizer.take() {
+        let mut resizer = match self.resizer.take() {
             Some(resizer) if resizer.fits(frame.width, frame.height, crop) => resizer,
             _ => preprocess::Resizer::new(frame.width, frame.height, crop),
         };

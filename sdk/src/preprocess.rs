@@ -215,8 +215,13 @@ pub struct Resizer {
     height: u32,
     crop: Crop,
     /// Empty when what the crop leaves is already `SIZE`×`SIZE`.
-    rows: Vec<Taps>,
-    columns: Vec<Taps>,
+    row_taps: Vec<Taps>,
+    column_taps: Vec<Taps>,
+    /// The passes' working planes, written whole for each frame and so reused: in a guest,
+    /// three fresh zeroed planes a frame were 3 MB of `memory.fill` for the Y4M clip.
+    vertical: Vec<f32>,
+    transposed: Vec<f32>,
+    horizontal: Vec<f32>,
 }
 
 impl Resizer {
@@ -225,12 +230,19 @@ impl Resizer {
         let (kept_width, kept_height) =
             ((width - 2 * crop.columns) as usize, (height - 2 * crop.rows) as usize);
         let out = SIZE as usize;
-        let (rows, columns) = if (kept_width, kept_height) == (out, out) {
-            (Vec::new(), Vec::new())
-        } else {
-            (triangle_taps(kept_height, out), triangle_taps(kept_width, out))
-        };
-        Resizer { width, height, crop, rows, columns }
+        // What the crop leaves at the model's size is taken as it is: no taps, no planes.
+        let resized = (kept_width, kept_height) != (out, out);
+        let plane = |len: usize| if resized { vec![0.0; len] } else { Vec::new() };
+        Resizer {
+            width,
+            height,
+            crop,
+            row_taps: if resized { triangle_taps(kept_height, out) } else { Vec::new() },
+            column_taps: if resized { triangle_taps(kept_width, out) } else { Vec::new() },
+            vertical: plane(out * kept_width),
+            transposed: plane(out * kept_width),
+            horizontal: plane(out * out),
+        }
     }
 
     /// Whether it resizes frames of `width`×`height` cropped by `crop`.
@@ -239,7 +251,7 @@ impl Resizer {
     }
 
     /// The frame, cropped and resized. It must be of the size the resizer was made for.
-    pub fn resize(&self, frame: &Frame) -> Vec<f32> {
+    pub fn resize(&mut self, frame: &Frame) -> Vec<f32> {
         assert!(
             (frame.width, frame.height) == (self.width, self.height),
             "a {}x{} frame given to a resizer for {}x{}",
@@ -253,52 +265,56 @@ impl Resizer {
         let width = stride - 2 * left;
         let line = |y: usize| &frame.luma[(top + y) * stride + left..(top + y) * stride + left + width];
         let out = SIZE as usize;
-        if self.rows.is_empty() {
+        if self.row_taps.is_empty() {
             return (0..out).flat_map(line).copied().collect();
         }
 
-        let mut rows = vec![0.0f32; out * width];
-        for (y, taps) in self.rows.iter().enumerate() {
-            weigh_lines(&mut rows[y * width..(y + 1) * width], taps, line);
+        let Resizer { row_taps, column_taps, vertical, transposed, horizontal, .. } = self;
+        for (y, taps) in row_taps.iter().enumerate() {
+            weigh_lines(&mut vertical[y * width..(y + 1) * width], taps, line);
         }
-
-        let columns = transpose(&rows, width);
-        let column = |x: usize| &columns[x * out..(x + 1) * out];
-        let mut resized = vec![0.0f32; out * out];
-        for (x, taps) in self.columns.iter().enumerate() {
-            weigh_lines(&mut resized[x * out..(x + 1) * out], taps, column);
+        transpose_into(vertical, width, transposed);
+        let column = |x: usize| &transposed[x * out..(x + 1) * out];
+        for (x, taps) in column_taps.iter().enumerate() {
+            weigh_lines(&mut horizontal[x * out..(x + 1) * out], taps, column);
         }
-        transpose(&resized, out)
+        let mut plane = vec![0.0f32; out * out];
+        transpose_into(horizontal, out, &mut plane);
+        plane
     }
 }
 
-/// Adds to `acc` each tap's line weighted by the tap, in tap order, with wasm SIMD: up to four
-/// taps at a time, sixteen samples at a time summed over them in registers. LLVM compiles the
-/// plain version below, for wasm, to a load and a store of the sums at every tap (and at every
-/// tap the epoch check wasmtime puts in each loop); this loads and stores them once every four
-/// taps. Each sample's taps are still added in tap order, so the result is the same to the bit.
+/// Sets `acc` to the sum of the taps' lines, each weighted by its tap, added in tap order from
+/// zero, with wasm SIMD: up to four taps at a time, sixteen samples at a time summed over them
+/// in registers. LLVM compiles the plain version below, for wasm, to a load and a store of the
+/// sums at every tap (and at every tap the epoch check wasmtime puts in each loop); this loads
+/// and stores them once every four taps. Each sample's taps are still added in tap order, so the
+/// result is the same to the bit.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn weigh_lines<'a>(acc: &mut [f32], taps: &Taps, line: impl Fn(usize) -> &'a [f32]) {
     let mut groups = taps.weights.chunks_exact(4);
-    let mut first = taps.first;
+    let (mut first, mut fresh) = (taps.first, true);
     for group in &mut groups {
-        weigh_taps::<4>(acc, group, std::array::from_fn(|k| line(first + k)));
-        first += 4;
+        weigh_taps::<4>(acc, fresh, group, std::array::from_fn(|k| line(first + k)));
+        (first, fresh) = (first + 4, false);
     }
     let rest = groups.remainder();
     match rest.len() {
-        1 => weigh_taps::<1>(acc, rest, [line(first)]),
-        2 => weigh_taps::<2>(acc, rest, std::array::from_fn(|k| line(first + k))),
-        3 => weigh_taps::<3>(acc, rest, std::array::from_fn(|k| line(first + k))),
+        1 => weigh_taps::<1>(acc, fresh, rest, [line(first)]),
+        2 => weigh_taps::<2>(acc, fresh, rest, std::array::from_fn(|k| line(first + k))),
+        3 => weigh_taps::<3>(acc, fresh, rest, std::array::from_fn(|k| line(first + k))),
+        _ if fresh => acc.fill(0.0),
         _ => {}
     }
 }
 
-/// Adds `N` taps' lines, weighted, to `acc`, in order: the body of [`weigh_lines`] in wasm.
+/// Adds `N` taps' lines, weighted, to `acc` (to zero when `fresh`, not to what it holds), in
+/// order: the body of [`weigh_lines`] in wasm.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn weigh_taps<const N: usize>(acc: &mut [f32], weights: &[f32], lines: [&[f32]; N]) {
+fn weigh_taps<const N: usize>(acc: &mut [f32], fresh: bool, weights: &[f32], lines: [&[f32]; N]) {
     use core::arch::wasm32::{f32x4_add, f32x4_mul, f32x4_splat, v128, v128_load, v128_store};
     const BLOCK: usize = 16;
+    let zero = f32x4_splat(0.0);
     let n = acc.len();
     // What the pointer walk below relies on, checked once here.
     assert!(weights.len() == N && lines.iter().all(|line| line.len() >= n));
@@ -310,7 +326,8 @@ fn weigh_taps<const N: usize>(acc: &mut [f32], weights: &[f32], lines: [&[f32]; 
         // four-value load and store below is within its slice. Unaligned is fine.
         unsafe {
             let at = |p: *const f32, i: usize| v128_load(p.add(start + i).cast::<v128>());
-            let (mut a, mut b, mut c, mut d) = (at(to, 0), at(to, 4), at(to, 8), at(to, 12));
+            let sum = |i: usize| if fresh { zero } else { at(to, i) };
+            let (mut a, mut b, mut c, mut d) = (sum(0), sum(4), sum(8), sum(12));
             for k in 0..N {
                 let weight = splat[k];
                 a = f32x4_add(a, f32x4_mul(weight, at(from[k], 0)));
@@ -324,15 +341,20 @@ fn weigh_taps<const N: usize>(acc: &mut [f32], weights: &[f32], lines: [&[f32]; 
         }
     }
     for (i, sum) in acc.iter_mut().enumerate().skip(blocked) {
+        if fresh {
+            *sum = 0.0;
+        }
         for k in 0..N {
             *sum += weights[k] * lines[k][i];
         }
     }
 }
 
-/// Adds to `acc` each tap's line weighted by the tap, in tap order.
+/// Sets `acc` to the sum of the taps' lines, each weighted by its tap, added in tap order from
+/// zero.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 fn weigh_lines<'a>(acc: &mut [f32], taps: &Taps, line: impl Fn(usize) -> &'a [f32]) {
+    acc.fill(0.0);
     for (k, &weight) in taps.weights.iter().enumerate() {
         for (sum, &value) in acc.iter_mut().zip(line(taps.first + k)) {
             *sum += weight * value;
@@ -340,12 +362,20 @@ fn weigh_lines<'a>(acc: &mut [f32], taps: &Taps, line: impl Fn(usize) -> &'a [f3
     }
 }
 
-/// The transpose of a row-major matrix of rows `width` long, in tiles of 4×4.
+/// [`transpose_into`] a new vector.
+#[cfg(test)]
 fn transpose(values: &[f32], width: usize) -> Vec<f32> {
-    let height = values.len() / width;
     let mut transposed = vec![0.0f32; values.len()];
+    transpose_into(values, width, &mut transposed);
+    transposed
+}
+
+/// Writes the transpose of `values`, a row-major matrix of rows `width` long, into
+/// `transposed`, as long as it, in tiles of 4×4.
+fn transpose_into(values: &[f32], width: usize, transposed: &mut [f32]) {
+    let height = values.len() / width;
     let (tiled_height, tiled_width) = (height - height % TILE, width - width % TILE);
-    transpose_tiles(&values[..width * height], width, (tiled_width, tiled_height), &mut transposed);
+    transpose_tiles(&values[..width * height], width, (tiled_width, tiled_height), transposed);
     // What the tiles leave: the last rows and the last columns.
     for y in 0..height {
         let xs = if y < tiled_height { tiled_width..width } else { 0..width };
@@ -353,13 +383,12 @@ fn transpose(values: &[f32], width: usize) -> Vec<f32> {
             transposed[x * height + y] = values[y * width + x];
         }
     }
-    transposed
 }
 
-/// Side of [`transpose`]'s tiles: one 128-bit vector of `f32`.
+/// Side of [`transpose_into`]'s tiles: one 128-bit vector of `f32`.
 const TILE: usize = 4;
 
-/// The tiles of [`transpose`] that cover the first `tiled` columns and rows, with wasm SIMD:
+/// The tiles of [`transpose_into`] that cover the first `tiled` columns and rows, with wasm SIMD:
 /// four vector loads, eight shuffles and four vector stores a tile, and no bounds check inside
 /// the loop. LLVM compiles the plain version below to a load and a store per value for wasm;
 /// the shuffles took the default guest's preprocessing of the benchmark's Y4M clip from 1.65 to
@@ -397,7 +426,7 @@ fn transpose_tiles(values: &[f32], width: usize, tiled: (usize, usize), transpos
     }
 }
 
-/// The tiles of [`transpose`], plainly.
+/// The tiles of [`transpose_into`], plainly.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 fn transpose_tiles(values: &[f32], width: usize, tiled: (usize, usize), transposed: &mut [f32]) {
     let height = values.len() / width;
