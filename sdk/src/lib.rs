@@ -121,9 +121,8 @@ impl Clip<'_> {
         }
         let mut values = Vec::with_capacity(indices.len() * (SIZE * SIZE) as usize);
         for input in inputs {
-            values.extend(
-                preprocess::model_input(input.indices, &input.planes).map_err(DecodeError::Malformed)?,
-            );
+            preprocess::extend_model_input(&mut values, input.indices, &input.planes)
+                .map_err(DecodeError::Malformed)?;
         }
         Ok(values)
     }

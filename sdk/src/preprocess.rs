@@ -491,6 +491,17 @@ pub fn normalise(x: f32) -> f32 {
 /// frame number, so a repeated frame is resized once.
 pub fn model_input(indices: &[usize], planes: &[(usize, Vec<f32>)]) -> Result<Vec<f32>, String> {
     let mut input = Vec::with_capacity(indices.len() * (SIZE * SIZE) as usize);
+    extend_model_input(&mut input, indices, planes)?;
+    Ok(input)
+}
+
+/// [`model_input`] added to the end of `input`, as several inputs laid end to end are built
+/// without a copy of each.
+pub fn extend_model_input(
+    input: &mut Vec<f32>,
+    indices: &[usize],
+    planes: &[(usize, Vec<f32>)],
+) -> Result<(), String> {
     for &index in indices {
         let (_, plane) = planes
             .iter()
@@ -498,7 +509,7 @@ pub fn model_input(indices: &[usize], planes: &[(usize, Vec<f32>)]) -> Result<Ve
             .ok_or_else(|| format!("frame {index} was not decoded"))?;
         input.extend(plane.iter().map(|&x| normalise(x)));
     }
-    Ok(input)
+    Ok(())
 }
 
 /// The distinct frame numbers in `indices`, ascending.
