@@ -664,6 +664,23 @@ mod tests {
     }
 
     #[test]
+    fn a_resizer_used_again_gives_each_frame_its_own_resize_to_the_bit() {
+        // Its working planes still hold the frame before when the next one comes.
+        let mut resizer = Resizer::new(320, 180, Crop::NONE);
+        for seed in [3, 5, 7] {
+            let frame = picture(320, 180, seed);
+            let (got, expected) = (resizer.resize(&frame), resize_by_samples(&frame));
+            assert!(got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "seed {seed}");
+        }
+        let crop = Crop { rows: 2, columns: 4 };
+        assert!(
+            resizer.fits(320, 180, Crop::NONE)
+                && !resizer.fits(320, 180, crop)
+                && !resizer.fits(180, 320, Crop::NONE)
+        );
+    }
+
+    #[test]
     fn a_frame_of_the_model_size_passes_unchanged() {
         let luma: Vec<f32> = (0..112 * 112).map(|i| (i % 256) as f32 / 255.0).collect();
         assert_eq!(resize(&Frame::new(112, 112, luma.clone())), luma);
