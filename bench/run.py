@@ -151,7 +151,7 @@ def tree_peak_rss_kib(pid: int) -> int:
 
 class Server:
     def __init__(self, name: str, label: str, argv: list, env: dict, port: int, cwd, logfile, health: str):
-        self.name, self.label, self.port, self.health = name, label, port, health
+        self.name, self.label, self.argv, self.port, self.health = name, label, argv, port, health
         self.log = open(logfile, "wb")
         self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
@@ -392,17 +392,14 @@ def race(args, threads: int, rotation: int = 0) -> dict:
     configs = server_configs(args, certs, threads)
     turn = rotation % max(1, len(configs))
     configs = configs[turn:] + configs[:turn]
-    for name, label, start, client in configs:
+    for config in configs:
+        name, label = config[:2]
         for form in clip["forms"]:
-            port = free_port()
-            logfile = work / f"{name}-{form}.log"
-            argv, env, cwd = start(port, logfile)
-            ask = client(port, form, clip, work)
             log(f"{label}: starting for {form}")
-            server = Server(name, label, argv, env, port, cwd, logfile, ask["health"])
+            server, ask = launch(config, form, clip, work, work / f"{name}-{form}.log")
             try:
                 healthy_s = server.wait_healthy(certs / "tls.crt")
-                servers[name] = {"label": label, "argv": argv, "url": ask["url"],
+                servers[name] = {"label": label, "argv": server.argv, "url": ask["url"],
                                  "start_to_healthy_s": round(healthy_s, 2)}
                 for c in levels:
                     out = work / f"{name}-{form}-c{c}.json"
@@ -460,6 +457,16 @@ def race(args, threads: int, rotation: int = 0) -> dict:
     return results
 
 
+def launch(config: tuple, form: str, clip: dict, work: pathlib.Path, logfile: pathlib.Path) -> tuple:
+    """Starts one server of `server_configs` on a free port for `form`: the Server, and what its
+    client sends it (`ask`)."""
+    name, label, start, client = config
+    port = free_port()
+    argv, env, cwd = start(port, logfile)
+    ask = client(port, form, clip, work)
+    return Server(name, label, argv, env, port, cwd, logfile, ask["health"]), ask
+
+
 def drive(ask: dict, c: int, warmup: float, duration: float, out: pathlib.Path, certs: pathlib.Path) -> None:
     """One point: the load generator at `c` clients against a server, its figures in `out`."""
     headers = sum((["--header", h] for h in ask["headers"]), [])
@@ -482,12 +489,8 @@ def duel(args, pair: list, form: str, clip: dict, certs: pathlib.Path, work: pat
     drives them in turn; each pair's figures and the median of the throughput ratios."""
     started = []
     try:
-        for name, label, start, client in pair:
-            port = free_port()
-            logfile = work / f"{name}-{form}-duel.log"
-            argv, env, cwd = start(port, logfile)
-            ask = client(port, form, clip, work)
-            started.append((Server(name, label, argv, env, port, cwd, logfile, ask["health"]), ask))
+        for config in pair:
+            started.append(launch(config, form, clip, work, work / f"{config[0]}-{form}-duel.log"))
         for server, _ in started:
             server.wait_healthy(certs / "tls.crt")
         pairs = []
