@@ -224,7 +224,7 @@ pub struct Model {
     pub batching: Batching,
     jobs: mpsc::Sender<Job>,
     /// Requests expected to call this model that have not yet.
-    expected: Arc<AtomicUsize>,
+    expected: Arc<Announced>,
 }
 
 /// How a model's inference thread batches calls, fixed at load.
@@ -241,14 +241,33 @@ pub struct Batching {
 /// call or the request ends. While any is outstanding, a batch may wait (up to
 /// `--max-batch-delay`) for it.
 #[derive(Debug, Default)]
-pub struct Expected(Option<Arc<AtomicUsize>>);
+pub struct Expected(Option<Arc<Announced>>);
 
 impl Expected {
     /// The call has been taken by the inference thread (or will never come).
     pub fn settle(&mut self) {
-        if let Some(count) = self.0.take() {
-            count.fetch_sub(1, Ordering::AcqRel);
+        if let Some(announced) = self.0.take()
+            && announced.count.fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            // The last one: a batch waiting for calls to come need wait no longer.
+            announced.none_left.notify_one();
         }
+    }
+}
+
+/// The calls announced to a model and not yet made, shared by its [`Expected`]s and its
+/// inference thread; the thread is woken when the last one is settled, so a batch waiting for an
+/// announced call that will not come (its request ended, or gave its announcement up) starts at
+/// once instead of at the end of its delay.
+#[derive(Debug, Default)]
+struct Announced {
+    count: AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+impl Announced {
+    fn outstanding(&self) -> usize {
+        self.count.load(Ordering::Acquire)
     }
 }
 
@@ -276,7 +295,7 @@ impl Model {
         batches: BatchObserver,
     ) -> Result<Model, BackendError> {
         let (jobs, queue) = mpsc::channel(tuning.max_queue.max(1));
-        let expected = Arc::new(AtomicUsize::new(0));
+        let expected = Arc::new(Announced::default());
         let waiting_for = Arc::clone(&expected);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let file = file.to_path_buf();
@@ -364,8 +383,18 @@ impl Model {
 
     /// Announces a request that will call this model: batches being gathered wait for it.
     pub fn expect_call(&self) -> Expected {
-        self.expected.fetch_add(1, Ordering::AcqRel);
+        self.expected.count.fetch_add(1, Ordering::AcqRel);
         Expected(Some(Arc::clone(&self.expected)))
+    }
+
+    /// `announced` if it is an outstanding announcement of a call to this model, else a new
+    /// one (the other is settled as it is dropped): a request announced while its body was
+    /// still arriving keeps its place without a moment unannounced.
+    pub fn take_announced(&self, announced: Expected) -> Expected {
+        match &announced.0 {
+            Some(count) if Arc::ptr_eq(count, &self.expected) => announced,
+            _ => self.expect_call(),
+        }
     }
 
     /// Runs the model on an FP32 `input`, checked first with [`Model::check_input`]; `expected`
@@ -626,7 +655,7 @@ fn serve(
     pass: &Pass,
     mut staging: Staging,
     mut queue: mpsc::Receiver<Job>,
-    expected: &AtomicUsize,
+    expected: &Announced,
     tuning: Tuning,
     delay: Duration,
 ) {
@@ -652,11 +681,22 @@ fn serve(
             let next = match queue.try_recv() {
                 Ok(job) => Some(job),
                 Err(mpsc::error::TryRecvError::Empty)
-                    if Instant::now() < deadline && expected.load(Ordering::Acquire) > 0 =>
+                    if Instant::now() < deadline && expected.outstanding() > 0 =>
                 {
-                    // The timer is made inside the runtime, which it needs.
-                    let wait = async { tokio::time::timeout_at(deadline.into(), queue.recv()).await };
-                    timer.block_on(wait).ok().flatten()
+                    // Until a call comes, the delay is over, or the last announced call is
+                    // settled (then look again: the call may have come with it). The timer is
+                    // made inside the runtime, which it needs.
+                    let wait = async {
+                        tokio::select! {
+                            job = queue.recv() => Some(job),
+                            () = expected.none_left.notified() => None,
+                            () = tokio::time::sleep_until(deadline.into()) => Some(None),
+                        }
+                    };
+                    match timer.block_on(wait) {
+                        Some(job) => job,
+                        None => continue,
+                    }
                 }
                 Err(_) => None,
             };
@@ -1072,6 +1112,41 @@ mod tests {
         assert_eq!(second.batch_rows, 1, "the abandoned call's row ran beside it");
         assert!(matches!(runtime.block_on(first).unwrap(), Err(BackendError::Stopped)));
         assert_eq!(*passes.lock().unwrap(), vec![1], "forward passes and their rows");
+    }
+
+    #[test]
+    fn an_announcement_handed_over_stays_counted_and_none_becomes_one() {
+        let model = model(16, Duration::from_millis(1));
+        let outstanding = || model.expected.outstanding();
+        let early = model.expect_call();
+        assert_eq!(outstanding(), 1);
+        let kept = model.take_announced(early);
+        assert_eq!(outstanding(), 1, "handing an announcement over counted it twice or not at all");
+        drop(kept);
+        assert_eq!(outstanding(), 0);
+        let made = model.take_announced(Expected::default());
+        assert_eq!(outstanding(), 1, "a request announced nowhere is announced when it is handed over");
+        drop(made);
+        assert_eq!(outstanding(), 0);
+    }
+
+    #[test]
+    fn a_batch_stops_waiting_when_the_call_it_waits_for_is_withdrawn() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let delay = Duration::from_secs(5);
+        let model = model(16, delay);
+        let withdrawn = model.expect_call();
+        let withdraw = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(withdrawn);
+        });
+        let output = runtime
+            .block_on(model.infer(input(1), &mut model.expect_call(), &Progress::new(Stage::Guest)))
+            .unwrap();
+        withdraw.join().unwrap();
+        assert_eq!(output.batch_rows, 1);
+        assert!(output.queue >= Duration::from_millis(250), "it did not wait: {:?}", output.queue);
+        assert!(output.queue < delay / 2, "it waited {:?} for a call withdrawn after 300 ms", output.queue);
     }
 
     #[test]
