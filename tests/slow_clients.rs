@@ -125,6 +125,34 @@ fn slow_uploads_hold_no_work_slot_and_are_cut_off() {
     assert!(metrics.contains("motion_host_uploads_too_slow_total 128"), "{metrics}");
 }
 
+/// A request announces its model call as its body starts, so that a forward pass gathered
+/// meanwhile waits for it, but only for the body's first 5 ms: an upload that stalls never
+/// holds a pass. Under `--max-batch-delay=5s`, a classification sent beside a stalled upload
+/// is answered at once, in a pass of its own, both just after the stall began and later.
+#[test]
+fn a_stalled_upload_holds_no_forward_pass() {
+    let server = ServerBuilder::new().arg("--max-batch-delay=5s").start();
+    let mut stalled = TcpStream::connect(server.addresses()[0]).unwrap();
+    stalled
+        .write_all(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/gif\r\nContent-Length: 100000\r\n\r\nG")
+        .unwrap();
+    let client = bystander(None);
+    for pause in [Duration::ZERO, Duration::from_millis(300)] {
+        std::thread::sleep(pause);
+        let started = Instant::now();
+        let (status, body) = json(classify(&client, &server).unwrap());
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            took < Duration::from_secs(2),
+            "a stalled upload held the pass: the answer took {took:?}: {body}"
+        );
+        assert_eq!(body["batch_size"], 1, "{body}");
+    }
+    let (_, closed) = read_until_closed(&mut stalled, Duration::from_millis(100));
+    assert!(!closed, "the stalled upload was cut off before its rate window ended");
+}
+
 /// 2,000 idle TLS connections from one address: past `--max-connections-per-ip` each is closed
 /// as it is accepted (its handshake fails), the ones taken are closed after `--idle-timeout`,
 /// the descriptor count stays near the cap, and health checks and classifications from another

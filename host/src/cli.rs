@@ -297,9 +297,9 @@ pub struct ServeArgs {
     pub max_batch_size: usize,
 
     /// How long the first call of a batch waits for the calls of requests already being
-    /// prepared (e.g. `2ms`); `0` runs what is queued without waiting. Default: 50ms on the
-    /// CPU, where a forward pass would leave those requests waiting its whole length; 2ms on a
-    /// GPU.
+    /// prepared or whose body is arriving (for its first 5 ms) (e.g. `2ms`); `0` runs what is
+    /// queued without waiting. Default: 50ms on the CPU, where a forward pass would leave those
+    /// requests waiting its whole length; 2ms on a GPU.
     #[arg(long, value_name = "DURATION", env = "MOTION_HOST_MAX_BATCH_DELAY", value_parser = parse_duration)]
     pub max_batch_delay: Option<Duration>,
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::metrics::METRICS;
-use motion_model::{BackendError, Input, Model, Output, Progress};
+use motion_model::{BackendError, Expected, Input, Model, Output, Progress};
 use motion_runtime::{
     Classified, GuestError, GuestSet, Limits, LoadedGuest, Media, Role, RolledBack, Routed, Runtime,
     Segmentation, SetError, Trial,
@@ -240,9 +240,16 @@ impl Service {
         })
     }
 
+    /// Announces a call to the model of the guest a request asks for (its live version's),
+    /// before the request is read and routed: a batch being gathered waits for it. Nothing is
+    /// announced for a guest that is not there; routing says why.
+    pub fn announce(&self, choice: GuestChoice) -> Expected {
+        self.guest(choice).map_or_else(|_| Expected::default(), |guest| guest.model.expect_call())
+    }
+
     /// Runs the routed version on one clip; a trap, timeout or limit hit is counted against
     /// the guest, and the answer counts in its canary's trial, which may end it. `progress` is
-    /// the request's stage.
+    /// the request's stage; `announced`, its call announced by [`Service::announce`], if it was.
     pub async fn classify(
         &self,
         routed: &Routed,
@@ -250,9 +257,10 @@ impl Service {
         top_k: u32,
         segments: Option<Segmentation>,
         progress: &Progress,
+        announced: Expected,
     ) -> Result<Classified, ServiceError> {
         let guest = &routed.guest;
-        let result = self.ready()?.classify(guest, media, top_k, segments, progress).await;
+        let result = self.ready()?.classify(guest, media, top_k, segments, progress, announced).await;
         match &result {
             Err(GuestError::Trap { .. }) => METRICS.guest_trapped(&guest.name),
             Err(GuestError::Timeout { .. }) => METRICS.guest_timed_out(&guest.name),
@@ -329,14 +337,16 @@ impl Service {
         }
     }
 
-    /// Runs the raw model on one FP32 input, through the same batcher as the guests' calls.
+    /// Runs the raw model on one FP32 input, through the same batcher as the guests' calls;
+    /// `announced` is the request's call announced while its body arrived, if it was.
     pub async fn infer(
         &self,
         model: &Model,
         input: Input,
         progress: &Progress,
+        announced: Expected,
     ) -> Result<Output, ServiceError> {
-        Ok(model.call(input, progress).await?)
+        Ok(model.infer(input, &mut model.take_announced(announced), progress).await?)
     }
 
     /// Validates `bytes` as guest `name` and runs it beside the live version as its canary,

@@ -358,7 +358,10 @@ impl Runtime {
             let mut busy_since = None;
             let answer = loop {
                 let started = Instant::now();
-                match self.classify(guest, media(), labels, None, &Progress::new(Stage::Guest)).await {
+                match self
+                    .classify(guest, media(), labels, None, &Progress::new(Stage::Guest), Expected::default())
+                    .await
+                {
                     Err(GuestError::Busy(message)) => {
                         let since = *busy_since.get_or_insert(started);
                         if since.elapsed() > self.limits.deadline {
@@ -441,8 +444,9 @@ impl Runtime {
 
     /// Runs `guest` on one clip in a fresh store, once a core is free for it (`cpu.rs`); its
     /// deadline and stage timings start then. `progress` is the request's stage: the guest's
-    /// model calls move it to the queue and back. Dropping the returned future stops the guest
-    /// where it is and frees its store.
+    /// model calls move it to the queue and back. `announced` is the request's announcement of
+    /// its model call if it made one already (while its body arrived), else `Expected::default()`.
+    /// Dropping the returned future stops the guest where it is and frees its store.
     pub async fn classify(
         &self,
         guest: &LoadedGuest,
@@ -450,6 +454,7 @@ impl Runtime {
         top_k: u32,
         segments: Option<Segmentation>,
         progress: &Progress,
+        announced: Expected,
     ) -> Result<Classified, GuestError> {
         let max_segments = match segments {
             Some(_) if !guest.segments() => {
@@ -465,7 +470,7 @@ impl Runtime {
         };
         progress.enter(Stage::Guest);
         // Announced before it waits for a core, so a batch being gathered waits for it too.
-        let expected = guest.model.expect_call();
+        let expected = guest.model.take_announced(announced);
         let core = self.cores.take().await;
         let started = Instant::now();
         let deadline = self.limits.deadline;

@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
+use motion_model::Expected;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{ApiError, AppState};
@@ -99,9 +100,41 @@ impl AppState {
             }
             data.extend_from_slice(&chunk);
         }
-        Ok(Upload { bytes: data.freeze(), _reserved: reserved })
+        Ok(Upload { bytes: data.freeze(), announced: Expected::default(), _reserved: reserved })
     }
 }
+
+impl AppState {
+    /// Reads a body as [`AppState::read_body`] does, holding `announced`, the request's
+    /// announcement of its model call ([`crate::service::Service::announce`]), while it arrives
+    /// for at most [`ANNOUNCED_UPLOAD`]: a batch gathered meanwhile waits for a request whose
+    /// body is about to be in, but not for a slow upload. The [`Upload`] keeps the announcement
+    /// if it is still held.
+    pub(super) async fn read_body_announced(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        deadline: &super::work::Deadline,
+        announced: Expected,
+    ) -> Result<Upload, ApiError> {
+        let reading = self.read_body(headers, body, deadline);
+        tokio::pin!(reading);
+        match tokio::time::timeout(ANNOUNCED_UPLOAD, &mut reading).await {
+            Ok(upload) => Ok(Upload { announced, ..upload? }),
+            Err(_) => {
+                drop(announced);
+                reading.await
+            }
+        }
+    }
+}
+
+/// How long a body may take to arrive and still be waited for by a batch: a request announces
+/// its model call as its body starts (the clip's upload, then its guest's preprocessing, come
+/// before the call), so at many clients the pass that starts as the last one ends takes the
+/// requests arriving behind it instead of running nearly alone. An upload still arriving after
+/// this gives its announcement up until it is read, so slow clients never hold a batch longer.
+pub(super) const ANNOUNCED_UPLOAD: Duration = Duration::from_millis(5);
 
 /// How long a refused upload is drained before the refusal is sent anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -109,9 +142,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// `rate × window` bytes in any one of them is refused with 408.
 pub(super) const UPLOAD_RATE_WINDOW: Duration = Duration::from_secs(5);
 
-/// A request body read whole, with its share of the upload memory budget (returned on drop).
+/// A request body read whole, with its share of the upload memory budget (returned on drop)
+/// and the request's announcement of its model call, where it still holds one.
 pub(crate) struct Upload {
     pub bytes: Bytes,
+    pub announced: Expected,
     _reserved: Option<OwnedSemaphorePermit>,
 }
 

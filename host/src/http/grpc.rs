@@ -38,6 +38,7 @@ use super::work::{self, Deadline, Work};
 use super::{ApiError, AppState, VERSION};
 use crate::metrics::StageTotals;
 use crate::service::Phase;
+use motion_model::Expected;
 
 /// The code generated from `proto/grpc_service.proto` and `proto/model_config.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
@@ -261,14 +262,15 @@ impl Grpc {
             let parsing = parse_started.elapsed();
             let own = work::parameter_timeout(request.parameters.get("timeout"))?;
             let deadline = call.deadline.tightened(call.received, own, work::Source::Parameter);
+            let asked = inference::Asked { name: &model, version: Some(&version), pin };
+            // The model a call is for is named in its message, so it is announced only once read.
             let run = inference::run(
                 &self.app.service,
-                &model,
-                Some(&version),
+                asked,
                 &request,
-                pin,
                 work.progress(),
                 &mut served_by,
+                Expected::default(),
             );
             let answer = work.within(&deadline, run).await?;
             let encode_started = Instant::now();

@@ -17,7 +17,7 @@ use super::access::AccessInfo;
 use super::oip_codec::{self as wire, OutputData, WireError};
 use crate::metrics::{METRICS, StageTotals};
 use crate::service::{GuestChoice, Service};
-use motion_model::{Input, MAX_ROWS_PER_CALL, Model, Progress};
+use motion_model::{Expected, Input, MAX_ROWS_PER_CALL, Model, Progress};
 use motion_runtime::{LoadedGuest, Media, Routed, Segmentation, StageTimings, media};
 
 /// The guest pipeline's model name.
@@ -89,6 +89,16 @@ pub fn resolve(service: &Service, name: &str, version: Option<&str>) -> Result<T
             )))
         }
         _ => Ok(target),
+    }
+}
+
+/// Announces the call a request to `name` will make, before its body is read (see
+/// [`Service::announce`]); nothing for a name that resolves to nothing.
+pub fn announce(service: &Service, name: &str) -> Expected {
+    match resolve(service, name, None) {
+        Ok(Target::Raw(model)) => model.expect_call(),
+        Ok(Target::Pipeline(guest)) => guest.model.expect_call(),
+        Err(_) => Expected::default(),
     }
 }
 
@@ -295,22 +305,30 @@ pub struct Answer {
     pub info: AccessInfo,
 }
 
-/// Runs `request` on model `name` (at `version`). `pin` pins the pipeline to one version of the
-/// default guest (`X-Guest-Digest`); `served_by` is set to the digest of the guest version
-/// that ran, before it runs, so a failure names it too.
+/// Which model an inference request is for: `name` at `version` (any, if none), and for the
+/// pipeline, the version of the default guest it is pinned to (`X-Guest-Digest`), if it is.
+pub struct Asked<'a> {
+    pub name: &'a str,
+    pub version: Option<&'a str>,
+    pub pin: Option<&'a str>,
+}
+
+/// Runs `request` on the model it `asked` for. `served_by` is set to the digest of the guest
+/// version that ran, before it runs, so a failure names it too; `announced` is the request's
+/// call announced while its body arrived ([`announce`]), if it was.
 pub async fn run(
     service: &Service,
-    name: &str,
-    version: Option<&str>,
+    asked: Asked<'_>,
     request: &wire::Request,
-    pin: Option<&str>,
     progress: &Progress,
     served_by: &mut Option<String>,
+    announced: Expected,
 ) -> Result<Answer, ApiError> {
+    let Asked { name, version, pin } = asked;
     let target = resolve(service, name, version)?;
     let (outputs, info, version) = match &target {
         Target::Raw(m) => {
-            let (outputs, info) = run_model(service, m, request, progress).await?;
+            let (outputs, info) = run_model(service, m, request, progress, announced).await?;
             (outputs, info, target.version().to_string())
         }
         Target::Pipeline(_) => {
@@ -318,7 +336,7 @@ pub async fn run(
             *served_by = Some(routed.guest.digest.clone());
             // The version that answers: a canary's may differ from the live one's.
             let version = routed.guest.info.version.clone();
-            let (outputs, info) = run_pipeline(service, &routed, request, progress).await?;
+            let (outputs, info) = run_pipeline(service, &routed, request, progress, announced).await?;
             (outputs, info, version)
         }
     };
@@ -332,6 +350,7 @@ async fn run_model(
     model: &Model,
     request: &wire::Request,
     progress: &Progress,
+    announced: Expected,
 ) -> Result<(Vec<wire::Output>, AccessInfo), ApiError> {
     let started = Instant::now();
     let spec = model.manifest.input();
@@ -343,7 +362,7 @@ async fn run_model(
             WireError(format!("input '{}' has a dimension too large: {:?}", input.name, input.shape))
         })?;
     let decoded = started.elapsed();
-    let output = service.infer(model, Input { dims, data }, progress).await.inspect_err(|_| {
+    let output = service.infer(model, Input { dims, data }, progress, announced).await.inspect_err(|_| {
         METRICS.inference_failed(model.name(), "", started.elapsed());
     })?;
     let floats = output.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -375,6 +394,7 @@ async fn run_pipeline(
     routed: &Routed,
     request: &wire::Request,
     progress: &Progress,
+    announced: Expected,
 ) -> Result<(Vec<wire::Output>, AccessInfo), ApiError> {
     let guest = &routed.guest;
     request.only_inputs(&[MEDIA])?;
@@ -418,7 +438,8 @@ async fn run_pipeline(
     let segments = segmentation(&request.parameters)?;
     let labels = &guest.info.labels;
     let classified =
-        super::v1::run_guest(service, routed, media, labels.len() as u32, segments, progress).await?;
+        super::v1::run_guest(service, routed, media, labels.len() as u32, segments, progress, announced)
+            .await?;
     let in_label_order = |top: &[(String, f32)]| -> Vec<f32> {
         labels.iter().map(|label| top.iter().find(|(l, _)| l == label).map_or(0.0, |(_, s)| *s)).collect()
     };

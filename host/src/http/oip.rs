@@ -274,10 +274,14 @@ async fn infer_within_deadline(
 ) -> Result<Response, V2Error> {
     let received = Instant::now();
     let (deadline, asked) = app.deadline(received).asked_by(received, &headers);
-    let upload = app.read_body(&headers, body, &deadline).await.inspect_err(|e| work.body_failed(e))?;
+    let announced = inference::announce(&app.service, model);
+    let upload = app
+        .read_body_announced(&headers, body, &deadline, announced)
+        .await
+        .inspect_err(|e| work.body_failed(e))?;
     asked?;
     let _slot = app.admit()?;
-    let bytes = upload.bytes;
+    let (bytes, announced) = (upload.bytes, upload.announced);
     let header_length = match headers.get(wire::HEADER_LENGTH) {
         Some(v) => Some(
             v.to_str().map_err(|_| WireError("Inference-Header-Content-Length is not a number".into()))?,
@@ -293,9 +297,9 @@ async fn infer_within_deadline(
     let mut served_by = None;
     let run = async {
         let pin = super::v1::pinned_digest(&headers)?;
+        let asked = inference::Asked { name: model, version, pin };
         let answer =
-            inference::run(&app.service, model, version, &request, pin, work.progress(), &mut served_by)
-                .await?;
+            inference::run(&app.service, asked, &request, work.progress(), &mut served_by, announced).await?;
         let encode_started = Instant::now();
         let encoded = wire::encode_response(model, &answer.version, request.id.as_deref(), &answer.outputs);
         let mut response = match encoded.header_length {

@@ -11,13 +11,13 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde::Serialize;
 
+use super::body::Upload;
 use super::work::Work;
 use super::{ApiError, AppState, VERSION, access, ms};
 use crate::service::{GuestChoice, Phase, Service};
-use motion_model::Progress;
+use motion_model::{Expected, Progress};
 use motion_runtime::{Classified, LoadedGuest, Media, Routed, Segmentation};
 
 /// `top_k` when the query does not say.
@@ -210,13 +210,17 @@ async fn classify_within_deadline(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let (deadline, asked) = app.deadline(received).asked_by(received, &headers);
-    let upload = app.read_body(&headers, body, &deadline).await.inspect_err(|e| work.body_failed(e))?;
+    let announced = app.service.announce(choice);
+    let upload = app
+        .read_body_announced(&headers, body, &deadline, announced)
+        .await
+        .inspect_err(|e| work.body_failed(e))?;
     asked?;
     let _slot = app.admit()?;
     work.within(&deadline, async {
         let routed = app.service.route(choice, pinned_digest(&headers)?)?;
         let answer =
-            classify(&app.service, &routed, query, &headers, upload.bytes, received, work.progress()).await;
+            classify(&app.service, &routed, query, &headers, upload, received, work.progress()).await;
         Ok(served_by(answer.unwrap_or_else(IntoResponse::into_response), &routed.guest.digest))
     })
     .await
@@ -260,10 +264,11 @@ async fn classify(
     routed: &Routed,
     query: TopKQuery,
     headers: &HeaderMap,
-    bytes: Bytes,
+    upload: Upload,
     received: Instant,
     progress: &Progress,
 ) -> Result<Response, ApiError> {
+    let Upload { bytes, announced, .. } = upload;
     let guest = &routed.guest;
     let labels = guest.info.labels.len() as u32;
     let (top_k, segments) = parse_query(query, labels)?;
@@ -279,7 +284,7 @@ async fn classify(
         .map(|part| Media { content_type: part.content_type, data: part.data.into() })
         .collect();
 
-    let classified = run_guest(service, routed, media, top_k, segments, progress).await?;
+    let classified = run_guest(service, routed, media, top_k, segments, progress, announced).await?;
     let response = ClassifyResponse::new(guest, &classified, segments.is_some(), received.elapsed());
     let mut response = Json(response).into_response();
     response.extensions_mut().insert(access::AccessInfo::guest(guest, &classified));
@@ -296,10 +301,11 @@ pub(super) async fn run_guest(
     top_k: u32,
     segments: Option<Segmentation>,
     progress: &Progress,
+    announced: Expected,
 ) -> Result<Classified, ApiError> {
     let guest = &routed.guest;
     let started = Instant::now();
-    let result = service.classify(routed, media, top_k, segments, progress).await.map_err(|e| {
+    let result = service.classify(routed, media, top_k, segments, progress, announced).await.map_err(|e| {
         let e = ApiError::from(e);
         if e.status.is_server_error() {
             tracing::warn!(guest = %guest.name, digest = %guest.digest, role = routed.role.name(), code = e.code, error = %e.message, "classification failed");
