@@ -102,9 +102,7 @@ impl AppState {
         }
         Ok(Upload { bytes: data.freeze(), announced: Expected::default(), _reserved: reserved })
     }
-}
 
-impl AppState {
     /// Reads a body as [`AppState::read_body`] does, holding `announced`, the request's
     /// announcement of its model call ([`crate::service::Service::announce`]), while it arrives
     /// for at most [`ANNOUNCED_UPLOAD`]: a batch gathered meanwhile waits for a request whose
