@@ -255,6 +255,12 @@ impl Expected {
     }
 }
 
+impl Drop for Expected {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
 /// The calls announced to a model and not yet made, shared by its [`Expected`]s and its
 /// inference thread; the thread is woken when the last one is settled, so a batch waiting for an
 /// announced call that will not come (its request ended, or gave its announcement up) starts at
@@ -268,12 +274,6 @@ struct Announced {
 impl Announced {
     fn outstanding(&self) -> usize {
         self.count.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for Expected {
-    fn drop(&mut self) {
-        self.settle();
     }
 }
 
@@ -425,14 +425,6 @@ impl Model {
             mpsc::error::TrySendError::Closed(_) => BackendError::Stopped,
         })?;
         answer.await.map_err(|_| BackendError::Stopped)?
-    }
-}
-
-impl Model {
-    /// Runs the model on one FP32 `input` that no request announced (a raw inference call).
-    pub async fn call(&self, input: Input, progress: &Progress) -> Result<Output, BackendError> {
-        let mut expected = self.expect_call();
-        self.infer(input, &mut expected, progress).await
     }
 }
 
@@ -968,8 +960,13 @@ mod tests {
             assert_eq!(model.precision, precision);
             (0..3)
                 .map(|seed| {
-                    let output =
-                        runtime.block_on(model.call(input(seed), &Progress::new(Stage::Guest))).unwrap();
+                    let output = runtime
+                        .block_on(model.infer(
+                            input(seed),
+                            &mut model.expect_call(),
+                            &Progress::new(Stage::Guest),
+                        ))
+                        .unwrap();
                     assert_eq!((output.dims.clone(), output.data.len()), (vec![1, 16], 16 * 4));
                     floats(&output.data)
                 })
