@@ -153,6 +153,42 @@ fn a_stalled_upload_holds_no_forward_pass() {
     assert!(!closed, "the stalled upload was cut off before its rate window ended");
 }
 
+/// A body is sized to its declared length before it arrives, but only within room as large as
+/// the upload budget: 32 uploads that declare 60 MB each and stall reserve one such buffer, not
+/// 32 (1.9 GB of address space), and a classification sent meanwhile, whose body finds no room
+/// left and grows as it arrives, is answered.
+#[test]
+fn bodies_sized_ahead_reserve_no_more_than_the_upload_budget() {
+    let budget = 64 * 1024 * 1024;
+    let server = ServerBuilder::new()
+        .arg(&format!("--max-body-bytes={budget}"))
+        .arg(&format!("--max-upload-memory={budget}"))
+        .start();
+    let client = bystander(None);
+    let (status, body) = json(classify(&client, &server).unwrap());
+    assert_eq!(status, 200, "{body}");
+    let before = server.vm_size_kib();
+    let stalled: Vec<TcpStream> = (0..32)
+        .map(|_| {
+            let mut stream = TcpStream::connect(server.addresses()[0]).unwrap();
+            stream
+                .write_all(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/gif\r\nContent-Length: 60000000\r\n\r\nG")
+                .unwrap();
+            stream
+        })
+        .collect();
+    // Every upload's first byte is in once the server has taken all 32 into its budget.
+    server.wait_for("the stalled uploads to be read", Duration::from_secs(10), || {
+        server.vm_size_kib() > before + 50 * 1024
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, body) = json(classify(&client, &server).unwrap());
+    assert_eq!(status, 200, "{body}");
+    let grown = server.vm_size_kib().saturating_sub(before) / 1024;
+    assert!(grown < 512, "32 stalled uploads of 60 MB grew the address space by {grown} MiB");
+    drop(stalled);
+}
+
 /// 2,000 idle TLS connections from one address: past `--max-connections-per-ip` each is closed
 /// as it is accepted (its handshake fails), the ones taken are closed after `--idle-timeout`,
 /// the descriptor count stays near the cap, and health checks and classifications from another

