@@ -177,8 +177,9 @@ fn bodies_sized_ahead_reserve_no_more_than_the_upload_budget() {
             stream
         })
         .collect();
-    // The scrape's own connection counts too. Once all 32 are open, their handlers have the
-    // headers in a moment and size (or do not size) their bodies before the first byte.
+    // The scrape's own connection counts too (and the bystander's, if it is still kept alive),
+    // so 33 is reached with 31 of the 32 in at the least; the pause lets the last one in, and
+    // every handler has its headers and sizes (or does not size) its body before the first byte.
     server.wait_for("the 32 stalled uploads to be accepted", Duration::from_secs(10), || {
         server.metric("motion_host_connections_open") >= 33.0
     });

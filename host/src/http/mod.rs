@@ -77,11 +77,12 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(service: Arc<Service>, settings: Settings) -> Arc<AppState> {
+        let upload_kib = settings.max_upload_memory.div_ceil(1024);
         Arc::new(AppState {
             service,
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
-            uploads: Arc::new(Semaphore::new(settings.max_upload_memory.div_ceil(1024))),
-            presized: Arc::new(Semaphore::new(settings.max_upload_memory.div_ceil(1024))),
+            uploads: Arc::new(Semaphore::new(upload_kib)),
+            presized: Arc::new(Semaphore::new(upload_kib)),
             settings,
         })
     }
