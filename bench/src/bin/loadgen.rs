@@ -5,6 +5,7 @@
 //!
 //!     loadgen cert --dir DIR          # a self-signed localhost certificate (tls.crt, tls.key)
 //!     loadgen run --url URL --body FILE --content-type TYPE --ca tls.crt -c 16 --out r.json
+//!     loadgen run ... --content-type application/x-none --expect-status 415   # the exchange alone
 //!     loadgen run --url http://127.0.0.1:8000/v2/models/motion/infer --body req.bin \
 //!         --content-type application/octet-stream --header Inference-Header-Content-Length:151 ...
 
@@ -64,6 +65,10 @@ struct RunArgs {
     /// Where to write the results.
     #[arg(long)]
     out: PathBuf,
+    /// The status an answer must have to count as one (default: any 2xx), e.g. 415 to time the
+    /// exchange of a body a server reads whole and then refuses.
+    #[arg(long)]
+    expect_status: Option<u16>,
 }
 
 /// What one client saw of one answer in the measured period.
@@ -165,7 +170,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let clients: Vec<_> = (0..args.concurrency)
         .map(|_| {
             let (client, bytes, url) = (client.clone(), bytes.clone(), args.url.clone());
-            tokio::spawn(async move { drive(client, bytes, url, measure_from, stop_at).await })
+            let expect = args.expect_status;
+            tokio::spawn(async move { drive(client, bytes, url, measure_from, stop_at, expect).await })
         })
         .collect();
     let mut seen = Seen::default();
@@ -203,6 +209,7 @@ async fn drive(
     url: String,
     measure_from: Instant,
     stop_at: Instant,
+    expect: Option<u16>,
 ) -> Seen {
     let mut seen = Seen::default();
     loop {
@@ -215,7 +222,9 @@ async fn drive(
             Ok(response) => {
                 let status = response.status();
                 match response.bytes().await {
-                    Ok(text) if status.is_success() => Ok(text),
+                    Ok(text) if expect.map_or(status.is_success(), |want| status.as_u16() == want) => {
+                        Ok(text)
+                    }
                     Ok(_) => Err(status.as_u16().to_string()),
                     Err(e) => Err(format!("body: {}", short(&e))),
                 }
