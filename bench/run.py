@@ -813,7 +813,7 @@ def table(results: dict) -> str:
                 f"c=1 p50 {e['1']['p50_ms']:.2f} ms; c=16 {e['16']['requests_per_s']:.0f} req/s, "
                 f"{e['16']['server_cpu_ms']:.2f} ms of the server's CPU and {e['16']['loadgen_cpu_ms']:.2f} ms of the "
                 "load generator's a request"
-                for form, e in results.get("exchange", {}).items()],
+                for form, e in results.get("exchange", {}).items() if e["16"]["server_cpu_ms"] is not None],
               *[f"motion-host and {d['rival']} in turn at c={d['concurrency']} on {form}, {d['seconds']:.0f} s each: "
                 + "; ".join(f"{p['motion-host']['requests_per_s']:.1f} vs {p[d['rival']]['requests_per_s']:.1f} req/s"
                             for p in d["pairs"])
