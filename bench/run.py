@@ -656,7 +656,7 @@ def latency_arithmetic(results: dict, form: str, host1: dict, beside: dict) -> s
     """What 1.25 times the floor leaves a request at c=1 beyond the HTTPS exchange alone, the
     guest's time over native and the inference stage's over the bare forward."""
     ex = results.get("exchange", {}).get(form, {}).get("1")
-    if not ex:
+    if not ex or not ex["requests_per_s"]:
         return ""
     allowance = 0.25 * (beside["forward_ms"]["1"] + beside["prepare_ms"][form])
     guest_over = guest_ms(host1) - beside["prepare_ms"][form]
