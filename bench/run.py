@@ -406,13 +406,7 @@ def race(args, threads: int, rotation: int = 0) -> dict:
                     beside = name == "motion-host" and c in FLOOR_BESIDE
                     before = floor_of(form) if beside else None
                     # CPU used during the point (warm-up included), as cores kept busy.
-                    wall, server_cpu = time.monotonic(), tree_cpu_s(server.process.pid)
-                    loadgen_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-                    drive(ask, c, args.warmup, args.duration, out, certs)
-                    wall = time.monotonic() - wall
-                    server_cpu = tree_cpu_s(server.process.pid) - server_cpu
-                    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                    loadgen_cpu = (after.ru_utime + after.ru_stime) - (loadgen_cpu.ru_utime + loadgen_cpu.ru_stime)
+                    wall, server_cpu, loadgen_cpu = drive_timed(server, ask, c, args.warmup, args.duration, out, certs)
                     result = json.loads(out.read_text())
                     result.update(server=name, form=form, peak_rss_mib=round(tree_peak_rss_kib(server.process.pid) / 1024, 1),
                                   server_cores=round(server_cpu / wall, 2), loadgen_cores=round(loadgen_cpu / wall, 2))
@@ -483,6 +477,18 @@ def drive(ask: dict, c: int, warmup: float, duration: float, out: pathlib.Path, 
                    check=True)
 
 
+def drive_timed(server: "Server", ask: dict, c: int, warmup: float, duration: float, out: pathlib.Path,
+                certs: pathlib.Path, expect: int | None = None) -> tuple:
+    """`drive`, and what it took: wall seconds, and CPU seconds of the server (with its child
+    processes) and of the load generator."""
+    wall, server_cpu = time.monotonic(), tree_cpu_s(server.process.pid)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    drive(ask, c, warmup, duration, out, certs, expect)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (time.monotonic() - wall, tree_cpu_s(server.process.pid) - server_cpu,
+            (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
+
+
 # The HTTPS exchange alone: the clip's body posted to motion-host's /v1/classify under a media
 # type no guest accepts, so the server reads all of it (TLS, HTTP, the upload's buffer) and
 # answers 415 without parsing or classifying it. No server of this product leaves that work
@@ -499,13 +505,7 @@ def exchange(server: "Server", ask: dict, form: str, work: pathlib.Path, certs: 
     points = {}
     for c in FLOOR_BESIDE:
         out = work / f"exchange-{form}-c{c}.json"
-        wall, server_cpu = time.monotonic(), tree_cpu_s(server.process.pid)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        drive(refused, c, 1.0, EXCHANGE_SECONDS, out, certs, expect=415)
-        wall = time.monotonic() - wall
-        server_cpu = tree_cpu_s(server.process.pid) - server_cpu
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        loadgen_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        wall, server_cpu, loadgen_cpu = drive_timed(server, refused, c, 1.0, EXCHANGE_SECONDS, out, certs, expect=415)
         result = json.loads(out.read_text())
         rate = result["requests_per_s"]
         # CPU a request: the cores each side kept busy over the point, at its rate.

@@ -340,6 +340,9 @@ thread_local! {
 /// The mark a rewritten non-finite literal carries: control characters no tensor string holds.
 const NON_FINITE: &str = "\u{1}\u{2}non-finite:";
 
+/// The non-finite literals, longest first (`-Infinity` before `Infinity`).
+const NON_FINITE_LITERALS: [&[u8]; 3] = [b"-Infinity", b"Infinity", b"NaN"];
+
 /// `json` with every bare `NaN`, `Infinity` and `-Infinity` (outside strings) replaced by a
 /// string carrying [`NON_FINITE`]; `None` when it has none. Outside strings, JSON has no
 /// capital letters, so a search for `N` and `I` finds them (`-Infinity` at its `I`). The
@@ -355,9 +358,7 @@ fn rewrite_non_finite(json: &[u8]) -> Option<Vec<u8>> {
             continue;
         }
         let start = if json[i] == b'I' && i > copied && json[i - 1] == b'-' { i - 1 } else { i };
-        let Some(literal) =
-            [&b"-Infinity"[..], b"Infinity", b"NaN"].into_iter().find(|l| json[start..].starts_with(l))
-        else {
+        let Some(literal) = NON_FINITE_LITERALS.into_iter().find(|l| json[start..].starts_with(l)) else {
             i += 1;
             continue;
         };
@@ -705,8 +706,7 @@ mod tests {
                 i += 1;
                 continue;
             }
-            let literal =
-                [&b"-Infinity"[..], b"Infinity", b"NaN"].into_iter().find(|l| json[i..].starts_with(l));
+            let literal = NON_FINITE_LITERALS.into_iter().find(|l| json[i..].starts_with(l));
             match (b, literal) {
                 (b'"', _) => in_string = true,
                 (_, Some(literal)) => {
@@ -748,26 +748,25 @@ mod tests {
                 String::from_utf8_lossy(case)
             );
         }
-        // 20,000 short strings of the bytes that matter, drawn by a fixed generator.
+        // 20,000 short strings of the bytes that matter, drawn by a fixed generator (xorshift).
         let alphabet = b"\"\\NaIfinty-1,[ ";
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
         for _ in 0..20_000 {
-            let mut text = Vec::new();
-            for _ in 0..(state % 40) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                text.push(alphabet[(state % alphabet.len() as u64) as usize]);
-            }
+            let len = next() % 40;
+            let text: Vec<u8> =
+                (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
             assert_eq!(
                 rewrite_non_finite(&text),
                 rewrite_byte_by_byte(&text),
                 "{}",
                 String::from_utf8_lossy(&text)
             );
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
         }
     }
 
